@@ -1,0 +1,34 @@
+"""The `geoloc` command: one entry point, one module per subcommand.
+
+Each subcommand module defines ``add_parser(subparsers)``, which registers its parser and sets
+``func`` to the callable that runs it. Modules import their heavy dependencies (torch, faiss, rclpy)
+inside that callable, so ``geoloc --help`` stays instant.
+"""
+
+import argparse
+import importlib
+import sys
+
+SUBCOMMANDS = ("train", "eval", "map", "demo", "bench", "export")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="geoloc", description="Offline tools of geoloc_ros: train, evaluate, build maps, demo, benchmark."
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in SUBCOMMANDS:
+        importlib.import_module(f"geoloc_ros.cli.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,10 @@
+"""`geoloc eval`: not implemented yet."""
+
+
+def add_parser(sub):
+    p = sub.add_parser("eval", help="(not implemented yet)")
+    p.set_defaults(func=run)
+
+
+def run(args):
+    raise SystemExit("geoloc eval: not implemented yet")
