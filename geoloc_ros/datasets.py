@@ -1,0 +1,153 @@
+"""Geotagged image collections: the three layouts the training, evaluation and map tools read.
+
+- VG-benchmark folders (SF-XL, Pitts30k, Tokyo 24/7, MSLS in gmberton's tooling): the position is in the
+  file name, ``@utm_east@utm_north@zone_number@zone_letter@lat@lon@pano_id@tile@heading@pitch@roll@...``.
+- A CSV file of ``image,lat,lon[,alt,heading]`` (a header row is optional; image paths are relative to
+  the CSV file).
+- A coordinate-free image sequence (Nordland-style): frames in file-name order, placed on a straight line
+  ``spacing`` metres apart, as the VG tooling does. These positions are flagged ``synthetic``.
+"""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass, replace
+import math
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from geoloc_ros.geodesy import from_utm, to_utm
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff"}
+NAN = float("nan")
+
+
+@dataclass(frozen=True)
+class GeoImage:
+    """One geotagged image. Unknown values are NaN; `synthetic` marks positions that were made up."""
+
+    path: Path
+    label: str  # the file name, or the path relative to the dataset root
+    lat: float
+    lon: float
+    alt: float = NAN
+    utm_east: float = NAN
+    utm_north: float = NAN
+    utm_zone: str = ""
+    heading: float = NAN  # degrees clockwise from north
+    synthetic: bool = False
+    index: int = 0  # position in the dataset's order (frame number order for sequences)
+
+
+def read_image(path) -> np.ndarray:
+    """HxWx3 uint8 RGB; raises ValueError naming the file when it cannot be decoded."""
+    bgr = cv2.imread(str(path), cv2.IMREAD_COLOR)
+    if bgr is None:
+        raise ValueError(f"{path}: not a readable image")
+    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+
+
+def list_images(folder) -> list[Path]:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such directory")
+    return sorted(p for p in folder.rglob("*") if p.suffix.lower() in IMAGE_SUFFIXES and p.is_file())
+
+
+def is_vg_name(name: str) -> bool:
+    return name.startswith("@") and name.count("@") >= 7
+
+
+def read_vg_folder(folder) -> list[GeoImage]:
+    folder = Path(folder)
+    images = []
+    for i, path in enumerate(list_images(folder)):
+        f = path.name.split("@")
+        try:
+            east, north = float(f[1]), float(f[2])
+            zone = f"{int(f[3])}{f[4].upper()}"
+            lat, lon = float(f[5]), float(f[6])
+            heading = float(f[9]) if len(f) > 9 and f[9] else NAN
+        except (IndexError, ValueError) as e:
+            raise ValueError(f"{path}: not a VG-benchmark file name ({e})") from None
+        images.append(GeoImage(path, str(path.relative_to(folder)), lat, lon, NAN, east, north, zone, heading,
+                               False, i))
+    return images
+
+
+def read_csv(csv_path) -> list[GeoImage]:
+    csv_path = Path(csv_path)
+    images = []
+    with open(csv_path, newline="") as f:
+        for line_no, row in enumerate(csv.reader(f), start=1):
+            if not row or row[0].lstrip().startswith("#"):
+                continue
+            if line_no == 1 and not _is_number(row[1] if len(row) > 1 else ""):
+                continue  # header row
+            if len(row) < 3:
+                raise ValueError(f"{csv_path}:{line_no}: expected image,lat,lon[,alt,heading], got {row}")
+            try:
+                lat, lon = float(row[1]), float(row[2])
+                alt = float(row[3]) if len(row) > 3 and row[3].strip() else NAN
+                heading = float(row[4]) if len(row) > 4 and row[4].strip() else NAN
+            except ValueError as e:
+                raise ValueError(f"{csv_path}:{line_no}: {e}") from None
+            east, north, zone = to_utm(lat, lon)
+            path = (csv_path.parent / row[0].strip()).resolve()
+            images.append(GeoImage(path, row[0].strip(), lat, lon, alt, east, north, zone, heading, False,
+                                   len(images)))
+    return images
+
+
+def read_sequence(folder, spacing: float, origin=(0.0, 0.0), heading: float = 0.0) -> list[GeoImage]:
+    """Frames in file-name order on a straight line from `origin` (lat, lon) towards `heading` (degrees
+    clockwise from north), `spacing` metres apart. All positions are synthetic."""
+    if not spacing > 0:
+        raise ValueError(f"sequence spacing must be > 0 metres, got {spacing}")
+    folder = Path(folder)
+    east0, north0, zone = to_utm(*origin)
+    de, dn = math.sin(math.radians(heading)), math.cos(math.radians(heading))
+    images = []
+    for i, path in enumerate(list_images(folder)):
+        east, north = east0 + i * spacing * de, north0 + i * spacing * dn
+        lat, lon = from_utm(east, north, zone)
+        images.append(GeoImage(path, str(path.relative_to(folder)), lat, lon, NAN, east, north, zone, heading,
+                               True, i))
+    return images
+
+
+def load_dataset(path, sequence_spacing: float | None = None, **sequence_options) -> list[GeoImage]:
+    """Read any of the three layouts: a .csv file, a VG-named folder, or (with `sequence_spacing`) a
+    coordinate-free sequence folder."""
+    path = Path(path)
+    if path.is_file() and path.suffix.lower() == ".csv":
+        return read_csv(path)
+    if sequence_spacing is not None:
+        return read_sequence(path, sequence_spacing, **sequence_options)
+    images = list_images(path)
+    if not images:
+        raise ValueError(f"{path}: no images found")
+    if all(is_vg_name(p.name) for p in images):
+        return read_vg_folder(path)
+    raise ValueError(f"{path}: file names carry no VG-benchmark coordinates; give a CSV of image,lat,lon "
+                     f"or a sequence spacing in metres for a coordinate-free sequence")
+
+
+def positions_utm(images: list[GeoImage]) -> np.ndarray:
+    """(N, 2) float64 easting/northing, for the 25 m positive-radius protocol."""
+    return np.array([(g.utm_east, g.utm_north) for g in images], dtype=np.float64)
+
+
+def subset(images: list[GeoImage], keep) -> list[GeoImage]:
+    """The images for which keep(image) is true, re-indexed in order."""
+    return [replace(g, index=i) for i, g in enumerate(x for x in images if keep(x))]
+
+
+def _is_number(text: str) -> bool:
+    try:
+        float(text)
+        return True
+    except ValueError:
+        return False
