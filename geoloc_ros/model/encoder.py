@@ -1,0 +1,225 @@
+"""`Encoder`: a GeoLocalizationNet plus the preprocessing it was trained with, ready to encode numpy images."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import numpy as np
+
+from geoloc_ros.model.archs import arch_config, hw
+
+# ProGEO normalises with the ImageNet statistics (train_clip_stage2.py: T.Normalize(mean=[0.485, 0.456, 0.406],
+# std=[0.229, 0.224, 0.225])), not CLIP's own.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# ProGEO trains and tests the CLIP backbones at 512x512 (parser.py --image_size 512).
+PROGEO_IMAGE_SIZE = 512
+
+
+def make_preprocess(image_size, mean=IMAGENET_MEAN, std=IMAGENET_STD) -> dict:
+    h, w = hw(image_size)
+    return {"image_size": [h, w], "mean": [float(m) for m in mean], "std": [float(s) for s in std],
+            "resize": "bilinear-stretch", "channels": "RGB"}
+
+
+def to_rgb_uint8(img) -> np.ndarray:
+    """Any of HxW, HxWx1, HxWx3, HxWx4 (uint8, other integer, bool or float) -> HxWx3 uint8 RGB.
+
+    Floats whose maximum is <= 1 are taken as [0, 1] and scaled by 255; other values are clipped to [0, 255].
+    RGBA drops its alpha channel.
+    """
+    a = np.asarray(img)
+    if a.ndim == 3 and a.shape[2] == 1:
+        a = a[:, :, 0]
+    if a.ndim == 2:
+        a = np.repeat(a[:, :, None], 3, axis=2)
+    if a.ndim != 3 or a.shape[2] not in (3, 4):
+        raise ValueError(f"expected an HxW, HxWx1, HxWx3 or HxWx4 image, got shape {a.shape}")
+    if a.shape[0] < 1 or a.shape[1] < 1:
+        raise ValueError(f"empty image of shape {a.shape}")
+    a = a[:, :, :3]
+    if a.dtype != np.uint8:
+        if a.dtype == bool:
+            a = a.astype(np.uint8) * 255
+        elif np.issubdtype(a.dtype, np.floating):
+            a = np.nan_to_num(a.astype(np.float32))
+            if a.size and a.max() <= 1.0:
+                a = a * 255.0
+            a = np.clip(np.rint(a), 0, 255).astype(np.uint8)
+        else:
+            a = np.clip(a, 0, 255).astype(np.uint8)
+    return np.ascontiguousarray(a)
+
+
+def resize_batch(images, size) -> np.ndarray:
+    """List of images -> (N, H, W, 3) uint8 at `size` (H, W), bilinear (area when shrinking)."""
+    import cv2
+
+    h, w = size
+    out = np.empty((len(images), h, w, 3), dtype=np.uint8)
+    for i, img in enumerate(images):
+        a = to_rgb_uint8(img)
+        if a.shape[:2] != (h, w):
+            shrink = a.shape[0] > h and a.shape[1] > w
+            a = cv2.resize(a, (w, h), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+        out[i] = a
+    return out
+
+
+def fingerprint_of(state_dict, config: dict) -> str:
+    """sha256 over every weight (name, dtype, shape, bytes as float32/stored dtype) and the canonical JSON of the
+    architecture + preprocessing config. Stable across devices; changes when any weight or setting changes."""
+    import torch
+
+    h = hashlib.sha256()
+    h.update(json.dumps(config, sort_keys=True, separators=(",", ":")).encode())
+    for name in sorted(state_dict):
+        t = state_dict[name].detach()
+        if t.dtype in (torch.float16, torch.bfloat16):
+            t = t.float()
+        t = t.cpu().contiguous().reshape(-1)
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def resolve_device(device="auto"):
+    import torch
+
+    if isinstance(device, torch.device):
+        return device
+    device = (device or "auto").lower()
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise RuntimeError(f"device {device!r} requested but CUDA is not available")
+    return torch.device(device)
+
+
+class Encoder:
+    """Image -> descriptor. Attributes: `dim`, `fingerprint`, `device`, `preprocess` (dict), `arch` (dict),
+    `net` (the torch module), `metadata` (training metadata, dict)."""
+
+    def __init__(self, net, preprocess: dict, metadata: dict | None = None, device="auto", half: bool | None = None,
+                 batch_size: int = 64):
+        import torch
+
+        self.net = net
+        self.preprocess = dict(preprocess)
+        self.metadata = dict(metadata or {})
+        self.batch_size = int(batch_size)
+        self.device = resolve_device(device)
+        self.net.to(self.device).eval()
+        # half: None = fp16 on CUDA, fp32 on CPU.
+        self.half = (self.device.type == "cuda") if half is None else bool(half)
+        if self.half and self.device.type != "cuda":
+            raise ValueError("half precision needs a CUDA device")
+        self._fp_cache = None
+        self._fp_frozen = None
+        if self.half:
+            self._fp_frozen = self._compute_fingerprint()
+            self.net.half()
+        mean = torch.tensor(self.preprocess["mean"], dtype=torch.float32).view(1, 3, 1, 1)
+        std = torch.tensor(self.preprocess["std"], dtype=torch.float32).view(1, 3, 1, 1)
+        self._mean, self._std = mean.to(self.device), std.to(self.device)
+
+    # -- identity ---------------------------------------------------------------------------------------------
+    @property
+    def dim(self) -> int:
+        return int(self.net.dim)
+
+    @property
+    def arch(self) -> dict:
+        return self.net.cfg
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return tuple(self.preprocess["image_size"])
+
+    def config(self) -> dict:
+        """What, besides the weights, determines the descriptors."""
+        return {"arch": self.net.cfg, "dim": self.dim, "preprocess": self.preprocess}
+
+    def _compute_fingerprint(self) -> str:
+        return fingerprint_of(self.net.state_dict(), self.config())
+
+    @property
+    def fingerprint(self) -> str:
+        """sha256 hex of weights + architecture + preprocessing. Computed from fp32 weights (before any fp16
+        conversion), so a map built on CPU matches the same checkpoint run in fp16 on a GPU."""
+        if self._fp_frozen is not None:
+            return self._fp_frozen
+        key = tuple((id(p), p._version) for p in self.net.state_dict(keep_vars=True).values())
+        if self._fp_cache is None or self._fp_cache[0] != key:
+            self._fp_cache = (key, self._compute_fingerprint())
+        return self._fp_cache[1]
+
+    # -- encoding ---------------------------------------------------------------------------------------------
+    def to_tensor(self, images):
+        """List of numpy images -> normalised float tensor (N, 3, H, W) on the encoder's device."""
+        import torch
+
+        batch = resize_batch(images, self.image_size)
+        x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+        x = (x - self._mean) / self._std
+        return x.half() if self.half else x
+
+    def encode(self, images, batch_size: int | None = None) -> np.ndarray:
+        """List of HxWx3 uint8 RGB arrays (any size; grey HxW / HxWx1 and RGBA accepted) -> float32 (N, dim),
+        rows L2-normalised. A single array (HxW or HxWxC) is treated as a list of one."""
+        import torch
+
+        if isinstance(images, np.ndarray) and images.ndim in (2, 3) and (images.ndim == 2 or images.shape[2] in (1, 3, 4)):
+            images = [images]
+        images = list(images)
+        if not images:
+            return np.zeros((0, self.dim), dtype=np.float32)
+        bs = batch_size or self.batch_size
+        was_training = self.net.training
+        self.net.eval()
+        out = []
+        with torch.inference_mode():
+            for i in range(0, len(images), bs):
+                d = self.net(self.to_tensor(images[i:i + bs])).float()
+                out.append(torch.nn.functional.normalize(d, dim=1).cpu().numpy())
+        if was_training:
+            self.net.train()
+        return np.ascontiguousarray(np.concatenate(out, axis=0), dtype=np.float32)
+
+    __call__ = encode
+
+    def __repr__(self):
+        h, w = self.image_size
+        return (f"Encoder(arch={self.arch.get('name')}, dim={self.dim}, input={h}x{w}, device={self.device}, "
+                f"half={self.half}, fingerprint={self.fingerprint[:12]})")
+
+
+def build_encoder(arch: str = "RN-nano", dim: int | None = None, image_size=None, pretrained: str | None = None,
+                  device="cpu", half: bool | None = None, seed: int | None = 0, mean=IMAGENET_MEAN,
+                  std=IMAGENET_STD, metadata: dict | None = None) -> Encoder:
+    """A fresh encoder. `arch`: RN50, RN101, ViT-B-16, ViT-B-32 (open_clip) or RN-nano, RN-pico, ViT-nano (small,
+    CPU-trainable). `dim` defaults to the backbone's CLIP embedding size (ProGEO's fc_output_dim equals it so that
+    the image-to-text loss applies). `image_size`: int or (H, W); defaults to 512 for the open_clip backbones
+    (ProGEO) and 64 for the small ones. `pretrained`: None, an open_clip tag ("openai") or a local file.
+    With `seed` set, the random initialisation is deterministic (same seed, same weights, same fingerprint)."""
+    import torch
+
+    from geoloc_ros.model.archs import OPEN_CLIP_ARCHS, canonical_name
+    from geoloc_ros.model.network import GeoLocalizationNet, build_clip
+
+    arch = canonical_name(arch)
+    if image_size is None:
+        image_size = PROGEO_IMAGE_SIZE if arch in OPEN_CLIP_ARCHS else arch_config(arch)["vision_cfg"]["image_size"]
+    cfg = arch_config(arch, image_size)
+    dim = int(dim or cfg["embed_dim"])
+    with torch.random.fork_rng(devices=[]):
+        if seed is not None:
+            torch.manual_seed(seed)
+        if pretrained:
+            backbone = build_clip(cfg, pretrained).visual
+        else:
+            backbone = None
+        net = GeoLocalizationNet(cfg, dim, backbone)
+    meta = {"pretrained": pretrained or None, **(metadata or {})}
+    return Encoder(net, make_preprocess(image_size, mean, std), meta, device=device, half=half)

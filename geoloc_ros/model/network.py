@@ -1,0 +1,146 @@
+"""The ProGEO image network: an open_clip visual tower followed by ProGEO's aggregation.
+
+Layout (and state-dict names) follow ProGEO's stage-2 ``GeoLocalizationNet`` so that the authors'
+checkpoints load directly:
+
+- ResNet backbones: feature map after ``layer4`` -> L2Norm over channels -> GeM (p=3, learnable) -> Flatten
+  -> Linear(channels, dim) -> L2Norm  (``aggregation.0`` ... ``aggregation.4``; the Linear is ``aggregation.3``).
+- ViT backbones: CLIP's projected class token (``backbone(x)``) -> [Linear(embed_dim, dim) if dim differs]
+  -> L2Norm. ProGEO uses the projected token as is; we always L2-normalise the output.
+
+The CLIP image embedding used by stage 1 (``clip_image_embedding``) is the attention pool (ResNet) or the
+projected class token (ViT), as in ProGEO's ``cosplace_network_stage1``.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from geoloc_ros.model.archs import feature_channels, hw, is_resnet
+
+
+class L2Norm(nn.Module):
+    def __init__(self, dim: int = 1):
+        super().__init__()
+        self.dim = dim
+
+    def forward(self, x):
+        return F.normalize(x, p=2.0, dim=self.dim)
+
+
+class GeM(nn.Module):
+    """Generalised-mean pooling (Radenović et al.), learnable exponent p (CosPlace: p=3, eps=1e-6)."""
+
+    def __init__(self, p: float = 3.0, eps: float = 1e-6):
+        super().__init__()
+        self.p = nn.Parameter(torch.ones(1) * p)
+        self.eps = eps
+
+    def forward(self, x):
+        p = self.p.to(x.dtype)
+        return F.avg_pool2d(x.clamp(min=self.eps).pow(p), (x.size(-2), x.size(-1))).pow(1.0 / p)
+
+
+class Flatten(nn.Module):
+    def forward(self, x):
+        return x[:, :, 0, 0]
+
+
+def build_clip(cfg: dict, pretrained: str | None = None):
+    """An open_clip CLIP model (visual + text towers) for the architecture dict `cfg`.
+
+    `pretrained`: None (random init), an open_clip pretrained tag (e.g. "openai"; downloads unless cached) or a
+    local checkpoint file path, only for the open_clip-named backbones.
+    """
+    import open_clip
+    from open_clip.model import CLIP
+
+    vision_cfg = dict(cfg["vision_cfg"])
+    if is_resnet(cfg):
+        # ModifiedResNet takes one int; the attention pool's positional embedding is resized to the actual
+        # grid at run time (see `attnpool_any_size`), so non-square inputs work.
+        vision_cfg["image_size"] = max(hw(vision_cfg["image_size"]))
+    if pretrained:
+        model = open_clip.create_model(cfg["name"], pretrained=pretrained, force_quick_gelu=cfg.get("quick_gelu"),
+                                       force_image_size=vision_cfg["image_size"])
+    else:
+        model = CLIP(embed_dim=cfg["embed_dim"], vision_cfg=vision_cfg, text_cfg=dict(cfg["text_cfg"]),
+                     quick_gelu=bool(cfg.get("quick_gelu", False)))
+    return model
+
+
+def build_visual(cfg: dict):
+    """Only the visual tower (inference does not need the text tower)."""
+    from open_clip.model import _build_vision_tower, CLIPVisionCfg
+
+    vision_cfg = dict(cfg["vision_cfg"])
+    if is_resnet(cfg):
+        vision_cfg["image_size"] = max(hw(vision_cfg["image_size"]))
+    return _build_vision_tower(cfg["embed_dim"], CLIPVisionCfg(**vision_cfg), quick_gelu=bool(cfg.get("quick_gelu")))
+
+
+class GeoLocalizationNet(nn.Module):
+    """backbone (open_clip visual tower) + aggregation; forward returns L2-normalised (N, dim) descriptors."""
+
+    def __init__(self, cfg: dict, dim: int, backbone: nn.Module | None = None):
+        super().__init__()
+        self.cfg = cfg
+        self.dim = int(dim)
+        self.backbone = backbone if backbone is not None else build_visual(cfg)
+        if is_resnet(cfg):
+            # The attention pool is CLIP's image head; descriptors use GeM instead, so it is not part of the
+            # encoder (training keeps it aside for stage 1: see `detach_attnpool`).
+            self.backbone.attnpool = nn.Identity()
+            self.aggregation = nn.Sequential(L2Norm(), GeM(), Flatten(), nn.Linear(feature_channels(cfg), self.dim),
+                                             L2Norm())
+        elif self.dim == cfg["embed_dim"]:
+            self.aggregation = nn.Sequential(L2Norm())
+        else:
+            self.aggregation = nn.Sequential(nn.Linear(cfg["embed_dim"], self.dim), L2Norm())
+
+    def feature_map(self, x):
+        """ResNet: the layer4 feature map (ProGEO's ``stage=2``)."""
+        b = self.backbone
+        x = x.to(b.conv1.weight.dtype)
+        x = b.stem(x)
+        return b.layer4(b.layer3(b.layer2(b.layer1(x))))
+
+    def forward(self, x):
+        if is_resnet(self.cfg):
+            return self.aggregation(self.feature_map(x))
+        return self.aggregation(self.backbone(x))
+
+    def clip_image_embedding(self, x, attnpool=None):
+        """CLIP's image embedding (embed_dim): what stage 1 aligns the learned prompts with. ResNets need CLIP's
+        attention pool (`attnpool`, kept outside the encoder)."""
+        if is_resnet(self.cfg):
+            return attnpool_any_size(attnpool, self.feature_map(x))
+        return self.backbone(x)
+
+
+def detach_attnpool(visual):
+    """Take CLIP's attention pool out of a ModifiedResNet visual tower (returns it; None for ViTs)."""
+    pool = getattr(visual, "attnpool", None)
+    return pool if isinstance(pool, nn.Module) and not isinstance(pool, nn.Identity) else None
+
+
+def attnpool_any_size(pool, x):
+    """open_clip's AttentionPool2d with its positional embedding bilinearly resized to x's grid."""
+    n, c, h, w = x.shape
+    pos = pool.positional_embedding
+    side = int(round((pos.shape[0] - 1) ** 0.5))
+    if (h, w) != (side, side):
+        grid = pos[1:].reshape(1, side, side, c).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid.float(), size=(h, w), mode="bilinear", align_corners=False).to(pos.dtype)
+        pos = torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(h * w, c)], dim=0)
+    x = x.reshape(n, c, h * w).permute(2, 0, 1)
+    x = torch.cat([x.mean(dim=0, keepdim=True), x], dim=0) + pos[:, None, :].to(x.dtype)
+    x, _ = F.multi_head_attention_forward(
+        query=x, key=x, value=x, embed_dim_to_check=c, num_heads=pool.num_heads,
+        q_proj_weight=pool.q_proj.weight, k_proj_weight=pool.k_proj.weight, v_proj_weight=pool.v_proj.weight,
+        in_proj_weight=None, in_proj_bias=torch.cat([pool.q_proj.bias, pool.k_proj.bias, pool.v_proj.bias]),
+        bias_k=None, bias_v=None, add_zero_attn=False, dropout_p=0.0, out_proj_weight=pool.c_proj.weight,
+        out_proj_bias=pool.c_proj.bias, use_separate_proj_weight=True, training=pool.training, need_weights=False)
+    return x[0]
