@@ -1,0 +1,33 @@
+"""Shared test set-up: where the real data is, and DDS isolation between concurrent test runs."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+# Each pytest process talks DDS on its own domain, so two test runs on one machine never hear each other,
+# and discovery stays on this machine.
+os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
+os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"real data folder {SHARED_DATA} is missing (it sits beside the repository as ../shared)")
+    return SHARED_DATA
+
+
+@pytest.fixture
+def rclpy_context():
+    """A fresh rclpy context per test, shut down afterwards even when the test fails."""
+    import rclpy
+    from rclpy.context import Context
+
+    context = Context()
+    rclpy.init(context=context)
+    yield context
+    context.try_shutdown()
