@@ -1,10 +1,120 @@
-"""`geoloc eval`: not implemented yet."""
+"""`geoloc eval`: Recall@N of an encoder (and the raw-pixel baselines) on a database / queries pair.
+
+Protocols: positives within `--radius` metres (default 25 m, the standard VPR protocol) and, for sequences,
+within `--frame-tolerance` frames (frame numbers read from the file names). FAISS exact inner-product search.
+
+    geoloc eval --encoder maps/nordland_demo --database DB --queries Q [--sequence-spacing 10] \\
+        [--frames 19210:24000] [--frame-tolerance 2] [--baselines] [--json out.json]
+    geoloc eval --nordland-report [--encoder maps/nordland_demo] [--json out.json]
+"""
+
+from __future__ import annotations
+
+import json
 
 
 def add_parser(sub):
-    p = sub.add_parser("eval", help="(not implemented yet)")
+    p = sub.add_parser("eval", help="Recall@N of an encoder on a database/queries pair (25 m radius and frame "
+                                    "tolerance protocols)",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("--encoder", default=None, help="checkpoint file or directory holding encoder.safetensors")
+    p.add_argument("--database", help="database images: VG folder, CSV image,lat,lon[,alt,heading] or sequence "
+                                      "folder (with --sequence-spacing)")
+    p.add_argument("--queries", help="query images, same layouts")
+    p.add_argument("--sequence-spacing", type=float, default=None,
+                   help="metres between frames of coordinate-free sequences (positions are synthetic)")
+    p.add_argument("--frames", default=None, metavar="LO:HI",
+                   help="keep only frames whose file-name number lies in LO..HI (inclusive)")
+    p.add_argument("--radius", type=float, default=25.0, help="positive radius in metres (default 25)")
+    p.add_argument("--frame-tolerance", type=int, default=None,
+                   help="also report the frame-tolerance protocol: positives within K frames")
+    p.add_argument("--ns", type=int, nargs="+", default=[1, 5, 10, 20], help="N of Recall@N")
+    p.add_argument("--baselines", action="store_true",
+                   help="also evaluate normalised raw pixels (whole image and SeqSLAM 8x8 patch normalisation)")
+    p.add_argument("--nordland-report", action="store_true",
+                   help="the bundled-encoder report: nordland64 validation stretch, winter queries vs summer "
+                        "database, +-2 frames: raw pixels, untrained and trained encoder")
+    p.add_argument("--data", default=None, help="nordland64 folder for --nordland-report (default "
+                                                 "../shared/data/nordland64)")
+    p.add_argument("--device", default="auto", help="auto, cuda or cpu")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--json", default=None, help="write the results as JSON to this file")
     p.set_defaults(func=run)
 
 
 def run(args):
-    raise SystemExit("geoloc eval: not implemented yet")
+    import numpy as np
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.nordland_report:
+        from geoloc_ros.model.nordland_report import report
+
+        result = report(encoder_path=args.encoder or "maps/nordland_demo", data=args.data, device=args.device)
+        print(result["table"])
+        if args.json:
+            _write_json(args.json, result)
+        return 0
+    if not (args.database and args.queries and (args.encoder or args.baselines)):
+        raise SystemExit("geoloc eval: give --database, --queries and --encoder (or --baselines), "
+                         "or --nordland-report")
+
+    from geoloc_ros.datasets import load_dataset, read_image
+    from geoloc_ros.model import evaluation as E
+    from geoloc_ros.model.nordland import frame_number
+
+    def load(path):
+        recs = load_dataset(path, sequence_spacing=args.sequence_spacing)
+        if args.frames:
+            lo, hi = (int(v) for v in args.frames.split(":"))
+            recs = [r for r in recs if lo <= frame_number(r.path) <= hi]
+        if not recs:
+            raise SystemExit(f"geoloc eval: no images in {path}" + (f" within frames {args.frames}" if args.frames
+                                                                    else ""))
+        return recs
+
+    db, q = load(args.database), load(args.queries)
+    db_img = [read_image(r.path) for r in db]
+    q_img = [read_image(r.path) for r in q]
+    protocols = {f"{args.radius:g} m": E.positives_by_radius([(r.utm_east, r.utm_north) for r in db],
+                                                              [(r.utm_east, r.utm_north) for r in q], args.radius)}
+    if args.frame_tolerance is not None:
+        dbf = np.array([frame_number(r.path) for r in db])
+        qf = np.array([frame_number(r.path) for r in q])
+        step = int(np.median(np.diff(np.sort(dbf)))) if len(dbf) > 1 else 1
+        protocols[f"+-{args.frame_tolerance} frames"] = E.positives_by_frame(dbf, qf, args.frame_tolerance * step)
+
+    methods = {}
+    if args.baselines:
+        methods["raw pixels (normalised)"] = (E.raw_pixel_descriptors(db_img), E.raw_pixel_descriptors(q_img))
+        methods["raw pixels (SeqSLAM patch-norm)"] = (E.raw_pixel_descriptors(db_img, patch=8),
+                                                      E.raw_pixel_descriptors(q_img, patch=8))
+    if args.encoder:
+        from geoloc_ros.model import load_encoder
+
+        enc = load_encoder(args.encoder, device=args.device)
+        methods[f"encoder {enc.arch.get('name')} ({enc.fingerprint[:8]})"] = (
+            enc.encode(db_img, batch_size=args.batch_size), enc.encode(q_img, batch_size=args.batch_size))
+
+    results = {"database": args.database, "queries": args.queries, "database_size": len(db), "queries_size": len(q),
+               "synthetic_positions": bool(any(r.synthetic for r in db + q)), "protocols": {}}
+    for pname, pos in protocols.items():
+        rows = {m: E.recall_at_n(d, qd, pos, args.ns) for m, (d, qd) in methods.items()}
+        results["protocols"][pname] = rows
+        print(f"\nRecall@N, positives within {pname}  ({len(q)} queries vs {len(db)} database images"
+              + (", synthetic positions" if results["synthetic_positions"] else "") + ")")
+        print(E.format_table(rows, args.ns))
+    if args.json:
+        _write_json(args.json, results)
+    return 0
+
+
+def _write_json(path, obj):
+    from pathlib import Path
+
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "w") as f:
+        json.dump(obj, f, indent=2, default=str)
+    print(f"wrote {path}")

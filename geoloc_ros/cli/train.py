@@ -1,10 +1,155 @@
-"""`geoloc train`: not implemented yet."""
+"""`geoloc train`: ProGEO two-stage training (stage 1 prompt learning, stage 2 CosFace + image-to-text).
+
+    geoloc train --train-set DATA [--train-set DATA2 ...] --run-dir runs/x [--arch RN50] [--pretrained openai]
+    geoloc train --nordland --run-dir runs/nordland            # the bundled encoder's recipe (docs/model.md)
+
+DATA is a VG-benchmark folder, a CSV of image,lat,lon[,alt,heading] or, with --sequence-spacing, a
+coordinate-free sequence folder. Defaults are ProGEO's published hyperparameters (Chain-Mao/ProGEO parser.py).
+Re-running the same command resumes an interrupted run from its last finished epoch.
+"""
+
+from __future__ import annotations
+
+import json
+
+
+def _size(text):
+    parts = [int(v) for v in str(text).lower().replace("x", ",").split(",") if v]
+    return parts[0] if len(parts) == 1 else parts
 
 
 def add_parser(sub):
-    p = sub.add_parser("train", help="(not implemented yet)")
+    from geoloc_ros.model.training import TrainConfig
+
+    d = TrainConfig()
+    p = sub.add_parser("train", help="train a ProGEO encoder (two stages, resumable)",
+                       description=__doc__.split("\n\n")[0])
+    g = p.add_argument_group("data")
+    g.add_argument("--train-set", action="append", default=[], help="training images (repeatable)")
+    g.add_argument("--sequence-spacing", type=float, default=None, help="metres between frames of sequences")
+    g.add_argument("--frames", default=None, metavar="LO:HI", help="keep frames numbered LO..HI (file names)")
+    g.add_argument("--val-database", default=None, help="validation database (selects the best epoch)")
+    g.add_argument("--val-queries", default=None, help="validation queries")
+    g.add_argument("--val-frames", default=None, metavar="LO:HI")
+    g.add_argument("--val-frame-tolerance", type=int, default=None,
+                   help="frame-tolerance protocol for validation (default: 25 m radius)")
+    g.add_argument("--nordland", action="store_true",
+                   help="the bundled recipe: nordland64 training stretch (frames 10..19200), both seasons, "
+                        "RN-nano at 32x64, Nordland settings below unless overridden")
+    g.add_argument("--data", default=None, help="nordland64 folder for --nordland (default ../shared/data/nordland64)")
+    p.add_argument("--run-dir", required=True, help="output folder: stage1.pt, stage2.pt, encoder.safetensors")
+    p.add_argument("--output", default=None, help="also copy the final encoder.safetensors here (file or folder)")
+    m = p.add_argument_group("model")
+    m.add_argument("--arch", default=None, help=f"backbone (default {d.arch}; RN50 RN101 ViT-B-16 ViT-B-32 "
+                                                "RN-nano RN-pico ViT-nano)")
+    m.add_argument("--dim", type=int, default=None, help="descriptor size (default: CLIP embed_dim)")
+    m.add_argument("--image-size", type=_size, default=None, help=f"N or HxW (default {d.image_size})")
+    m.add_argument("--pretrained", default=None, help="open_clip tag (e.g. openai) or local weights file")
+    m.add_argument("--train-all-layers", action="store_true", default=None)
+    m.add_argument("--freeze-cnn", type=int, default=None)
+    m.add_argument("--freeze-trans", type=int, default=None)
+    h = p.add_argument_group("hyperparameters (defaults: ProGEO/CosPlace)")
+    for name, typ in [("M", float), ("alpha", float), ("N", int), ("L", int), ("groups_num", int),
+                      ("min_images_per_class", int), ("epochs_stage1", int), ("batch_size_stage1", int),
+                      ("lr_stage1", float), ("epochs", int), ("iterations_per_epoch", int), ("batch_size", int),
+                      ("lr", float), ("classifiers_lr", float), ("cosface_s", float), ("cosface_m", float),
+                      ("i2t_weight", float), ("label_smoothing", float), ("brightness", float),
+                      ("contrast", float), ("saturation", float), ("hue", float), ("random_resized_crop", float),
+                      ("seed", int)]:
+        h.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None,
+                       help=f"default {getattr(d, name)}")
+    p.add_argument("--prompt", default=None, help=f"default {d.prompt!r}")
+    p.add_argument("--device", default="auto")
+    p.add_argument("--use-amp16", action="store_true", default=None, help="CUDA mixed precision")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
 
 
+# The bundled encoder's recipe (docs/model.md): a from-scratch RN-nano at the frames' native 32x64.
+NORDLAND_RECIPE = dict(arch="RN-nano", image_size=[32, 64], M=20, N=5, groups_num=5, min_images_per_class=2,
+                       epochs_stage1=100, epochs=40, iterations_per_epoch=200, batch_size=64, lr=1e-3,
+                       random_resized_crop=0.5)
+
+
 def run(args):
-    raise SystemExit("geoloc train: not implemented yet")
+    import logging
+    from pathlib import Path
+
+    import torch
+
+    from geoloc_ros.model.training import Trainer, TrainConfig
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    values = dict(NORDLAND_RECIPE) if args.nordland else {}
+    for k in TrainConfig.__dataclass_fields__:
+        v = getattr(args, k, None)
+        if v is not None:
+            values[k] = v
+    values["device"] = args.device
+    if "image_size" not in values and values.get("arch") and values["arch"] not in ("RN50", "RN101", "ViT-B-16",
+                                                                                        "ViT-B-32"):
+        from geoloc_ros.model.archs import arch_config
+
+        values["image_size"] = arch_config(values["arch"])["vision_cfg"]["image_size"]
+    cfg = TrainConfig(**values)
+
+    from geoloc_ros.datasets import load_dataset, read_image
+    from geoloc_ros.model.nordland import frame_number
+
+    def frames_filter(recs, spec):
+        if not spec:
+            return recs
+        lo, hi = (int(v) for v in spec.split(":"))
+        return [r for r in recs if lo <= frame_number(r.path) <= hi]
+
+    metadata = {}
+    if args.nordland:
+        from geoloc_ros.model import nordland as N
+
+        records = N.split(args.data, frames=N.TRAIN_FRAMES)
+        metadata["data"] = {"dataset": "nordland64 (NRK / Suenderhauf et al. 2013, TimQuelch/seqslam copy)",
+                            "frames": list(N.TRAIN_FRAMES), "seasons": list(N.SEASONS),
+                            "positions": "synthetic: straight line, 10 m per frame"}
+    else:
+        if not args.train_set:
+            raise SystemExit("geoloc train: give --train-set (repeatable) or --nordland")
+        records = []
+        for ts in args.train_set:
+            records += frames_filter(load_dataset(ts, sequence_spacing=args.sequence_spacing), args.frames)
+        metadata["data"] = {"train_sets": args.train_set, "frames": args.frames}
+    images = [read_image(r.path) for r in records]
+
+    val_fn = None
+    if args.val_database and args.val_queries:
+        import numpy as np
+
+        from geoloc_ros.model import evaluation as E
+
+        db = frames_filter(load_dataset(args.val_database, sequence_spacing=args.sequence_spacing), args.val_frames)
+        q = frames_filter(load_dataset(args.val_queries, sequence_spacing=args.sequence_spacing), args.val_frames)
+        dbi, qi = [read_image(r.path) for r in db], [read_image(r.path) for r in q]
+        if args.val_frame_tolerance is not None:
+            dbf = np.array([frame_number(r.path) for r in db])
+            step = int(np.median(np.diff(np.sort(dbf)))) if len(dbf) > 1 else 1
+            pos = E.positives_by_frame(dbf, [frame_number(r.path) for r in q], args.val_frame_tolerance * step)
+        else:
+            pos = E.positives_by_radius([(r.utm_east, r.utm_north) for r in db],
+                                        [(r.utm_east, r.utm_north) for r in q])
+
+        def val_fn(enc):
+            return E.recall_at_n(enc.encode(dbi), enc.encode(qi), pos)
+
+    trainer = Trainer(cfg, records, args.run_dir, images=images, val_fn=val_fn, progress=not args.no_progress,
+                      metadata=metadata)
+    (Path(args.run_dir) / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    final = trainer.run()
+    print(f"encoder: {final}")
+    if args.output:
+        from geoloc_ros.model import load_encoder, save_encoder
+
+        enc = load_encoder(final, device="cpu")
+        print(f"copied to {save_encoder(enc, args.output)}")
+    return 0

@@ -52,6 +52,7 @@ def save_encoder(encoder, path, training: dict | None = None) -> Path:
                 "training": json.dumps(meta_training, default=str), "fingerprint": fp}
     tmp = path.with_name(path.name + ".tmp")
     save_file(state, str(tmp), metadata=metadata)
+    os.chmod(tmp, 0o644)
     os.replace(tmp, path)
     return path
 

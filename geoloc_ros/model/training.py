@@ -1,0 +1,555 @@
+"""ProGEO two-stage training (Mao, Hu et al., ICANN 2024; Chain-Mao/ProGEO train_clip_stage1.py / _stage2.py).
+
+Stage 1 (CoOp-style prompt learning, both CLIP encoders frozen): every class of every CosPlace group gets
+`n_cls_ctx` learnable token vectors inserted into the prompt "A photo of a X X X X street."; the frozen text
+encoder turns them into one text feature per class. The loss is the supervised contrastive loss image->text plus
+text->image (temperature 1.0) between these text features and the frozen CLIP image embeddings of the group's
+images (computed once, no augmentation). Adam, lr 0.01, cosine annealing, batch 512, 480 epochs (one group per
+epoch).
+
+Stage 2 (image encoder trained): per group, a CosFace / LMCL classifier (s=30, m=0.40) over the group's classes,
+plus an image-to-text loss: cross-entropy with label smoothing 0.1 over the logits
+``descriptor @ text_features.T`` against the frozen stage-1 text features of the group's classes. Adam
+(backbone lr 1e-5 when fine-tuning pretrained CLIP, classifiers lr 0.01), batch 32, 64 epochs x 10,000
+iterations, one group per epoch, batches of distinct classes with one random image each (CosPlace sampling), colour
+jitter (0.7, 0.7, 0.7, 0.5) and random resized crop (scale 0.5-1) augmentation, ImageNet normalisation.
+
+Everything is resumable: `run_dir/stage1.pt` and `run_dir/stage2.pt` are rewritten atomically after every
+epoch, and each epoch's random state is derived from (seed, stage, epoch), so an interrupted run resumes with the
+same result as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger("geoloc.train")
+
+PROMPT = "A photo of a X X X X street."  # ProGEO PromptLearner ctx_init
+
+
+@dataclass
+class TrainConfig:
+    # model
+    arch: str = "RN50"
+    dim: int | None = None  # descriptor size; default = CLIP embed_dim (ProGEO --fc_output_dim 1024 for RN50)
+    image_size: object = 512  # int or [H, W] (ProGEO --image_size 512)
+    pretrained: str | None = None  # open_clip tag ("openai") or local file; None = random init
+    train_all_layers: bool = False  # ProGEO: freeze the first layers of a pretrained backbone
+    freeze_cnn: int = 2  # ResNet: stem..layer{freeze_cnn} frozen (ProGEO --freeze_cnn 2)
+    freeze_trans: int = 6  # ViT: conv1, ln_pre and the first 6 blocks frozen (ProGEO --freeze_trans 6)
+    # CosPlace groups (ProGEO parser.py = CosPlace defaults)
+    M: float = 10
+    alpha: float = 30
+    N: int = 5
+    L: int = 2
+    groups_num: int = 8
+    min_images_per_class: int = 10
+    # stage 1
+    epochs_stage1: int = 480
+    batch_size_stage1: int = 512
+    lr_stage1: float = 0.01
+    prompt: str = PROMPT
+    # stage 2
+    epochs: int = 64
+    iterations_per_epoch: int = 10000
+    batch_size: int = 32
+    lr: float = 1e-5
+    classifiers_lr: float = 0.01
+    cosface_s: float = 30.0
+    cosface_m: float = 0.40
+    i2t_weight: float = 1.0
+    label_smoothing: float = 0.1
+    # augmentation (ProGEO parser.py)
+    brightness: float = 0.7
+    contrast: float = 0.7
+    saturation: float = 0.7
+    hue: float = 0.5
+    random_resized_crop: float = 0.5
+    # misc
+    seed: int = 0
+    device: str = "auto"
+    use_amp16: bool = False
+    skip_blank: bool = True  # drop uniform frames (recording artefacts) from training
+    extra: dict = field(default_factory=dict)
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+
+# ---- losses ----------------------------------------------------------------------------------------------------
+def _torch():
+    import torch
+
+    return torch
+
+
+class CosFace:
+    """Large margin cosine loss classifier (Wang et al. 2018; CosPlace cosface_loss.MarginCosineProduct)."""
+
+    @staticmethod
+    def make(in_features, out_features):
+        torch = _torch()
+        w = torch.nn.Parameter(torch.empty(out_features, in_features))
+        torch.nn.init.xavier_uniform_(w)
+        return w
+
+    @staticmethod
+    def logits(x, weight, labels, s, m):
+        torch = _torch()
+        cos = torch.nn.functional.normalize(x, dim=1) @ torch.nn.functional.normalize(weight, dim=1).t()
+        one_hot = torch.zeros_like(cos).scatter_(1, labels.view(-1, 1), 1.0)
+        return s * (cos - one_hot * m)
+
+
+def supcon_loss(a, b, labels_a, labels_b, temperature: float = 1.0):
+    """Supervised contrastive loss of ProGEO's SupConLoss: for each row of `a`, mean log-softmax (over `b`) of
+    the entries of `b` with the same label."""
+    torch = _torch()
+    logits = a @ b.t() / temperature
+    logits = logits - logits.max(dim=1, keepdim=True).values.detach()
+    log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+    mask = (labels_a.view(-1, 1) == labels_b.view(1, -1)).float()
+    return -((mask * log_prob).sum(1) / mask.sum(1).clamp(min=1)).mean()
+
+
+# ---- text side -------------------------------------------------------------------------------------------------
+class TextSide:
+    """The frozen CLIP text tower fed with prompt embeddings (CoOp), built from an open_clip CLIP model."""
+
+    def __init__(self, clip, prompt: str):
+        torch = _torch()
+        import open_clip
+
+        self.clip = clip
+        ctx = clip.positional_embedding.shape[0]
+        self.tokenized = open_clip.tokenize([prompt], context_length=ctx)  # (1, ctx)
+        x_id = open_clip.tokenize(["X"], context_length=ctx)[0, 1].item()
+        where = (self.tokenized[0] == x_id).nonzero().flatten().tolist()
+        if not where or where != list(range(where[0], where[0] + len(where))):
+            raise ValueError(f"prompt {prompt!r} needs one contiguous run of 'X' placeholders")
+        self.start, self.n_cls_ctx = where[0], len(where)
+        with torch.no_grad():
+            self.embedding = clip.token_embedding(self.tokenized)  # (1, ctx, width)
+        for p in self._modules():
+            p.requires_grad_(False)
+
+    def _modules(self):
+        c = self.clip
+        mods = [c.transformer, c.ln_final, c.token_embedding]
+        params = [p for m in mods for p in m.parameters()] + [c.positional_embedding]
+        if isinstance(c.text_projection, _torch().nn.Parameter):
+            params.append(c.text_projection)
+        elif c.text_projection is not None:
+            params += list(c.text_projection.parameters())
+        return params
+
+    def to(self, device):
+        self.tokenized = self.tokenized.to(device)
+        self.embedding = self.embedding.to(device)
+        return self
+
+    def new_context(self, num_classes, generator=None):
+        torch = _torch()
+        width = self.embedding.shape[-1]
+        ctx = torch.empty(num_classes, self.n_cls_ctx, width)
+        ctx.normal_(0.0, 0.02, generator=generator)  # ProGEO: nn.init.normal_(cls_vectors, std=0.02)
+        return ctx
+
+    def features(self, cls_ctx):
+        """(B, n_cls_ctx, width) class contexts -> (B, embed_dim) text features (not normalised, as ProGEO)."""
+        torch = _torch()
+        c = self.clip
+        b = cls_ctx.shape[0]
+        prefix = self.embedding[:, :self.start].expand(b, -1, -1)
+        suffix = self.embedding[:, self.start + self.n_cls_ctx:].expand(b, -1, -1)
+        x = torch.cat([prefix, cls_ctx.to(prefix.dtype), suffix], dim=1) + c.positional_embedding
+        x = c.transformer(x, attn_mask=c.attn_mask)
+        x = c.ln_final(x)
+        x = x[:, self.tokenized[0].argmax()]
+        proj = c.text_projection
+        return proj(x) if isinstance(proj, torch.nn.Module) else x @ proj
+
+
+# ---- images ----------------------------------------------------------------------------------------------------
+class ImageBank:
+    """Training images as uint8 (H, W, 3) at the model input size. Preloaded into memory when they fit in
+    `max_bytes`, else read from disk per batch."""
+
+    def __init__(self, records, size, images=None, max_bytes=4 << 30):
+        self.records = records
+        self.size = tuple(size)
+        h, w = self.size
+        self.array = None
+        if images is not None or len(records) * h * w * 3 <= max_bytes:
+            from geoloc_ros.model.encoder import resize_batch
+
+            if images is None:
+                from geoloc_ros.datasets import read_image
+
+                images = [read_image(r.path) for r in records]
+            self.array = resize_batch(images, self.size)
+
+    def __len__(self):
+        return len(self.records)
+
+    def get(self, indices) -> np.ndarray:
+        if self.array is not None:
+            return self.array[np.asarray(indices)]
+        from geoloc_ros.datasets import read_image
+        from geoloc_ros.model.encoder import resize_batch
+
+        return resize_batch([read_image(self.records[i].path) for i in indices], self.size)
+
+
+def augment(x, cfg: TrainConfig):
+    """Per-image colour jitter and random resized crop (CosPlace's DeviceAgnostic* augmentations). `x`: float
+    (B, 3, H, W) in [0, 1]. The crop keeps the output size; its aspect range is centred on the image's."""
+    torch = _torch()
+    from torchvision.transforms import v2
+
+    h, w = x.shape[-2:]
+    aspect = w / h
+    jitter = v2.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)
+    crop = v2.RandomResizedCrop((h, w), scale=(1 - cfg.random_resized_crop, 1.0),
+                                ratio=(aspect * 3 / 4, aspect * 4 / 3), antialias=True)
+    out = torch.empty_like(x)
+    for i in range(x.shape[0]):
+        out[i] = crop(jitter(x[i]))
+    return out
+
+
+# ---- training --------------------------------------------------------------------------------------------------
+def _atomic_save(obj, path: Path):
+    torch = _torch()
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save(obj, tmp)
+    os.replace(tmp, path)
+
+
+def _seed_epoch(seed: int, stage: int, epoch: int):
+    import random
+
+    torch = _torch()
+    s = (seed * 1_000_003 + stage * 10_007 + epoch) % (2**31)
+    random.seed(s)
+    torch.manual_seed(s)
+    return np.random.default_rng(s)
+
+
+def _progress(iterable, desc, total=None, enabled=True):
+    if not enabled:
+        return iterable
+    from tqdm import tqdm
+
+    return tqdm(iterable, desc=desc, total=total, ncols=100, leave=False)
+
+
+def init_model(cfg: TrainConfig):
+    """(arch, clip without its visual tower, ResNet attention pool or None, GeoLocalizationNet), initialised
+    deterministically from cfg.seed: the "untrained" starting point of a run."""
+    from geoloc_ros.model.archs import arch_config
+    from geoloc_ros.model.network import GeoLocalizationNet, build_clip, detach_attnpool
+
+    _seed_epoch(cfg.seed, 0, 0)
+    arch = arch_config(cfg.arch, cfg.image_size)
+    clip = build_clip(arch, cfg.pretrained)
+    attnpool = detach_attnpool(clip.visual)
+    net = GeoLocalizationNet(arch, int(cfg.dim or arch["embed_dim"]), clip.visual)
+    clip.visual = None  # the image tower now lives in net
+    return arch, clip, attnpool, net
+
+
+def untrained_encoder(cfg: TrainConfig, device="cpu"):
+    """The encoder a run with `cfg` starts from (same seed, same initial weights)."""
+    from geoloc_ros.model.archs import hw
+    from geoloc_ros.model.encoder import Encoder, make_preprocess
+
+    _, _, _, net = init_model(cfg)
+    return Encoder(net, make_preprocess(hw(cfg.image_size)), {"untrained": True}, device=device, half=False)
+
+
+class Trainer:
+    """Runs stage 1 then stage 2 into `run_dir`, resuming whatever is already there.
+
+    records: GeoImage-like training records (UTM position, heading). images: optional list of the decoded images
+    (same order) to avoid reading them again. val_fn: optional callable(encoder) -> dict with "R@1", evaluated
+    after every stage-2 epoch; the best epoch is saved as run_dir/encoder.safetensors (else the last one).
+    """
+
+    def __init__(self, cfg: TrainConfig, records, run_dir, images=None, val_fn=None, progress=True,
+                 metadata: dict | None = None):
+        torch = _torch()
+        self.cfg = cfg
+        self.run_dir = Path(run_dir)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        self.progress = progress
+        self.val_fn = val_fn
+        self.metadata = dict(metadata or {})
+        from geoloc_ros.model.encoder import resolve_device
+
+        self.device = resolve_device(cfg.device)
+        self.amp = bool(cfg.use_amp16 and self.device.type == "cuda")
+
+        # data
+        from geoloc_ros.model.archs import hw
+        from geoloc_ros.model.grouping import make_groups
+        from geoloc_ros.model.nordland import is_blank
+
+        self.size = hw(cfg.image_size)
+        if images is not None and cfg.skip_blank:
+            keep = [i for i, im in enumerate(images) if not is_blank(im)]
+            records, images = [records[i] for i in keep], [images[i] for i in keep]
+        self.records = records
+        self.groups = make_groups(records, cfg.M, cfg.alpha, cfg.N, cfg.L, cfg.min_images_per_class,
+                                  cfg.groups_num)
+        self.bank = ImageBank(records, self.size, images)
+        log.info("%d groups, classes %s, images %s", len(self.groups), [len(g) for g in self.groups],
+                 [g.images_num for g in self.groups])
+
+        # model: deterministic initialisation from the seed
+        from geoloc_ros.model.encoder import Encoder, make_preprocess
+
+        self.arch, self.clip, self.attnpool, self.net = init_model(cfg)
+        self.text = TextSide(clip, cfg.prompt)
+        self.preprocess = make_preprocess(self.size)
+        self.encoder = Encoder(self.net, self.preprocess, {}, device=self.device, half=False)
+        self.clip.to(self.device)
+        if self.attnpool is not None:
+            self.attnpool.to(self.device)
+        self.text.to(self.device)
+        self._mean = torch.tensor(self.preprocess["mean"], device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(self.preprocess["std"], device=self.device).view(1, 3, 1, 1)
+        self.history = []
+
+    # -- helpers
+    def _batch(self, idx, train_aug: bool):
+        torch = _torch()
+        x = torch.from_numpy(self.bank.get(idx)).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+        if train_aug:
+            x = augment(x, self.cfg)
+        return (x - self._mean) / self._std
+
+    def _autocast(self):
+        torch = _torch()
+        return torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp)
+
+    # -- stage 1
+    def stage1(self):
+        """Learn per-class prompt contexts for every group; returns the text features per group (frozen)."""
+        torch = _torch()
+        cfg = self.cfg
+        path = self.run_dir / "stage1.pt"
+        state = torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
+        if state is not None and state.get("done"):
+            log.info("stage 1 already done (%s)", path)
+            return [t.to(self.device) for t in state["text_features"]]
+        gen = torch.Generator().manual_seed(cfg.seed)
+        ctxs = [torch.nn.Parameter(self.text.new_context(len(g), gen).to(self.device)) for g in self.groups]
+        opts = [torch.optim.Adam([c], lr=cfg.lr_stage1) for c in ctxs]
+        t_max = max(1, cfg.epochs_stage1 // len(self.groups))
+        scheds = [torch.optim.lr_scheduler.CosineAnnealingLR(o, T_max=t_max) for o in opts]
+        start = 0
+        if state is not None:
+            for c, s in zip(ctxs, state["ctx"]):
+                c.data.copy_(s)
+            for o, s in zip(opts, state["opt"]):
+                o.load_state_dict(s)
+            for sc, s in zip(scheds, state["sched"]):
+                sc.load_state_dict(s)
+            start = state["epoch"]
+            log.info("stage 1: resuming at epoch %d", start)
+
+        # frozen image embeddings of every group's images, computed once (ProGEO: no augmentation)
+        self.net.eval()
+        feats, labels = [], []
+        with torch.no_grad():
+            for g in self.groups:
+                idx = [i for c in g.images for i in c]
+                lab = [k for k, c in enumerate(g.images) for _ in c]
+                out = []
+                for j in range(0, len(idx), 256):
+                    with self._autocast():
+                        out.append(self.net.clip_image_embedding(self._batch(idx[j:j + 256], False),
+                                                                 self.attnpool).float())
+                feats.append(torch.cat(out))
+                labels.append(torch.tensor(lab, device=self.device))
+
+        bar = _progress(range(start, cfg.epochs_stage1), "stage 1", enabled=self.progress)
+        for epoch in bar:
+            _seed_epoch(cfg.seed, 1, epoch)
+            g = epoch % len(self.groups)
+            f, lab = feats[g], labels[g]
+            perm = torch.randperm(len(lab), device=self.device)
+            losses = []
+            for j in range(0, len(perm), cfg.batch_size_stage1):
+                b = perm[j:j + cfg.batch_size_stage1]
+                opts[g].zero_grad(set_to_none=True)
+                with self._autocast():
+                    t = self.text.features(ctxs[g][lab[b]]).float()
+                loss = supcon_loss(f[b], t, lab[b], lab[b]) + supcon_loss(t, f[b], lab[b], lab[b])
+                loss.backward()
+                opts[g].step()
+                losses.append(loss.item())
+            scheds[g].step()
+            mean_loss = float(np.mean(losses))
+            self.history.append({"stage": 1, "epoch": epoch, "group": g, "loss": mean_loss})
+            if self.progress and hasattr(bar, "set_postfix"):
+                bar.set_postfix(loss=f"{mean_loss:.3f}")
+            _atomic_save({"epoch": epoch + 1, "ctx": [c.detach().cpu() for c in ctxs],
+                          "opt": [o.state_dict() for o in opts], "sched": [s.state_dict() for s in scheds],
+                          "history": self.history, "done": False}, path)
+        with torch.no_grad():
+            text_features = []
+            for g, c in zip(self.groups, ctxs):
+                text_features.append(torch.cat([self.text.features(c[j:j + 256]).float()
+                                                for j in range(0, len(g), 256)]))
+        _atomic_save({"epoch": cfg.epochs_stage1, "ctx": [c.detach().cpu() for c in ctxs], "done": True,
+                      "text_features": [t.cpu() for t in text_features], "history": self.history}, path)
+        return text_features
+
+    # -- stage 2
+    def _freeze(self):
+        cfg = self.cfg
+        for p in self.net.parameters():
+            p.requires_grad_(True)
+        if cfg.train_all_layers or not cfg.pretrained:
+            return  # from scratch everything trains
+        b = self.net.backbone
+        from geoloc_ros.model.archs import is_resnet
+
+        if is_resnet(self.arch):
+            for name, child in b.named_children():
+                if name == f"layer{cfg.freeze_cnn + 1}":
+                    break
+                for p in child.parameters():
+                    p.requires_grad_(False)
+        else:
+            for m in (b.conv1, b.ln_pre):
+                for p in m.parameters():
+                    p.requires_grad_(False)
+            for p in (b.class_embedding, b.positional_embedding):
+                p.requires_grad_(False)
+            for i, blk in enumerate(b.transformer.resblocks):
+                if i < cfg.freeze_trans:
+                    for p in blk.parameters():
+                        p.requires_grad_(False)
+
+    def stage2(self, text_features):
+        torch = _torch()
+        F = torch.nn.functional
+        cfg = self.cfg
+        path = self.run_dir / "stage2.pt"
+        self._freeze()
+        dim = self.net.dim
+        embed = text_features[0].shape[1]
+        adapter = None
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        if dim != embed:  # descriptor and text feature sizes differ: learn a linear map text -> descriptor space
+            adapter = torch.nn.Linear(embed, dim, bias=False).to(self.device)
+            params += list(adapter.parameters())
+        opt = torch.optim.Adam(params, lr=cfg.lr)
+        gen = torch.Generator().manual_seed(cfg.seed + 1)
+        classifiers = []
+        for g in self.groups:
+            w = torch.empty(len(g), dim)
+            bound = math.sqrt(6.0 / (len(g) + dim))  # xavier_uniform
+            w.uniform_(-bound, bound, generator=gen)
+            classifiers.append(torch.nn.Parameter(w.to(self.device)))
+        cls_opts = [torch.optim.Adam([w], lr=cfg.classifiers_lr) for w in classifiers]
+        scaler = torch.amp.GradScaler("cuda") if self.amp else None
+        start, best = 0, -1.0
+        if path.exists():
+            st = torch.load(path, map_location="cpu", weights_only=False)
+            self.net.load_state_dict(st["net"])
+            opt.load_state_dict(st["opt"])
+            for w, s in zip(classifiers, st["classifiers"]):
+                w.data.copy_(s)
+            for o, s in zip(cls_opts, st["cls_opts"]):
+                o.load_state_dict(s)
+            if adapter is not None and st.get("adapter") is not None:
+                adapter.load_state_dict(st["adapter"])
+            start, best, self.history = st["epoch"], st.get("best", -1.0), st.get("history", self.history)
+            log.info("stage 2: resuming at epoch %d", start)
+
+        for epoch in range(start, cfg.epochs):
+            rng = _seed_epoch(cfg.seed, 2, epoch)
+            g = epoch % len(self.groups)
+            group, w, copt, tf = self.groups[g], classifiers[g], cls_opts[g], text_features[g]
+            n_cls = len(group)
+            self.net.train()
+            order, pos = rng.permutation(n_cls), 0
+            losses, t0 = [], time.time()
+            bar = _progress(range(cfg.iterations_per_epoch), f"stage 2 epoch {epoch + 1}/{cfg.epochs}",
+                            enabled=self.progress)
+            for _ in bar:
+                if pos + cfg.batch_size > n_cls:  # CosPlace: batches of distinct classes, reshuffled when used up
+                    order, pos = rng.permutation(n_cls), 0
+                labels_np = order[pos:pos + cfg.batch_size]
+                pos += cfg.batch_size
+                idx = [group.images[c][rng.integers(len(group.images[c]))] for c in labels_np]
+                labels = torch.as_tensor(labels_np, device=self.device)
+                x = self._batch(idx, True)
+                opt.zero_grad(set_to_none=True)
+                copt.zero_grad(set_to_none=True)
+                with self._autocast():
+                    d = self.net(x)
+                    loss = F.cross_entropy(CosFace.logits(d.float(), w, labels, cfg.cosface_s, cfg.cosface_m),
+                                           labels)
+                    if cfg.i2t_weight:
+                        t = adapter(tf) if adapter is not None else tf
+                        loss = loss + cfg.i2t_weight * F.cross_entropy(d.float() @ t.t(), labels,
+                                                                       label_smoothing=cfg.label_smoothing)
+                if scaler is not None:
+                    scaler.scale(loss).backward()
+                    scaler.step(opt)
+                    scaler.step(copt)
+                    scaler.update()
+                else:
+                    loss.backward()
+                    opt.step()
+                    copt.step()
+                losses.append(loss.item())
+                if self.progress and hasattr(bar, "set_postfix") and len(losses) % 20 == 0:
+                    bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
+            entry = {"stage": 2, "epoch": epoch, "group": g, "loss": float(np.mean(losses)),
+                     "seconds": round(time.time() - t0, 1)}
+            self._save_encoder(self.run_dir / "encoder_last.safetensors", epoch + 1)
+            if self.val_fn is not None:
+                entry["val"] = self.val_fn(self.encoder)
+                if entry["val"]["R@1"] > best:
+                    best = entry["val"]["R@1"]
+                    self._save_encoder(self.run_dir / "encoder.safetensors", epoch + 1)
+            else:
+                os.replace(self._save_encoder(self.run_dir / "encoder.tmp.safetensors", epoch + 1),
+                           self.run_dir / "encoder.safetensors")
+            self.history.append(entry)
+            log.info("stage 2 epoch %d: %s", epoch + 1, json.dumps(entry))
+            _atomic_save({"epoch": epoch + 1, "net": self.net.state_dict(), "opt": opt.state_dict(),
+                          "classifiers": [c.detach().cpu() for c in classifiers],
+                          "cls_opts": [o.state_dict() for o in cls_opts],
+                          "adapter": adapter.state_dict() if adapter is not None else None,
+                          "best": best, "history": self.history}, path)
+        return self.history
+
+    def _save_encoder(self, path, epoch):
+        from geoloc_ros.model.checkpoint import save_encoder
+
+        training = {"recipe": "ProGEO two-stage (geoloc_ros)", "stage2_epochs_done": epoch,
+                    "config": self.cfg.to_dict(), "groups": [len(g) for g in self.groups],
+                    "train_images": len(self.records), **self.metadata}
+        return save_encoder(self.encoder, path, training=training)
+
+    def run(self):
+        text_features = self.stage1()
+        self.stage2(text_features)
+        return self.run_dir / "encoder.safetensors"
