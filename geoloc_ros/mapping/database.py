@@ -1,0 +1,440 @@
+"""`MapDatabase`: geotagged keyframes + their descriptors + a FAISS index, one directory on disk.
+
+Search is FAISS inner product on L2-normalised descriptors (cosine similarity), through an index chosen per map
+with an index factory string: "Flat" (exact; the default), "HNSW32", "IVF1024,PQ64", ... Rows of the index are
+rows of the descriptor matrix and of the keyframe table; keyframe ids map to rows.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+import datetime as _dt
+import json
+import math
+from pathlib import Path
+import shutil
+
+import faiss
+import numpy as np
+
+from geoloc_ros.geodesy import MapFrame, to_utm
+from geoloc_ros.mapping import storage
+from geoloc_ros.mapping.keyframe import FLOAT_FIELDS, KEYFRAME_FIELDS, Keyframe, Match
+from geoloc_ros.mapping.storage import MapError
+
+# A radius-filtered search scores the keyframes inside the radius exactly (faiss.knn over their stored
+# descriptors) when there are at most this many; beyond that it asks the index with an ID selector.
+EXACT_SUBSET_MAX = 50_000
+
+
+def default_search_params(index_factory: str) -> str:
+    """Search-time settings for a factory string, as faiss.ParameterSpace reads them."""
+    params = []
+    if "IVF" in index_factory:
+        params.append("nprobe=16")
+    if "HNSW" in index_factory:
+        params.append("quantizer_efSearch=64" if "IVF" in index_factory else "efSearch=64")
+    return ",".join(params)
+
+
+class _Growable:
+    """A numpy array that grows by doubling, so that adding one keyframe at a time stays cheap."""
+
+    def __init__(self, dtype, width: int | None = None, data=None):
+        self.width = width
+        shape = (0,) if width is None else (0, width)
+        self._buf = np.empty(shape, dtype=dtype) if data is None else data
+        self.n = len(self._buf)
+
+    def extend(self, values):
+        values = np.asarray(values, dtype=self._buf.dtype)
+        need = self.n + len(values)
+        if need > len(self._buf) or not self._buf.flags.writeable:
+            cap = max(need, 2 * len(self._buf), 16)
+            buf = np.empty((cap,) + self._buf.shape[1:], dtype=self._buf.dtype)
+            buf[:self.n] = self._buf[:self.n]
+            self._buf = buf
+        self._buf[self.n:need] = values
+        self.n = need
+
+    @property
+    def array(self) -> np.ndarray:
+        return self._buf[:self.n]
+
+
+class MapDatabase:
+    """A map of keyframes. Create with `create`, open with `load`, fill with `add`, query with `search`."""
+
+    def __init__(self, name: str, dim: int, fingerprint: str, frame: MapFrame | None = None,
+                 index_factory: str = "Flat", search_params: str | None = None, index=None, columns=None,
+                 descriptors=None, encoder_path: Path | None = None, created: str | None = None):
+        self.name = str(name)
+        self.dim = int(dim)
+        self.fingerprint = str(fingerprint)
+        self.frame = frame
+        self.index_factory = index_factory
+        self.search_params = default_search_params(index_factory) if search_params is None else search_params
+        self.created = created or _now()
+        self._index = index if index is not None else self._new_index()
+        self._apply_search_params()
+        cols = columns or {}
+        self._cols = {f: _Growable(_column_dtype(f), data=cols.get(f)) for f in KEYFRAME_FIELDS}
+        self._desc = _Growable(np.float32, self.dim, descriptors)
+        self._encoder_path = Path(encoder_path) if encoder_path else None
+        self._id_order = None  # argsort of ids, rebuilt lazily after adds
+        if self._index.ntotal != len(self) or self._desc.n != len(self):
+            raise MapError(f"map {self.name!r}: index has {self._index.ntotal} rows, descriptors {self._desc.n}, "
+                           f"keyframes {len(self)}")
+
+    # -- construction ----------------------------------------------------------------------------------------
+    @classmethod
+    def create(cls, name: str, dim: int, fingerprint: str, frame: MapFrame | None = None,
+               index_factory: str = "Flat", search_params: str | None = None) -> "MapDatabase":
+        """An empty map in memory. `index_factory`: a FAISS index factory string (inner product metric)."""
+        if int(dim) <= 0:
+            raise MapError(f"descriptor dimension must be positive, got {dim}")
+        return cls(name, dim, fingerprint, frame, index_factory, search_params)
+
+    @classmethod
+    def load(cls, path, encoder=None) -> "MapDatabase":
+        """Open the map directory `path`, verifying the manifest, every file's size and sha256, and (when `encoder`
+        is given) that its dimension and fingerprint are those the map was built with. Raises MapError."""
+        folder = Path(path)
+        manifest = storage.read_manifest(folder)
+        storage.verify_files(folder, manifest)
+        dim, fingerprint = int(manifest["dim"]), manifest["encoder_fingerprint"]
+        if encoder is not None:
+            check_encoder(folder, dim, fingerprint, encoder)
+        files = manifest["files"]
+        for required in (storage.KEYFRAMES, storage.DESCRIPTORS, storage.INDEX):
+            if required not in files:
+                raise MapError(f"{folder / required}: missing from the manifest")
+        encoder_path = None
+        if storage.ENCODER in files:
+            encoder_path = folder / storage.ENCODER
+            carried = read_encoder_fingerprint(encoder_path)
+            if carried != fingerprint:
+                raise MapError(f"{encoder_path}: the carried encoder's fingerprint {carried[:12]}... is not the map's "
+                               f"{fingerprint[:12]}...")
+        columns = storage.read_keyframes(folder / storage.KEYFRAMES)
+        try:
+            descriptors = np.load(folder / storage.DESCRIPTORS, mmap_mode="r", allow_pickle=False)
+        except ValueError as e:
+            raise MapError(f"{folder / storage.DESCRIPTORS}: not a readable .npy array ({e})") from None
+        if descriptors.dtype != np.float32 or descriptors.ndim != 2 or descriptors.shape[1] != dim:
+            raise MapError(f"{folder / storage.DESCRIPTORS}: expected float32 (N, {dim}), got {descriptors.dtype} "
+                           f"{descriptors.shape}")
+        try:
+            index = faiss.read_index(str(folder / storage.INDEX))
+        except RuntimeError as e:
+            raise MapError(f"{folder / storage.INDEX}: not a readable FAISS index ({str(e).splitlines()[0]})") from None
+        if index.d != dim:
+            raise MapError(f"{folder / storage.INDEX}: index dimension {index.d}, the manifest says {dim}")
+        count = int(manifest["count"])
+        if not (len(columns["id"]) == len(descriptors) == index.ntotal == count):
+            raise MapError(f"{folder}: counts disagree (manifest {count}, keyframes {len(columns['id'])}, "
+                           f"descriptors {len(descriptors)}, index {index.ntotal})")
+        frame = MapFrame(**manifest["frame"]) if manifest.get("frame") else None
+        return cls(manifest["name"], dim, fingerprint, frame, manifest["index_factory"],
+                   manifest.get("search_params"), index, columns, descriptors, encoder_path, manifest.get("created"))
+
+    # -- identity --------------------------------------------------------------------------------------------
+    def __len__(self) -> int:
+        return self._cols["id"].n
+
+    def __repr__(self):
+        return (f"MapDatabase(name={self.name!r}, keyframes={len(self)}, dim={self.dim}, "
+                f"index={self.index_factory!r}, fingerprint={self.fingerprint[:12]})")
+
+    @property
+    def encoder_path(self) -> Path | None:
+        """The encoder checkpoint the map carries (or will carry once saved), or None."""
+        return self._encoder_path
+
+    def attach_encoder(self, checkpoint) -> None:
+        """Carry the encoder checkpoint file `checkpoint` in the map (copied in on `save`). Its fingerprint must be
+        the map's."""
+        from geoloc_ros.model.checkpoint import find_checkpoint
+
+        path = find_checkpoint(checkpoint)
+        fp = read_encoder_fingerprint(path)
+        if fp != self.fingerprint:
+            raise MapError(f"{path}: encoder fingerprint {fp[:12]}... is not the map's {self.fingerprint[:12]}...")
+        self._encoder_path = Path(path)
+
+    @property
+    def index(self):
+        """The FAISS index (read-only use, please: rows must stay aligned with the keyframes)."""
+        return self._index
+
+    @property
+    def descriptors(self) -> np.ndarray:
+        """(N, dim) float32, row order (a view; do not modify)."""
+        return self._desc.array
+
+    # -- keyframes -------------------------------------------------------------------------------------------
+    def column(self, name: str) -> np.ndarray:
+        """One keyframe field for all keyframes, in row order (e.g. column("x"))."""
+        return self._cols[name].array
+
+    def positions(self) -> np.ndarray:
+        """(N, 2) map-frame x, y of every keyframe (NaN where unknown)."""
+        return np.stack([self.column("x"), self.column("y")], axis=1)
+
+    def keyframe(self, id: int) -> Keyframe:
+        """The keyframe with this id; KeyError when there is none."""
+        return self._keyframe_at(self._row_of(int(id)))
+
+    def keyframes(self):
+        """All keyframes, in row order."""
+        return (self._keyframe_at(r) for r in range(len(self)))
+
+    def _row_of(self, id: int) -> int:
+        ids = self.column("id")
+        if self._id_order is None:
+            self._id_order = np.argsort(ids, kind="stable")
+        pos = np.searchsorted(ids, id, sorter=self._id_order)
+        if pos < len(ids) and ids[self._id_order[pos]] == id:
+            return int(self._id_order[pos])
+        raise KeyError(f"map {self.name!r} has no keyframe with id {id}")
+
+    def _keyframe_at(self, row: int) -> Keyframe:
+        values = {f: self._cols[f].array[row] for f in KEYFRAME_FIELDS}
+        values = {f: (float(v) if f in FLOAT_FIELDS else bool(v) if f == "synthetic" else
+                      int(v) if f in ("id", "stamp_ns") else str(v)) for f, v in values.items()}
+        return Keyframe(**values)
+
+    # -- adding ----------------------------------------------------------------------------------------------
+    def add(self, descriptors, keyframes) -> list[int]:
+        """Append keyframes with their (N, dim) descriptors (L2-normalised here if they are not). Keyframes with
+        id < 0 get fresh ids. Geotagged keyframes get UTM (in the map frame's zone) and map-frame x/y/z from
+        lat/lon/alt; the first geotagged keyframe of a map without a frame sets its origin. Keyframes with only a
+        map-frame position get lat/lon from it when the map has a frame. Returns the ids."""
+        keyframes = list(keyframes)
+        x = _as_matrix(descriptors, self.dim, "descriptors")
+        if len(x) != len(keyframes):
+            raise MapError(f"{len(x)} descriptors for {len(keyframes)} keyframes")
+        if not keyframes:
+            return []
+        x = _normalised(x)
+        keyframes = self._place(keyframes)
+        ids = self._assign_ids(keyframes)
+        self._ensure_trained(x)
+        self._index.add(x)
+        self._desc.extend(x)
+        for f in KEYFRAME_FIELDS:
+            self._cols[f].extend([ids[i] if f == "id" else getattr(k, f) for i, k in enumerate(keyframes)])
+        self._id_order = None
+        return ids
+
+    def _assign_ids(self, keyframes) -> list[int]:
+        existing = self.column("id")
+        given = [int(k.id) for k in keyframes if k.id >= 0]
+        next_id = max([int(existing.max()) if len(existing) else -1] + given) + 1
+        ids = []
+        for k in keyframes:
+            ids.append(int(k.id) if k.id >= 0 else next_id)
+            next_id += k.id < 0
+        clash = set(given) & set(existing.tolist())
+        if clash or len(set(given)) != len(given):
+            raise MapError(f"keyframe ids already in map {self.name!r} or repeated: {sorted(clash)[:5] or given[:5]}")
+        return ids
+
+    def _place(self, keyframes) -> list[Keyframe]:
+        """Fill in the coordinate fields the map derives (UTM, map-frame pose, lat/lon) and set the frame."""
+        geo = [k for k in keyframes if k.has_geotag]
+        if geo and self.frame is None:
+            has_local = np.isfinite(self.column("x")).any() or any(k.has_position for k in keyframes if not k.has_geotag)
+            if has_local:
+                raise MapError(f"map {self.name!r} holds positions without geotags (no map frame); cannot add "
+                               f"geotagged keyframes to it")
+            self.frame = MapFrame.at(geo[0].lat, geo[0].lon, geo[0].alt)
+        out = []
+        frame = self.frame
+        lat = np.array([k.lat for k in keyframes], dtype=np.float64)
+        lon = np.array([k.lon for k in keyframes], dtype=np.float64)
+        ok = np.isfinite(lat) & np.isfinite(lon)
+        east = np.full(len(keyframes), math.nan)
+        north = np.full(len(keyframes), math.nan)
+        if ok.any():
+            e, n, _ = to_utm(lat[ok], lon[ok], frame.zone)
+            east[ok], north[ok] = e, n
+        for i, k in enumerate(keyframes):
+            if ok[i]:
+                z = k.alt - frame.origin_alt if math.isfinite(k.alt) else 0.0
+                k = k.replace(utm_east=float(east[i]), utm_north=float(north[i]), x=float(east[i] - frame.origin_east),
+                              y=float(north[i] - frame.origin_north), z=float(z))
+            elif k.has_position and frame is not None:
+                la, lo, al = frame.to_wgs84(k.x, k.y, k.z if math.isfinite(k.z) else 0.0)
+                k = k.replace(lat=float(la), lon=float(lo), alt=float(al) if math.isfinite(k.z) else math.nan,
+                              utm_east=k.x + frame.origin_east, utm_north=k.y + frame.origin_north)
+            out.append(k)
+        return out
+
+    def _ensure_trained(self, x: np.ndarray) -> None:
+        if self._index.is_trained:
+            return
+        try:
+            self._index.train(x)
+        except RuntimeError as e:
+            raise MapError(f"index {self.index_factory!r} cannot be trained on {len(x)} descriptors "
+                           f"({str(e).splitlines()[0]}); use 'Flat' for small maps or add more keyframes at once") from None
+        self._apply_search_params()
+
+    # -- search ----------------------------------------------------------------------------------------------
+    def search(self, descriptors, k: int, near=None) -> list[list[Match]]:
+        """For each query row, up to `k` matches, best (highest similarity) first. `near=(x, y, radius_m)` keeps
+        only keyframes within that radius of (x, y) in the map frame."""
+        q = _normalised(_as_matrix(descriptors, self.dim, "query descriptors"))
+        k = int(k)
+        if k <= 0 or len(self) == 0 or len(q) == 0:
+            return [[] for _ in range(len(q))]
+        if near is None:
+            sims, rows = self._index.search(q, min(k, len(self)))
+        else:
+            cx, cy, radius = (float(v) for v in near)
+            pos = self.positions()
+            inside = np.flatnonzero(((pos[:, 0] - cx) ** 2 + (pos[:, 1] - cy) ** 2) <= radius * radius)
+            if len(inside) == 0:
+                return [[] for _ in range(len(q))]
+            sims, rows = self._search_subset(q, min(k, len(inside)), inside)
+        return [[Match(self._keyframe_at(int(r)), float(s)) for s, r in zip(srow, rrow) if r >= 0]
+                for srow, rrow in zip(sims, rows)]
+
+    def _search_subset(self, q, k, rows):
+        if len(rows) <= EXACT_SUBSET_MAX:
+            sims, local = faiss.knn(q, np.ascontiguousarray(self.descriptors[rows]), k,
+                                    metric=faiss.METRIC_INNER_PRODUCT)
+            return sims, np.where(local >= 0, rows[np.maximum(local, 0)], -1)
+        selector = faiss.IDSelectorBatch(rows.astype(np.int64))
+        ivf = faiss.try_extract_index_ivf(self._index)
+        if ivf is not None:
+            params = faiss.SearchParametersIVF(sel=selector, nprobe=ivf.nprobe)
+        elif isinstance(self._index, faiss.IndexHNSW):
+            params = faiss.SearchParametersHNSW(sel=selector, efSearch=self._index.hnsw.efSearch)
+        else:
+            params = faiss.SearchParameters(sel=selector)
+        return self._index.search(q, k, params=params)
+
+    # -- saving ----------------------------------------------------------------------------------------------
+    def save(self, path) -> Path:
+        """Write the map to the directory `path` atomically (temporary sibling directory, fsync, rename): an
+        interrupted save leaves the previous map at `path` untouched. Returns `path`."""
+        target = Path(path)
+        tmp = storage.temporary_sibling(target)
+        try:
+            self._write(tmp)
+            storage.fsync_tree(tmp)
+            storage.replace_directory(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        if self._encoder_path is not None:
+            self._encoder_path = target / storage.ENCODER
+        return target
+
+    def _write(self, folder: Path) -> None:
+        storage.write_keyframes(folder / storage.KEYFRAMES, {f: self._cols[f].array for f in KEYFRAME_FIELDS})
+        np.save(folder / storage.DESCRIPTORS, np.ascontiguousarray(self.descriptors))
+        faiss.write_index(self._index, str(folder / storage.INDEX))
+        if self._encoder_path is not None:
+            shutil.copyfile(self._encoder_path, folder / storage.ENCODER)
+        (folder / storage.MANIFEST).write_bytes(storage.manifest_bytes(self.manifest(storage.describe_files(folder))))
+
+    def manifest(self, files: dict | None = None) -> dict:
+        synthetic = self.column("synthetic")
+        return {
+            "format": storage.FORMAT,
+            "format_version": storage.FORMAT_VERSION,
+            "name": self.name,
+            "created": self.created,
+            "count": len(self),
+            "synthetic_positions": int(synthetic.sum()),
+            "dim": self.dim,
+            "encoder_fingerprint": self.fingerprint,
+            "metric": "inner_product",
+            "index_factory": self.index_factory,
+            "search_params": self.search_params,
+            "crs": "EPSG:4326 (WGS84 lat/lon/alt); UTM easting/northing in the map frame's zone; map frame ENU metres",
+            "frame": asdict(self.frame) if self.frame else None,
+            "files": files or {},
+        }
+
+    # -- internals -------------------------------------------------------------------------------------------
+    def _new_index(self):
+        try:
+            return faiss.index_factory(self.dim, self.index_factory, faiss.METRIC_INNER_PRODUCT)
+        except RuntimeError as e:
+            raise MapError(f"bad FAISS index factory string {self.index_factory!r} for dimension {self.dim} "
+                           f"({str(e).splitlines()[0]})") from None
+
+    def _apply_search_params(self):
+        if self.search_params and self._index.is_trained:
+            try:
+                faiss.ParameterSpace().set_index_parameters(self._index, self.search_params)
+            except RuntimeError as e:
+                raise MapError(f"search parameters {self.search_params!r} do not apply to index "
+                               f"{self.index_factory!r} ({str(e).splitlines()[0]})") from None
+
+    def rebuilt(self, index_factory: str, search_params: str | None = None, name: str | None = None) -> "MapDatabase":
+        """A copy of this map with a different index (trained on all of its descriptors)."""
+        other = MapDatabase.create(name or self.name, self.dim, self.fingerprint, self.frame, index_factory,
+                                   search_params)
+        other._encoder_path = self._encoder_path
+        other.add(self.descriptors, list(self.keyframes()))
+        return other
+
+
+def check_encoder(folder, dim: int, fingerprint: str, encoder) -> None:
+    """Refuse an encoder whose descriptors do not belong in this map."""
+    if int(encoder.dim) != dim:
+        raise MapError(f"{folder}: map descriptors have dimension {dim}, the encoder produces {encoder.dim}; "
+                       f"rebuild the map with this encoder")
+    if encoder.fingerprint != fingerprint:
+        raise MapError(f"{folder}: map was built with encoder fingerprint {fingerprint[:12]}..., the given encoder's is "
+                       f"{encoder.fingerprint[:12]}... (different weights or preprocessing); rebuild the map with "
+                       f"this encoder")
+
+
+def read_encoder_fingerprint(path) -> str:
+    """The fingerprint in an encoder.safetensors header, read without loading weights (or torch)."""
+    path = Path(path)
+    try:
+        with open(path, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n < 100_000_000:
+                raise ValueError("bad header length")
+            meta = json.loads(f.read(n)).get("__metadata__", {})
+        return meta["fingerprint"]
+    except (OSError, ValueError, KeyError) as e:
+        raise MapError(f"{path}: not an encoder checkpoint with a fingerprint ({e})") from None
+
+
+def _column_dtype(field: str):
+    if field in FLOAT_FIELDS:
+        return np.float64
+    if field in ("id", "stamp_ns"):
+        return np.int64
+    if field == "synthetic":
+        return bool
+    return object
+
+
+def _as_matrix(x, dim: int, what: str) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    if x.ndim == 1:
+        x = x[None, :]
+    if x.ndim != 2 or x.shape[1] != dim:
+        raise MapError(f"{what}: expected shape (N, {dim}), got {x.shape}")
+    return x
+
+
+def _normalised(x: np.ndarray) -> np.ndarray:
+    x = np.array(x, dtype=np.float32, order="C", copy=True)
+    if len(x):
+        faiss.normalize_L2(x)
+    return x
+
+
+def _now() -> str:
+    return _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()
