@@ -1,0 +1,253 @@
+"""Replaying a rosbag2 into the node through DDS, and collecting what it answers: shared by `geoloc demo`, the
+node tests and the node latency benchmark.
+
+Bags are read with `rosbags` (pure Python; rosbag2 itself is not installable here) and their messages turned into
+rclpy messages field by field. Publish times are recorded per image stamp, so receive - publish is the end-to-end
+latency through DDS and the node.
+"""
+
+from __future__ import annotations
+
+from array import array
+from dataclasses import dataclass, field
+import threading
+import time
+
+import numpy as np
+
+from geoloc_ros.node.images import rgb_to_image_fields
+
+NODE_TOPICS = ("place_recognition", "loop_closures", "geopose", "fix", "pose")
+
+
+@dataclass
+class BagFrame:
+    stamp_ns: int
+    image: object  # rclpy sensor_msgs/Image or CompressedImage, ready to publish
+    fix: tuple | None = None  # (lat, lon, alt) ground truth recorded with the frame, if any
+
+
+def read_bag(path, image_topic="/camera/image_raw", fix_topic="/gnss/fix") -> list[BagFrame]:
+    """Image (or CompressedImage) messages of `image_topic`, in recording order, each with the ground-truth fix of
+    the same stamp on `fix_topic` (None when there is none)."""
+    from rosbags.highlevel import AnyReader
+
+    images, fixes = [], {}
+    with AnyReader([_path(path)]) as reader:
+        conns = [c for c in reader.connections if c.topic in (image_topic, fix_topic)]
+        if not any(c.topic == image_topic for c in conns):
+            topics = sorted({f"{c.topic} ({c.msgtype})" for c in reader.connections})
+            raise ValueError(f"{path}: no topic {image_topic}; the bag holds {', '.join(topics)}")
+        for conn, t, raw in reader.messages(connections=conns):
+            msg = reader.deserialize(raw, conn.msgtype)
+            stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec) or int(t)
+            if conn.topic == image_topic:
+                images.append((stamp, to_rclpy(msg, conn.msgtype)))
+            else:
+                fixes[stamp] = (float(msg.latitude), float(msg.longitude), float(msg.altitude))
+    return [BagFrame(s, m, fixes.get(s)) for s, m in images]
+
+
+def _path(p):
+    from pathlib import Path
+
+    return Path(p)
+
+
+def to_rclpy(msg, msgtype: str):
+    """A rosbags sensor_msgs Image / CompressedImage -> the rclpy message."""
+    from sensor_msgs.msg import CompressedImage, Image
+
+    if msgtype.endswith("CompressedImage"):
+        out = CompressedImage(format=msg.format)
+    else:
+        out = Image(height=int(msg.height), width=int(msg.width), encoding=msg.encoding,
+                    is_bigendian=int(msg.is_bigendian), step=int(msg.step))
+    out.header.stamp.sec, out.header.stamp.nanosec = int(msg.header.stamp.sec), int(msg.header.stamp.nanosec)
+    out.header.frame_id = msg.header.frame_id
+    out.data = array("B", np.asarray(msg.data, dtype=np.uint8).tobytes())
+    return out
+
+
+def image_message(rgb: np.ndarray, stamp_ns: int, frame_id: str = "camera", encoding: str = "rgb8"):
+    """An rclpy sensor_msgs/Image of `rgb`."""
+    from sensor_msgs.msg import Image
+
+    f = rgb_to_image_fields(rgb, encoding)
+    msg = Image(height=f["height"], width=f["width"], encoding=f["encoding"], is_bigendian=0, step=f["step"])
+    msg.data = array("B", f["data"].tobytes())
+    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(int(stamp_ns), 1_000_000_000)
+    msg.header.frame_id = frame_id
+    return msg
+
+
+def stamp_ns(stamp) -> int:
+    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+
+
+@dataclass
+class Collected:
+    """What came back from the node, keyed by image stamp (ns)."""
+
+    published: dict = field(default_factory=dict)  # stamp -> perf_counter at publish
+    results: dict = field(default_factory=lambda: {t: {} for t in NODE_TOPICS})  # topic -> stamp -> message
+    received: dict = field(default_factory=dict)  # stamp -> perf_counter when ~/place_recognition arrived
+    diagnostics: list = field(default_factory=list)  # DiagnosticStatus of the node, latest last
+
+    def latencies_ms(self) -> np.ndarray:
+        return np.array([(self.received[s] - self.published[s]) * 1e3 for s in self.received if s in self.published])
+
+
+class Harness:
+    """A player + collector node in the caller's rclpy context, spun by its own executor in a thread. Publishes
+    camera frames (sensor-data QoS, like a camera driver) and records the node's outputs and /diagnostics."""
+
+    def __init__(self, context, node_name: str = "geoloc_vpr", image_topic: str = "/camera/image_raw",
+                 namespace: str = ""):
+        import rclpy
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
+
+        from diagnostic_msgs.msg import DiagnosticArray
+        from geographic_msgs.msg import GeoPoseWithCovarianceStamped
+        from geoloc_msgs.msg import PlaceRecognition
+        from geometry_msgs.msg import PoseWithCovarianceStamped
+        from sensor_msgs.msg import CompressedImage, Image, NavSatFix
+
+        self.node = rclpy.create_node("geoloc_replay", context=context)
+        self.data = Collected()
+        self._lock = threading.Lock()
+        self.node_name = node_name
+        prefix = f"{namespace.rstrip('/')}/{node_name}" if namespace else f"/{node_name}"
+        self.image_pub = self.node.create_publisher(Image, image_topic, qos_profile_sensor_data)
+        self.compressed_pub = self.node.create_publisher(CompressedImage, image_topic.rstrip("/") + "/compressed",
+                                                         qos_profile_sensor_data)
+        reliable = QoSProfile(depth=100, reliability=QoSReliabilityPolicy.RELIABLE)
+        types = {"place_recognition": PlaceRecognition, "loop_closures": PlaceRecognition,
+                 "geopose": GeoPoseWithCovarianceStamped, "fix": NavSatFix, "pose": PoseWithCovarianceStamped}
+        for topic, t in types.items():
+            self.node.create_subscription(t, f"{prefix}/{topic}", lambda m, k=topic: self._on_result(k, m), reliable)
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
+        self.executor = SingleThreadedExecutor(context=context)
+        self.executor.add_node(self.node)
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._running = True
+        self._thread.start()
+
+    def _spin(self):
+        while self._running:
+            try:
+                self.executor.spin_once(timeout_sec=0.05)
+            except Exception:  # noqa: BLE001 - context shut down under us at the end
+                if self._running:
+                    raise
+                return
+
+    def _on_result(self, topic, msg):
+        now = time.perf_counter()
+        s = stamp_ns(msg.header.stamp)
+        with self._lock:
+            self.data.results[topic][s] = msg
+            if topic == "place_recognition" and s not in self.data.received:
+                self.data.received[s] = now
+
+    def _on_diag(self, msg):
+        for st in msg.status:
+            if st.name.startswith(self.node_name):
+                with self._lock:
+                    self.data.diagnostics.append(st)
+
+    def diag_values(self) -> dict:
+        with self._lock:
+            if not self.data.diagnostics:
+                return {}
+            st = self.data.diagnostics[-1]
+        return {"level": st.level, "message": st.message, **{kv.key: kv.value for kv in st.values}}
+
+    def wait_for_subscriber(self, timeout: float = 30.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.image_pub.get_subscription_count() > 0:
+                return True
+            time.sleep(0.05)
+        return False
+
+    def publish(self, msg):
+        """Publish an Image or CompressedImage now, recording the publish time under its stamp."""
+        with self._lock:
+            self.data.published[stamp_ns(msg.header.stamp)] = time.perf_counter()
+        (self.compressed_pub if hasattr(msg, "format") else self.image_pub).publish(msg)
+
+    def play(self, messages, rate_hz: float):
+        """Publish `messages` at `rate_hz` (a fixed schedule, so a slow subscriber cannot slow the camera)."""
+        period = 1.0 / rate_hz
+        t0 = time.perf_counter()
+        for i, msg in enumerate(messages):
+            delay = t0 + i * period - time.perf_counter()
+            if delay > 0:
+                time.sleep(delay)
+            self.publish(msg)
+
+    def wait_quiet(self, quiet_s: float = 1.0, timeout: float = 30.0, expect: int | None = None):
+        """Wait until `expect` results arrived, or nothing new came for `quiet_s`."""
+        deadline = time.monotonic() + timeout
+        last, last_t = -1, time.monotonic()
+        while time.monotonic() < deadline:
+            n = len(self.data.received)
+            if expect is not None and n >= expect:
+                return
+            if n != last:
+                last, last_t = n, time.monotonic()
+            elif time.monotonic() - last_t > quiet_s:
+                return
+            time.sleep(0.05)
+
+    def wait_for(self, predicate, timeout: float = 30.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if predicate():
+                return True
+            time.sleep(0.05)
+        return False
+
+    def close(self):
+        self._running = False
+        self._thread.join(timeout=5.0)
+        self.executor.shutdown()
+        self.node.destroy_node()
+
+
+class InProcessNode:
+    """A VprNode in `context`, spun by its own executor thread (tests and the benchmark): start, use, close."""
+
+    def __init__(self, context, parameters: dict, autostart: bool = True):
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.parameter import Parameter
+
+        from geoloc_ros.vpr_node import VprNode, start
+
+        overrides = [Parameter(k, value=v) for k, v in {"autostart": autostart, **parameters}.items()]
+        self.node = VprNode(context=context, parameter_overrides=overrides)
+        self.active = start(self.node) if autostart else False
+        self.executor = SingleThreadedExecutor(context=context)
+        self.executor.add_node(self.node)
+        self._running = True
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self):
+        while self._running:
+            try:
+                self.executor.spin_once(timeout_sec=0.05)
+            except Exception:  # noqa: BLE001
+                if self._running:
+                    raise
+                return
+
+    def close(self):
+        self._running = False
+        self._thread.join(timeout=5.0)
+        self.node._stop_worker()
+        self.node._release()
+        self.executor.shutdown()
+        self.node.destroy_node()
