@@ -280,7 +280,7 @@ class VprNode(LifecycleNode):
 
     def _decode(self, msg, topic):
         try:
-            return message_to_rgb(msg, self.settings.blank_std_threshold)
+            return message_to_rgb(msg, self.settings.blank_threshold)
         except FrameError as e:
             self.stats.on_reject(e.kind)
             if (topic, e.kind) not in self._warned:  # once per topic and kind: a bad stream must not flood the log

@@ -1,12 +1,26 @@
-"""Start the geoloc_vpr lifecycle node:  ros2 launch geoloc_ros vpr.launch.py map:=/path/to/map"""
+"""Start the geoloc_vpr lifecycle node and take it to active:
+
+    ros2 launch geoloc_ros vpr.launch.py map:=/path/to/map camera_topic:=/camera/image_raw
+
+With autostart:=true (default) this launch file drives the lifecycle itself (configure when the process starts,
+activate once it is inactive), like launch_ros's lifecycle example, so the transitions are visible to
+`ros2 lifecycle get` and to monitoring tools. With autostart:=false it only starts the process and leaves the
+transitions to a lifecycle manager (e.g. nav2_lifecycle_manager with node_names: [geoloc_vpr]).
+"""
 
 from pathlib import Path
 
 from ament_index_python.packages import get_package_share_directory
 from launch import LaunchDescription
-from launch.actions import DeclareLaunchArgument
+from launch.actions import DeclareLaunchArgument, EmitEvent, RegisterEventHandler
+from launch.conditions import IfCondition
+from launch.event_handlers import OnProcessStart
+from launch.events import matches_action
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode
+from launch_ros.event_handlers import OnStateTransition
+from launch_ros.events.lifecycle import ChangeState
+from lifecycle_msgs.msg import Transition
 
 
 def generate_launch_description():
@@ -19,6 +33,9 @@ def generate_launch_description():
         DeclareLaunchArgument("camera_topic", default_value="/camera/image_raw", description="image topic"),
         DeclareLaunchArgument("namespace", default_value="", description="namespace of the node"),
         DeclareLaunchArgument("use_sim_time", default_value="false", description="use /clock"),
+        DeclareLaunchArgument("autostart", default_value="true",
+                              description="configure and activate from this launch file (false: leave it to a "
+                                          "lifecycle manager)"),
     ]
     node = LifecycleNode(
         package="geoloc_ros",
@@ -29,11 +46,25 @@ def generate_launch_description():
         parameters=[
             LaunchConfiguration("config"),
             {
-                "map_path": [LaunchConfiguration("map")],
-                "image_topics": [LaunchConfiguration("camera_topic")],
+                # A list of lists of substitutions is a string array to launch_ros (one list would be
+                # concatenated into a single string).
+                "map_path": [[LaunchConfiguration("map")]],
+                "image_topics": [[LaunchConfiguration("camera_topic")]],
                 "use_sim_time": LaunchConfiguration("use_sim_time"),
-                "autostart": True,
+                # The transitions come from the events below or from a lifecycle manager, not from the node.
+                "autostart": False,
             },
         ],
     )
-    return LaunchDescription(args + [node])
+    autostart = IfCondition(LaunchConfiguration("autostart"))
+    configure = RegisterEventHandler(
+        OnProcessStart(target_action=node, on_start=[EmitEvent(event=ChangeState(
+            lifecycle_node_matcher=matches_action(node), transition_id=Transition.TRANSITION_CONFIGURE))]),
+        condition=autostart)
+    activate = RegisterEventHandler(
+        OnStateTransition(target_lifecycle_node=node, start_state="configuring", goal_state="inactive",
+                          entities=[EmitEvent(event=ChangeState(
+                              lifecycle_node_matcher=matches_action(node),
+                              transition_id=Transition.TRANSITION_ACTIVATE))]),
+        condition=autostart)
+    return LaunchDescription(args + [node, configure, activate])

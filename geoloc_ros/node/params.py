@@ -26,8 +26,8 @@ PARAMETERS = [
     ("subscribe_compressed", True, "Also subscribe to <topic>/compressed for every image topic.", None),
     ("odom_topic", "", "nav_msgs/Odometry giving the poses of session keyframes (empty: no subscription).", None),
     ("fix_topic", "", "sensor_msgs/NavSatFix giving geotags of session keyframes (empty: no subscription).", None),
-    ("blank_std_threshold", 2.0, "Frames whose pixel standard deviation is below this are refused as blank "
-     "(0 disables the check).", (0.0, 128.0)),
+    ("blank_threshold", 3.0, "Frames whose grey levels span less than this from the 5th to the 95th percentile "
+     "are refused as blank (0 disables the check).", (0.0, 255.0)),
     # -- matching ---------------------------------------------------------------------------------------------
     ("top_k", 5, "Candidates published per frame.", (1, 100)),
     ("min_similarity", 0.0, "Candidates below this cosine similarity are not published.", (-1.0, 1.0)),
@@ -81,7 +81,7 @@ class Settings:
     subscribe_compressed: bool
     odom_topic: str
     fix_topic: str
-    blank_std_threshold: float
+    blank_threshold: float
     top_k: int
     min_similarity: float
     consistency_k: int
