@@ -90,7 +90,6 @@ class VprNode(LifecycleNode):
             self.last_error = f"configure failed: {e}"
             self.get_logger().error(self.last_error)
             self._release()
-            self.publish_diagnostics()
             return TransitionCallbackReturn.FAILURE
         self.settings, self.last_error = s, ""
         self._consistency = ConsistencyFilter(s.consistency_k, s.consistency_radius_m, s.consistency_id_window)
