@@ -1,10 +1,297 @@
-"""`geoloc map`: not implemented yet."""
+"""`geoloc map`: build, extend, merge, inspect and query map databases (see docs/maps.md).
+
+    geoloc map build --encoder PATH --images DIR|CSV [--sequence-spacing M] --out MAP
+    geoloc map build --encoder PATH --bag BAG --image-topic T [--fix-topic T] [--odom-topic T] --out MAP
+    geoloc map add MAP --images ...|--bag ...          append keyframes (encoder: the one the map carries)
+    geoloc map merge --out MAP MAP1 MAP2 ...
+    geoloc map info MAP
+    geoloc map query MAP IMAGE... [-k 5]
+    geoloc map bag --images DIR --sequence-spacing M --out BAG   write an image sequence as a rosbag2 replay
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+import sys
 
 
 def add_parser(sub):
-    p = sub.add_parser("map", help="(not implemented yet)")
-    p.set_defaults(func=run)
+    p = sub.add_parser("map", help="build, extend, merge, inspect and query map databases",
+                       description="Map databases: geotagged keyframes, their descriptors and a FAISS index, in one "
+                                   "directory (docs/maps.md).")
+    msub = p.add_subparsers(dest="map_command", required=True, metavar="ACTION")
+
+    b = msub.add_parser("build", help="build a map from images or a rosbag2 recording")
+    b.add_argument("--encoder", required=True, help="encoder checkpoint (file, or a directory holding one)")
+    _source_args(b)
+    b.add_argument("--out", required=True, help="map directory to write (replaced atomically with --force)")
+    b.add_argument("--name", help="map name (default: the output directory's name)")
+    b.add_argument("--index", default="Flat", help="FAISS index factory string (default Flat; e.g. HNSW32, "
+                                                   "IVF1024,PQ64 for large maps)")
+    b.add_argument("--search-params", help="FAISS search parameters, e.g. nprobe=32 or efSearch=128")
+    b.add_argument("--no-encoder-copy", action="store_true", help="do not carry the encoder checkpoint in the map")
+    b.add_argument("--force", action="store_true", help="replace an existing map at --out")
+    _encode_args(b)
+    b.set_defaults(func=run_build)
+
+    a = msub.add_parser("add", help="append keyframes to a map (saved atomically in place, or to --out)")
+    a.add_argument("map")
+    a.add_argument("--encoder", help="encoder checkpoint (default: the one the map carries)")
+    _source_args(a)
+    a.add_argument("--out", help="write the result here instead of over MAP")
+    _encode_args(a)
+    a.set_defaults(func=run_add)
+
+    m = msub.add_parser("merge", help="merge maps built with the same encoder into a new map")
+    m.add_argument("maps", nargs="+")
+    m.add_argument("--out", required=True)
+    m.add_argument("--name")
+    m.add_argument("--index", help="index factory of the result (default: the first map's)")
+    m.add_argument("--force", action="store_true", help="replace an existing map at --out")
+    m.set_defaults(func=run_merge)
+
+    i = msub.add_parser("info", help="verify a map and describe it")
+    i.add_argument("map")
+    i.add_argument("--json", action="store_true", help="print the manifest as JSON")
+    i.set_defaults(func=run_info)
+
+    q = msub.add_parser("query", help="look images up in a map")
+    q.add_argument("map")
+    q.add_argument("images", nargs="+")
+    q.add_argument("-k", type=int, default=5, help="candidates per image (default 5)")
+    q.add_argument("--encoder", help="encoder checkpoint (default: the one the map carries)")
+    q.add_argument("--near", help="X,Y,RADIUS: only keyframes within RADIUS metres of (X, Y) in the map frame")
+    q.add_argument("--device", default="auto")
+    q.set_defaults(func=run_query)
+
+    g = msub.add_parser("bag", help="write an image sequence (with its positions) as a rosbag2 recording")
+    g.add_argument("--images", required=True, help="image folder or CSV")
+    g.add_argument("--sequence-spacing", type=float, help="metres between frames of a coordinate-free sequence")
+    g.add_argument("--origin", default="0,0", help="LAT,LON of the first frame of a sequence (default 0,0)")
+    g.add_argument("--heading", type=float, default=0.0, help="direction of a sequence, degrees from north")
+    g.add_argument("--range", help="START:STOP slice of the images in file-name order (positions kept)")
+    g.add_argument("--rate", type=float, default=10.0, help="camera rate in Hz for the stamps (default 10)")
+    g.add_argument("--start-sec", type=int, default=1_700_000_000, help="stamp of the first frame (s, default "
+                                                                           "1700000000)")
+    g.add_argument("--image-topic", default="/camera/image_raw")
+    g.add_argument("--fix-topic", default="/gnss/fix")
+    g.add_argument("--storage", choices=("mcap", "sqlite3"), default="mcap")
+    g.add_argument("--out", required=True)
+    g.set_defaults(func=run_bag)
 
 
-def run(args):
-    raise SystemExit("geoloc map: not implemented yet")
+def _source_args(p):
+    s = p.add_argument_group("images (a VG-named folder, a CSV of image,lat,lon[,alt,heading], or a sequence)")
+    s.add_argument("--images", help="image folder or CSV file")
+    s.add_argument("--sequence-spacing", type=float, metavar="METRES",
+                   help="coordinate-free sequence: frames in file-name order on a straight line, this far apart "
+                        "(positions marked synthetic)")
+    s.add_argument("--origin", default="0,0", help="LAT,LON of the first frame of a sequence (default 0,0)")
+    s.add_argument("--heading", type=float, default=0.0, help="direction of a sequence, degrees from north")
+    s.add_argument("--range", help="START:STOP slice of the images in file-name order (positions are those of the "
+                                   "whole sequence)")
+    r = p.add_argument_group("rosbag2 recording (sqlite3 or MCAP)")
+    r.add_argument("--bag", help="rosbag2 directory or file")
+    r.add_argument("--image-topic", help="sensor_msgs/msg/Image or CompressedImage topic")
+    r.add_argument("--fix-topic", help="sensor_msgs/msg/NavSatFix topic (geotags)")
+    r.add_argument("--odom-topic", help="nav_msgs/msg/Odometry topic (map-frame poses when there is no fix)")
+    r.add_argument("--every-metres", type=float, help="a keyframe each time this distance has been travelled")
+    r.add_argument("--every-seconds", type=float, help="a keyframe each time this much time has passed")
+
+
+def _encode_args(p):
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--device", default="auto", help="auto (GPU when present), cuda, cpu")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def _fail(message: str):
+    raise SystemExit(f"geoloc map: {message}")
+
+
+def _load_images(args):
+    from geoloc_ros.datasets import load_dataset
+
+    origin = tuple(float(v) for v in args.origin.split(","))
+    options = {"origin": origin, "heading": args.heading} if args.sequence_spacing is not None else {}
+    images = load_dataset(args.images, sequence_spacing=args.sequence_spacing, **options)
+    if args.range:
+        start, _, stop = args.range.partition(":")
+        images = images[slice(int(start) if start else None, int(stop) if stop else None)]
+    if not images:
+        _fail(f"{args.images}: no images selected")
+    return images
+
+
+def _add_source(db, encoder, args):
+    from geoloc_ros.mapping.builders import add_bag, add_dataset
+
+    if bool(args.images) == bool(args.bag):
+        _fail("give exactly one of --images and --bag")
+    opts = {"batch_size": args.batch_size, "progress": not args.quiet}
+    if args.images:
+        return add_dataset(db, encoder, _load_images(args), source=Path(args.images).name, **opts)
+    if not args.image_topic:
+        _fail("--bag needs --image-topic")
+    return add_bag(db, encoder, args.bag, args.image_topic, args.fix_topic, args.odom_topic, args.every_metres,
+                   args.every_seconds, **opts)
+
+
+def _load_encoder(path, device):
+    from geoloc_ros.model import CheckpointError, load_encoder
+
+    try:
+        return load_encoder(path, device=device)
+    except CheckpointError as e:
+        _fail(str(e))
+
+
+def _load_map(path, encoder=None):
+    from geoloc_ros.mapping import MapDatabase, MapError
+
+    try:
+        return MapDatabase.load(path, encoder=encoder)
+    except MapError as e:
+        _fail(str(e))
+
+
+def run_build(args):
+    from geoloc_ros.mapping import MapError
+    from geoloc_ros.mapping.builders import new_map_for
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        _fail(f"{out} exists; pass --force to replace it (atomically: it stays intact until the new map is complete)")
+    encoder = _load_encoder(args.encoder, args.device)
+    try:
+        db = new_map_for(encoder, args.name or out.name, args.index, args.search_params)
+        if not args.no_encoder_copy:
+            db.attach_encoder(args.encoder)
+        ids = _add_source(db, encoder, args)
+        if not ids:
+            _fail("no keyframes selected: nothing written (with --bag: are the images inside the span of the "
+                  "position topic?)")
+        db.save(out)
+    except MapError as e:
+        _fail(str(e))
+    print(f"{out}: {len(ids)} keyframes, dim {db.dim}, index {db.index_factory}, encoder {db.fingerprint[:12]}")
+
+
+def run_add(args):
+    from geoloc_ros.mapping import MapError
+
+    db = _load_map(args.map)
+    checkpoint = args.encoder or db.encoder_path
+    if checkpoint is None:
+        _fail(f"{args.map} carries no encoder; give --encoder")
+    encoder = _load_encoder(checkpoint, args.device)
+    from geoloc_ros.mapping.database import check_encoder
+
+    try:
+        check_encoder(args.map, db.dim, db.fingerprint, encoder)
+        before = len(db)
+        ids = _add_source(db, encoder, args)
+        db.save(args.out or args.map)
+    except MapError as e:
+        _fail(str(e))
+    print(f"{args.out or args.map}: {before} + {len(ids)} = {len(db)} keyframes")
+
+
+def run_merge(args):
+    from geoloc_ros.mapping import MapError
+    from geoloc_ros.mapping.merge import merge_maps
+
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        _fail(f"{out} exists; pass --force to replace it")
+    maps = [_load_map(p) for p in args.maps]
+    try:
+        merged = merge_maps(maps, name=args.name or out.name, index_factory=args.index)
+        merged.save(out)
+    except MapError as e:
+        _fail(str(e))
+    print(f"{out}: {len(merged)} keyframes from {len(maps)} maps")
+
+
+def run_info(args):
+    db = _load_map(args.map)  # verifies every checksum
+    manifest = db.manifest()
+    if args.json:
+        from geoloc_ros.mapping import storage
+
+        print(json.dumps(storage.read_manifest(Path(args.map)), indent=1, sort_keys=True))
+        return
+    x, y = db.column("x"), db.column("y")
+    stamps = db.column("stamp_ns")
+    print(f"map        {args.map} (verified: format v{manifest['format_version']}, checksums match)")
+    print(f"name       {db.name}, created {db.created}")
+    print(f"keyframes  {len(db)} ({manifest['synthetic_positions']} with synthetic positions)")
+    print(f"encoder    dim {db.dim}, fingerprint {db.fingerprint}"
+          + (f", carried: {db.encoder_path.name}" if db.encoder_path else ", not carried"))
+    print(f"index      {db.index_factory} ({db.search_params or 'default search parameters'}), inner product")
+    if db.frame:
+        f = db.frame
+        lat, lon, alt = f.to_wgs84(0.0, 0.0)
+        print(f"map frame  UTM {f.zone}, origin E {f.origin_east:.2f} N {f.origin_north:.2f} alt {f.origin_alt:.2f} "
+              f"(lat {lat:.6f}, lon {lon:.6f})")
+    else:
+        print("map frame  none (no geotags)")
+    known = ~(_isnan(x) | _isnan(y))
+    if known.any():
+        print(f"extent     x {x[known].min():.1f}..{x[known].max():.1f} m, y {y[known].min():.1f}..{y[known].max():.1f} m")
+    if len(stamps) and (stamps > 0).any():
+        s = stamps[stamps > 0]
+        print(f"stamps     {s.min() / 1e9:.3f}..{s.max() / 1e9:.3f} s")
+    sources = sorted(set(db.column("source").tolist()))
+    print(f"sources    {', '.join(sources[:5]) + (' ...' if len(sources) > 5 else '') if sources else '-'}")
+
+
+def _isnan(a):
+    import numpy as np
+
+    return np.isnan(a)
+
+
+def run_query(args):
+    from geoloc_ros.datasets import read_image
+
+    db = _load_map(args.map)
+    checkpoint = args.encoder or db.encoder_path
+    if checkpoint is None:
+        _fail(f"{args.map} carries no encoder; give --encoder")
+    encoder = _load_encoder(checkpoint, args.device)
+    db = _load_map(args.map, encoder)  # refuses a mismatched encoder
+    near = tuple(float(v) for v in args.near.split(",")) if args.near else None
+    try:
+        descriptors = encoder.encode([read_image(p) for p in args.images])
+    except ValueError as e:
+        _fail(str(e))
+    for path, matches in zip(args.images, db.search(descriptors, args.k, near=near)):
+        print(path)
+        if not matches:
+            print("  (no candidates)")
+        for rank, m in enumerate(matches, start=1):
+            k = m.keyframe
+            where = f"lat {k.lat:.6f} lon {k.lon:.6f}" if math.isfinite(k.lat) else "no geotag"
+            print(f"  {rank}. sim {m.similarity:.4f}  id {k.id}  {k.label}  x {k.x:.1f} y {k.y:.1f}  {where}"
+                  + ("  (synthetic)" if k.synthetic else ""))
+    sys.stdout.flush()
+
+
+def run_bag(args):
+    from geoloc_ros.datasets import read_image
+    from geoloc_ros.mapping.bag import write_image_bag
+
+    images = _load_images(args)
+    out = Path(args.out)
+    if out.exists():
+        _fail(f"{out} exists; remove it first")
+    period_ns = int(round(1e9 / args.rate))
+    start = args.start_sec * 1_000_000_000
+    frames = ((start + i * period_ns, read_image(g.path),
+               (g.lat, g.lon, 0.0 if math.isnan(g.alt) else g.alt) if math.isfinite(g.lat) else None)
+              for i, g in enumerate(images))
+    write_image_bag(out, frames, args.image_topic, args.fix_topic, args.storage)
+    print(f"{out}: {len(images)} frames at {args.rate:g} Hz on {args.image_topic} (+ NavSatFix on {args.fix_topic})")

@@ -197,9 +197,24 @@ def fsync_dir(folder: Path) -> None:
 
 
 def temporary_sibling(target: Path) -> Path:
-    """A fresh directory beside `target` (same filesystem, so that rename is atomic)."""
+    """A fresh directory beside `target` (same filesystem, so that rename is atomic), named after this process.
+    Leftovers of saves whose process died (killed mid-save) are removed first."""
     target.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-", dir=target.parent))
+    for stale in target.parent.glob(f".{target.name}.tmp-*-*"):
+        pid = stale.name[len(f".{target.name}.tmp-"):].split("-")[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    return Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 _RENAME_EXCHANGE = 2

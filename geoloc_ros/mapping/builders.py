@@ -1,0 +1,56 @@
+"""Filling a map: images (files or decoded arrays) -> batched encoding -> `MapDatabase.add`, with a progress bar."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable
+
+import numpy as np
+from tqdm import tqdm
+
+from geoloc_ros.mapping.database import MapDatabase
+from geoloc_ros.mapping.keyframe import Keyframe, keyframe_from_geoimage
+
+
+def encode_into(db: MapDatabase, encoder, items: Iterable[tuple[Keyframe, object]], batch_size: int = 64,
+                total: int | None = None, desc: str = "encoding", progress: bool = True) -> list[int]:
+    """Encode each (keyframe, image) pair, where the image is an HxWx3 uint8 RGB array or an image file path,
+    in batches of `batch_size`, and add them to `db`. Returns the ids added."""
+    from geoloc_ros.datasets import read_image
+
+    ids, keyframes, images = [], [], []
+
+    def flush():
+        if keyframes:
+            ids.extend(db.add(encoder.encode(images, batch_size=batch_size), keyframes))
+            keyframes.clear()
+            images.clear()
+
+    for keyframe, image in tqdm(items, total=total, desc=desc, unit="img", disable=not progress, mininterval=1.0):
+        keyframes.append(keyframe)
+        images.append(read_image(image) if isinstance(image, (str, Path)) else np.asarray(image))
+        if len(keyframes) >= batch_size:
+            flush()
+    flush()
+    return ids
+
+
+def add_dataset(db: MapDatabase, encoder, images, source: str = "", **options) -> list[int]:
+    """Add a list of `geoloc_ros.datasets.GeoImage` (VG folder, CSV or synthetic sequence) to `db`."""
+    items = ((keyframe_from_geoimage(g, source=source), g.path) for g in images)
+    return encode_into(db, encoder, items, total=len(images), desc=f"encoding {source or 'images'}", **options)
+
+
+def add_bag(db: MapDatabase, encoder, bag, image_topic: str, fix_topic: str | None = None,
+            odom_topic: str | None = None, every_metres: float | None = None, every_seconds: float | None = None,
+            **options) -> list[int]:
+    """Add the keyframes of a rosbag2 recording (see geoloc_ros.mapping.bag.bag_keyframes)."""
+    from geoloc_ros.mapping.bag import bag_keyframes
+
+    frames = bag_keyframes(bag, image_topic, fix_topic, odom_topic, every_metres, every_seconds)
+    return encode_into(db, encoder, frames, total=frames.count, desc=f"encoding {Path(bag).name}", **options)
+
+
+def new_map_for(encoder, name: str, index_factory: str = "Flat", search_params: str | None = None) -> MapDatabase:
+    return MapDatabase.create(name, encoder.dim, encoder.fingerprint, index_factory=index_factory,
+                              search_params=search_params)
