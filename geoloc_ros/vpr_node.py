@@ -222,6 +222,8 @@ class VprNode(LifecycleNode):
         if device.startswith("cuda") and not torch.cuda.is_available():
             raise ConfigureError(f"device {s.device!r}: CUDA is not available on this machine")
         half = bool(s.half_precision) and device.startswith("cuda")
+        if s.inference_threads > 0:
+            torch.set_num_threads(s.inference_threads)
         if s.encoder_backend != "torch":
             try:
                 from geoloc_ros.deploy import open_encoder

@@ -20,6 +20,8 @@ PARAMETERS = [
      "(e.g. onnxruntime, tensorrt) when that module is installed.", None),
     ("device", "auto", "Inference device: auto (CUDA when available), cuda, cuda:N or cpu.", None),
     ("half_precision", True, "fp16 inference; applies on CUDA only (CPU always runs fp32).", None),
+    ("inference_threads", 0, "CPU threads for inference (torch intra-op threads); 0 keeps torch's default. On a "
+     "shared CPU, fewer threads than cores avoid spin-waiting against other processes.", (0, 256)),
     # -- inputs -----------------------------------------------------------------------------------------------
     ("image_topics", ["/camera/image_raw"], "Camera topics (sensor_msgs/Image). Each also gets a "
      "sensor_msgs/CompressedImage subscription on <topic>/compressed (image_transport's convention).", None),
@@ -77,6 +79,7 @@ class Settings:
     encoder_backend: str
     device: str
     half_precision: bool
+    inference_threads: int
     image_topics: list
     subscribe_compressed: bool
     odom_topic: str

@@ -1,0 +1,1 @@
+"""Benchmarks behind `geoloc bench` (each module one benchmark; figures printed and saved, never asserted)."""
