@@ -219,7 +219,7 @@ def plot(frames, data, summary, path):
     ax.plot([], [], ".", color="tab:red", label="top-1 wrong")
     ax.plot([], [], "o", mfc="none", color="tab:blue", label="loop closure published")
     ax.set_ylabel("matched summer keyframe, metres along the route")
-    ax.set_title(f"geoloc demo: winter bag vs summer map, Recall@1 {summary['recall_at_1']:.1%}, "
+    ax.set_title(f"geoloc demo: bag vs map, Recall@1 {summary['recall_at_1']:.1%}, "
                  f"loop-closure precision {summary['loop_closure_precision']:.1%}")
     ax.legend(loc="upper left", fontsize=8)
     gi = [i for i, f in enumerate(frames) if f.stamp_ns in geo]
