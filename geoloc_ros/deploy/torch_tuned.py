@@ -1,0 +1,107 @@
+"""`torch-tuned`: the same PyTorch network, run for inference only.
+
+CPU: inference_mode (no autograd bookkeeping), a chosen thread count, channels-last memory for the ResNets
+(oneDNN's convolutions run NHWC natively; a NCHW model pays a reorder per layer), and optionally bf16 autocast
+where the CPU has native bf16 (AVX512-BF16 / AMX). CUDA: fp16 (default) or bf16 autocast, cuDNN autotuning;
+the weights stay fp32, so the accuracy-sensitive ops (norms, pow, softmax) run in fp32 as autocast decides.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import numpy as np
+
+from geoloc_ros.deploy.base import DeployedEncoder
+from geoloc_ros.model.archs import is_resnet
+from geoloc_ros.model.encoder import resize_batch, resolve_device
+
+PRECISIONS = ("fp32", "fp16", "bf16")
+
+
+def cpu_has_bf16() -> bool:
+    """True where oneDNN has native bf16 matmuls (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower."""
+    try:
+        import torch
+
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # noqa: BLE001 - the op is private; absent means "do not rely on it"
+        return False
+
+
+class TunedTorchEncoder(DeployedEncoder):
+    backend = "torch-tuned"
+
+    def __init__(self, encoder, device="auto", precision: str | None = None, threads: int | None = None,
+                 channels_last: bool | None = None, batch_size: int = 64, copy_net: bool = True):
+        """`encoder`: a fp32 `geoloc_ros.model.Encoder` (its network is copied unless `copy_net` is False, so the
+        caller's encoder stays as it was). `precision`: "fp32", "fp16" (CUDA only) or "bf16"; None = fp16 on CUDA,
+        fp32 on CPU. `threads`: torch's intra-op threads while this encoder runs (set and restored around each call,
+        so the rest of the process keeps its own); None = torch's default, one per physical core. `channels_last`: None = on for ResNets, off for ViTs (a ViT has one convolution)."""
+        import torch
+
+        if getattr(encoder, "half", False):
+            raise ValueError("torch-tuned needs the fp32 encoder (load it with half=False); it applies autocast itself")
+        self.fingerprint = encoder.fingerprint          # of the fp32 weights, before anything below touches them
+        self.preprocess = dict(encoder.preprocess)
+        self.metadata = dict(getattr(encoder, "metadata", {}))
+        self.dim = int(encoder.dim)
+        self.batch_size = int(batch_size)
+        self.device = resolve_device(device)
+        cuda = self.device.type == "cuda"
+        self.precision = precision or ("fp16" if cuda else "fp32")
+        if self.precision not in PRECISIONS:
+            raise ValueError(f"precision must be one of {PRECISIONS}, got {self.precision!r}")
+        if self.precision == "fp16" and not cuda:
+            raise ValueError("fp16 needs CUDA; on CPU use precision='bf16' (native on AVX512-BF16/AMX CPUs)")
+        self.threads = int(threads) if threads else torch.get_num_threads()
+        net = copy.deepcopy(encoder.net) if copy_net else encoder.net
+        self.channels_last = is_resnet(net.cfg) if channels_last is None else bool(channels_last)
+        self._memory_format = torch.channels_last if self.channels_last else torch.contiguous_format
+        self.net = net.to(self.device).eval().to(memory_format=self._memory_format)
+        for p in self.net.parameters():
+            p.requires_grad_(False)
+        if cuda:
+            torch.backends.cudnn.benchmark = True   # fixed input size: let cuDNN pick the fastest kernels once
+        self._mean = torch.tensor(self.preprocess["mean"], dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        self._std = torch.tensor(self.preprocess["std"], dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+
+    def _autocast(self):
+        import contextlib
+
+        import torch
+
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        dtype = torch.float16 if self.precision == "fp16" else torch.bfloat16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _encode_batch(self, images) -> np.ndarray:
+        import torch
+
+        batch = torch.from_numpy(resize_batch(images, self.image_size))
+        if self.device.type == "cuda":
+            batch = batch.pin_memory().to(self.device, non_blocking=True)
+        previous = torch.get_num_threads()
+        if previous != self.threads:
+            torch.set_num_threads(self.threads)
+        try:
+            return self._run(batch)
+        finally:
+            if previous != self.threads:
+                torch.set_num_threads(previous)
+
+    def _run(self, batch) -> np.ndarray:
+        import torch
+
+        with torch.inference_mode():
+            # uint8 goes to the device first (4x less to copy); normalise there, as Encoder.to_tensor does.
+            x = (batch.permute(0, 3, 1, 2).float().div_(255.0) - self._mean) / self._std
+            x = x.contiguous(memory_format=self._memory_format)
+            with self._autocast():
+                d = self.net(x)
+            return d.float().cpu().numpy()
+
+    def __repr__(self):
+        return super().__repr__()[:-1] + f", precision={self.precision}, threads={self.threads}, " \
+                                          f"channels_last={self.channels_last})"
