@@ -70,9 +70,9 @@ def test_config_parameters_are_the_node_parameters():
     from geoloc_ros.node.params import PARAMETERS
 
     cfg = yaml.safe_load((REPO / "config" / "vpr.yaml").read_text())
-    assert list(cfg) == ["geoloc_vpr"]  # keyed by the node name the launch file gives
+    assert list(cfg) == ["/**/geoloc_vpr"]  # the node name the launch file gives, in any namespace
     declared = {p[0] for p in PARAMETERS}
-    assert set(cfg["geoloc_vpr"]["ros__parameters"]) == declared
+    assert set(cfg["/**/geoloc_vpr"]["ros__parameters"]) == declared
     node = launch_calls()["LifecycleNode"][0]
     overrides = next(k.value for k in node.keywords if k.arg == "parameters").elts[1]
     assert {ast.literal_eval(k) for k in overrides.keys} <= declared | {"use_sim_time"}

@@ -131,7 +131,7 @@ def test_fusion_weights_agreeing_candidates_and_floors_covariance():
 
 
 def test_config_file_lists_every_parameter_with_its_default():
-    cfg = yaml.safe_load(open(REPO_CONFIG))["geoloc_vpr"]["ros__parameters"]
+    cfg = yaml.safe_load(open(REPO_CONFIG))["/**/geoloc_vpr"]["ros__parameters"]
     assert cfg == params.defaults()
     names = [p[0] for p in params.PARAMETERS]
     for required in ("map_path", "encoder_path", "encoder_backend", "device", "half_precision", "image_topics",

@@ -33,6 +33,8 @@ def add_parser(sub):
     p.add_argument("--rate", type=float, default=None,
                    help="replay rate in frames/s (default: the bag's own timing, i.e. camera rate)")
     p.add_argument("--device", default="auto", help="node device: auto, cpu, cuda")
+    p.add_argument("--config", type=Path, default=REPO_ROOT / "config" / "vpr.yaml",
+                   help="node parameter file (default: the shipped config/vpr.yaml)")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the plot and summary.json")
     p.add_argument("--limit", type=int, default=None, help="replay only the first N frames")
     p.set_defaults(func=run)
@@ -55,13 +57,13 @@ def run(args):
                          f"or pass --map")
     bag = args.bag or find_bag(map_dir)
     summary = run_demo(map_dir, bag, out_dir=args.out, rate=args.rate, device=args.device,
-                       image_topic=args.image_topic, fix_topic=args.fix_topic, limit=args.limit)
+                       image_topic=args.image_topic, fix_topic=args.fix_topic, limit=args.limit, config=args.config)
     print_summary(summary)
     return 0
 
 
 def run_demo(map_dir, bag, out_dir="runs/demo", rate=None, device="auto", image_topic="/camera/image_raw",
-             fix_topic="/gnss/fix", limit=None, verbose=True) -> dict:
+             fix_topic="/gnss/fix", limit=None, verbose=True, config=REPO_ROOT / "config" / "vpr.yaml") -> dict:
     """Run the demo end to end; returns the summary dict (also written to out_dir/summary.json)."""
     import numpy as np
     import rclpy
@@ -82,8 +84,10 @@ def run_demo(map_dir, bag, out_dir="runs/demo", rate=None, device="auto", image_
     # A namespace of our own keeps two demos (or a robot on the same DDS domain) apart.
     ns = f"/geoloc_demo_{os.getpid()}"
     cam = f"{ns}/camera/image_raw"
-    cmd = [sys.executable, "-m", "geoloc_ros.vpr_node", "--ros-args", "-r", f"__ns:={ns}",
-           "-p", f"map_path:=['{Path(map_dir).resolve()}']", "-p", f"image_topics:=['{cam}']",
+    cmd = [sys.executable, "-m", "geoloc_ros.vpr_node", "--ros-args", "-r", f"__ns:={ns}"]
+    if config and Path(config).is_file():  # the shipped parameters; the -p below override map, topic, device
+        cmd += ["--params-file", str(config)]
+    cmd += ["-p", f"map_path:=['{Path(map_dir).resolve()}']", "-p", f"image_topics:=['{cam}']",
            "-p", f"device:={device}", "-p", "diagnostics_period_s:=0.5", "--log-level", "geoloc_vpr:=warn"]
     say(f"geoloc demo: map {map_dir}, bag {bag} ({len(frames)} frames, replayed at {rate:.1f} Hz)")
     say(f"  starting: {' '.join(cmd[1:4])} ...")
