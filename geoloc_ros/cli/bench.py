@@ -1,10 +1,116 @@
-"""`geoloc bench`: not implemented yet."""
+"""`geoloc bench [encoder|node|retrieval|mapbuild|all] [--quick]`: measure, print tables, write JSON + PNG.
+
+Each part writes ``<out>/<part>.json`` (results + the machine, versions and command that made them) and its plots
+(node and retrieval write their own ``node_latency.json`` / ``retrieval.json``; the run record beside them is
+``<part>_run.json``);
+``<out>/summary.md`` collects the tables of the parts run. Benchmarks report; nothing here asserts a figure.
+"""
+
+PARTS = ("encoder", "node", "retrieval", "mapbuild")
 
 
 def add_parser(sub):
-    p = sub.add_parser("bench", help="(not implemented yet)")
+    p = sub.add_parser("bench", help="benchmarks: encoder backends, node latency, retrieval, map build",
+                       description="Measure and publish: prints tables, writes JSON + PNG under --out.")
+    p.add_argument("part", nargs="?", default="all", choices=PARTS + ("all",))
+    p.add_argument("--quick", action="store_true", help="CI mode: small models, few repeats (under 2 minutes)")
+    p.add_argument("--out", default=None, help="output folder (default docs/benchmarks, or docs/benchmarks/quick)")
+    p.add_argument("--device", default="cpu", help="encoder device: cpu, cuda or auto (default cpu)")
+    p.add_argument("--models", nargs="+", default=None,
+                   help="encoder part: bundled and/or architecture names (default: bundled RN50 ViT-B-32 ViT-B-16)")
+    p.add_argument("--backends", nargs="+", default=None,
+                   help="encoder part: only these backends or variant labels (torch is always the baseline)")
     p.set_defaults(func=run)
 
 
+def _default_out(quick: bool):
+    from pathlib import Path
+
+    from geoloc_ros.model.testing import REPO_ROOT
+
+    base = REPO_ROOT / "docs" / "benchmarks" if (REPO_ROOT / "docs").is_dir() else Path("geoloc_bench")
+    return base / "quick" if quick else base
+
+
+def _part_encoder(args, out, machine):
+    from geoloc_ros.bench.encoder_speed import run_encoder_benchmark
+    from geoloc_ros.bench.report import encoder_table, plot_encoder
+
+    device = args.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    name = "encoder" if device == "cpu" else f"encoder_{device}"
+    r = run_encoder_benchmark(models=args.models, device=device, quick=args.quick, only=args.backends)
+    plot_encoder(r, out / f"{name}.png", f"encoder images/s ({device}); {machine['cpu']}, {machine['cores']} cores; "
+                                         f"{machine['utc']}")
+    return name, r, encoder_table(r)
+
+
+def _part_node(args, out, machine):
+    from geoloc_ros.bench.node_latency import run_node_benchmark
+    from geoloc_ros.model.testing import bundled_encoder_path
+
+    enc = str(bundled_encoder_path()) if bundled_encoder_path().is_file() else None
+    r = run_node_benchmark(encoder=enc, rates=(10, 30), duration_s=5 if args.quick else 20, out_dir=str(out),
+                           quick=args.quick)
+    from geoloc_ros.bench.node_latency import format_result
+
+    return "node_run", r, format_result(r)
+
+
+def _part_retrieval(args, out, machine):
+    from geoloc_ros.bench.retrieval import run_retrieval_benchmark
+
+    sizes = (10_000,) if args.quick else (10_000, 100_000, 1_000_000)
+    r = run_retrieval_benchmark(sizes=sizes, dim=512, out_dir=str(out), quick=args.quick)
+    from geoloc_ros.bench.retrieval import format_table
+
+    return "retrieval_run", r, format_table(r["rows"])
+
+
+def _part_mapbuild(args, out, machine):
+    from geoloc_ros.bench.mapbuild import run_mapbuild_benchmark
+    from geoloc_ros.bench.report import mapbuild_table, plot_mapbuild
+
+    r = run_mapbuild_benchmark(quick=args.quick)
+    plot_mapbuild(r, out / "mapbuild.png", f"map build images/s; {machine['cpu']}, {machine['cores']} cores")
+    return "mapbuild", r, mapbuild_table(r)
+
+
 def run(args):
-    raise SystemExit("geoloc bench: not implemented yet")
+    import time
+
+    from geoloc_ros.bench.machine import load_average, machine_info
+    from geoloc_ros.bench.report import machine_line, write_json
+
+    out = (__import__("pathlib").Path(args.out) if args.out else _default_out(args.quick)).resolve()
+    out.mkdir(parents=True, exist_ok=True)
+    parts = PARTS if args.part == "all" else (args.part,)
+    machine = machine_info()
+    print(f"geoloc bench {' '.join(parts)} -> {out}\n  machine: {machine_line(machine)}")
+    summary = [f"# geoloc bench{' --quick' if args.quick else ''}", "", f"Machine: {machine_line(machine)}", ""]
+    failed = 0
+    for part in parts:
+        t = time.perf_counter()
+        print(f"\n== {part}")
+        try:
+            name, result, table = globals()[f"_part_{part}"](args, out, machine)
+            status = "measured"
+        except Exception as e:  # noqa: BLE001 - a missing or failing part is reported, the others still run
+            # node / retrieval write their own <part>.json; the wrapper beside it must not overwrite it
+            name = part if part in ("encoder", "mapbuild") else f"{part}_run"
+            result = {"error": f"not measured: {type(e).__name__}: {e}"}
+            table, status = result["error"], "not measured"
+            failed += part == "encoder" or part == "mapbuild"
+        seconds = round(time.perf_counter() - t, 1)
+        write_json(out / f"{name}.json", {"part": part, "status": status, "seconds": seconds,
+                                          "machine": {**machine, "load_average_at_end": load_average()},
+                                          "quick": args.quick, "result": result})
+        print(table)
+        print(f"  ({status}, {seconds} s, load average now {load_average()})")
+        summary += [f"## {name} ({status}, {seconds} s)", "", table, ""]
+    (out / "summary.md").write_text("\n".join(summary) + "\n")
+    print(f"\nwrote {out}/summary.md")
+    return 1 if failed else 0

@@ -1,0 +1,173 @@
+"""Encoder speed per backend: ms/image at batch 1 and 16, images/s, peak memory, and the ratio to PyTorch eager fp32
+measured in the same run.
+
+Timing covers what a caller pays: `encode(list of camera images)`, i.e. resize + normalise + network + L2-norm, on
+real street images (~614x480 JPEG, ../shared/data/toy_streets). Backends are interleaved call by call (round r
+runs every backend once), so a load change on a shared machine hits all of them alike and the ratios hold even
+when the absolute times do not.
+"""
+
+from __future__ import annotations
+
+import gc
+import time
+
+import numpy as np
+
+from geoloc_ros.bench.machine import reset_peak_rss, rss_bytes
+
+# label -> open_encoder arguments. "torch" is the baseline every ratio divides by.
+CPU_VARIANTS = {
+    "torch": {"backend": "torch"},
+    "torch-tuned fp32": {"backend": "torch-tuned", "precision": "fp32"},
+    "torch-tuned fp32 1 thread": {"backend": "torch-tuned", "precision": "fp32", "threads": 1},
+    "torch-tuned bf16": {"backend": "torch-tuned", "precision": "bf16"},
+    "onnxruntime": {"backend": "onnxruntime"},
+}
+CUDA_VARIANTS = {
+    "torch": {"backend": "torch", "half": False},
+    "torch-tuned fp16": {"backend": "torch-tuned", "precision": "fp16"},
+    "torch-tuned bf16": {"backend": "torch-tuned", "precision": "bf16"},
+    "onnxruntime": {"backend": "onnxruntime"},
+}
+FULL_MODELS = ("bundled", "RN50", "ViT-B-32", "ViT-B-16")
+QUICK_MODELS = ("bundled", "ViT-nano")
+
+
+def bench_images(n: int = 16) -> list[np.ndarray]:
+    """Real camera-sized images (toy_streets), cycled to `n`; random ones only if the data folder is missing."""
+    from geoloc_ros.model.testing import SHARED_DATA
+
+    files = sorted((SHARED_DATA / "toy_streets").rglob("*.jpg"))
+    if files:
+        from geoloc_ros.datasets import read_image
+
+        imgs = [read_image(f) for f in files[:n]]
+        return [imgs[i % len(imgs)] for i in range(n)]
+    rng = np.random.default_rng(0)
+    return [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8) for _ in range(n)]
+
+
+def model_encoder(spec: str):
+    """(name, fp32 CPU Encoder, what it is) for "bundled" (the trained encoder, or RN-nano random when it has not
+    landed) or an architecture name with random weights (timing does not depend on the weights)."""
+    from geoloc_ros.model import build_encoder, load_encoder
+    from geoloc_ros.model.testing import bundled_encoder_path
+
+    if spec == "bundled":
+        p = bundled_encoder_path()
+        if p.is_file():
+            enc = load_encoder(p, device="cpu", half=False)
+            return f"bundled ({enc.arch['name']})", enc, f"trained, {p.relative_to(p.parents[2])}"
+        spec = "RN-nano"
+    enc = build_encoder(spec, device="cpu", pretrained=None)
+    return spec, enc, "random weights"
+
+
+def _variants(device: str, only=None) -> dict:
+    from geoloc_ros.deploy.torch_tuned import cpu_has_bf16
+
+    if device == "cuda":
+        v = dict(CUDA_VARIANTS)
+        import onnxruntime as ort
+
+        if "CUDAExecutionProvider" not in ort.get_available_providers():
+            v.pop("onnxruntime")
+    else:
+        v = dict(CPU_VARIANTS)
+        if not cpu_has_bf16():
+            v.pop("torch-tuned bf16")   # emulated bf16 is slower than fp32: nothing to measure
+    if only:
+        v = {k: a for k, a in v.items() if k == "torch" or a["backend"] in only or k in only}
+    return v
+
+
+def _sync(device):
+    if device == "cuda":
+        import torch
+
+        torch.cuda.synchronize()
+
+
+def bench_model(spec: str, device: str = "cpu", batches=(1, 16), repeats: dict | None = None, only=None,
+                images=None, log=print) -> dict:
+    """All variants of one model, interleaved. Returns {"model", "input", "dim", "variants": {label: {...}}}."""
+    import torch
+
+    from geoloc_ros.deploy import open_encoder
+
+    repeats = repeats or {1: 5, 16: 2}
+    images = images or bench_images(max(batches))
+    name, ref, what = model_encoder(spec)
+    h, w = ref.image_size
+    log(f"  {name}: {ref.arch['name']} {h}x{w} -> {ref.dim}-d ({what})")
+    encs, rows = {}, {}
+    ref_desc = ref.encode(images[:4])
+    for label, args in _variants(device, only).items():
+        gc.collect()
+        before, _ = rss_bytes()
+        t0 = time.perf_counter()
+        try:
+            enc = open_encoder(ref, device=device, **args)
+        except Exception as e:  # noqa: BLE001 - one backend failing is a result, not the end of the suite
+            rows[label] = {"error": f"{type(e).__name__}: {e}"}
+            log(f"    {label}: not measured ({type(e).__name__}: {e})")
+            continue
+        d = enc.encode(images[:4])                 # warm-up (lazy init, oneDNN primitives) + accuracy check
+        after, _ = rss_bytes()
+        encs[label] = enc
+        rows[label] = {"open_s": round(time.perf_counter() - t0, 2), "load_rss_mb": round((after - before) / 2**20, 1),
+                       "cosine_min_vs_fp32": round(float((d * ref_desc).sum(1).min()), 6), "runs": {}}
+    for b in batches:
+        batch = images[:b]
+        for label, enc in encs.items():            # warm-up at this batch size (b=16: a batch of 2 is enough)
+            enc.encode(batch[:min(b, 2)], batch_size=b)
+        times = {label: [] for label in encs}
+        peak = {label: 0 for label in encs}
+        gpu_peak = {label: 0 for label in encs}
+        for _ in range(repeats.get(b, 2)):
+            for label, enc in encs.items():
+                cur, _ = rss_bytes()
+                reset_peak_rss()
+                if device == "cuda":
+                    torch.cuda.reset_peak_memory_stats()
+                _sync(device)
+                t = time.perf_counter()
+                enc.encode(batch, batch_size=b)
+                _sync(device)
+                times[label].append(time.perf_counter() - t)
+                peak[label] = max(peak[label], rss_bytes()[1] - cur)
+                if device == "cuda":
+                    gpu_peak[label] = max(gpu_peak[label], torch.cuda.max_memory_allocated())
+        base = float(np.median(times["torch"])) if times.get("torch") else None
+        for label in encs:
+            med = float(np.median(times[label]))
+            run = {"ms_per_image": round(1000 * med / b, 2), "images_per_s": round(b / med, 2),
+                   "ms_per_batch_min": round(1000 * min(times[label]), 1), "repeats": len(times[label]),
+                   "peak_rss_during_mb": round(peak[label] / 2**20, 1),
+                   "ratio_vs_torch": round(base / med, 2) if base else None}
+            if device == "cuda" and getattr(encs[label], "backend", "torch") != "onnxruntime":
+                run["gpu_peak_allocated_mb"] = round(gpu_peak[label] / 2**20, 1)
+            rows[label]["runs"][str(b)] = run
+        log("    batch %-3d " % b + "  ".join(f"{k}: {rows[k]['runs'][str(b)]['ms_per_image']:.1f} ms/img "
+                                              f"(x{rows[k]['runs'][str(b)]['ratio_vs_torch']})" for k in encs))
+    _, peak_total = rss_bytes()
+    del encs
+    gc.collect()
+    return {"model": name, "arch": ref.arch["name"], "weights": what, "input": [h, w], "dim": ref.dim,
+            "device": device, "variants": rows, "process_peak_rss_mb": round(peak_total / 2**20, 1)}
+
+
+def run_encoder_benchmark(models=None, device: str = "cpu", batches=(1, 16), quick: bool = False, only=None,
+                          log=print) -> dict:
+    """Every model in `models` (default: bundled, RN50, ViT-B-32, ViT-B-16; quick: bundled, ViT-nano)."""
+    models = list(models or (QUICK_MODELS if quick else FULL_MODELS))
+    repeats = {1: 3, 16: 1} if quick else {1: 5, 16: 2}
+    t = time.perf_counter()
+    out = {"device": device, "batches": list(batches), "repeats": {str(k): v for k, v in repeats.items()},
+           "timing": "encode() of real ~614x480 images: resize + normalise + network + L2-norm; median over repeats; "
+                     "backends interleaved call by call", "models": []}
+    for spec in models:
+        out["models"].append(bench_model(spec, device=device, batches=batches, repeats=repeats, only=only, log=log))
+    out["seconds"] = round(time.perf_counter() - t, 1)
+    return out
