@@ -120,9 +120,6 @@ class Encoder:
         if self.half:
             self._fp_frozen = self._compute_fingerprint()
             self.net.half()
-        mean = torch.tensor(self.preprocess["mean"], dtype=torch.float32).view(1, 3, 1, 1)
-        std = torch.tensor(self.preprocess["std"], dtype=torch.float32).view(1, 3, 1, 1)
-        self._mean, self._std = mean.to(self.device), std.to(self.device)
 
     # -- identity ---------------------------------------------------------------------------------------------
     @property
@@ -150,7 +147,8 @@ class Encoder:
         conversion), so a map built on CPU matches the same checkpoint run in fp16 on a GPU."""
         if self._fp_frozen is not None:
             return self._fp_frozen
-        key = tuple((id(p), p._version) for p in self.net.state_dict(keep_vars=True).values())
+        key = (json.dumps(self.config(), sort_keys=True),
+               tuple((id(p), p._version) for p in self.net.state_dict(keep_vars=True).values()))
         if self._fp_cache is None or self._fp_cache[0] != key:
             self._fp_cache = (key, self._compute_fingerprint())
         return self._fp_cache[1]
@@ -162,7 +160,9 @@ class Encoder:
 
         batch = resize_batch(images, self.image_size)
         x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
-        x = (x - self._mean) / self._std
+        mean = torch.tensor(self.preprocess["mean"], dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.preprocess["std"], dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
+        x = (x - mean) / std
         return x.half() if self.half else x
 
     def encode(self, images, batch_size: int | None = None) -> np.ndarray:

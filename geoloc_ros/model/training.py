@@ -320,7 +320,7 @@ class Trainer:
         from geoloc_ros.model.encoder import Encoder, make_preprocess
 
         self.arch, self.clip, self.attnpool, self.net = init_model(cfg)
-        self.text = TextSide(clip, cfg.prompt)
+        self.text = TextSide(self.clip, cfg.prompt)
         self.preprocess = make_preprocess(self.size)
         self.encoder = Encoder(self.net, self.preprocess, {}, device=self.device, half=False)
         self.clip.to(self.device)

@@ -1,0 +1,268 @@
+"""geoloc_ros.model: encoder API, checkpoints (round trip, refusal of wrong/corrupt files, ProGEO layout),
+evaluation, CosPlace grouping and a real (tiny) two-stage training run on Nordland frames. Nothing is mocked and
+nothing is downloaded: models are random-initialised or loaded from checkpoints written here."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from geoloc_ros.model import CheckpointError, build_encoder, load_encoder, read_header, save_encoder
+from geoloc_ros.model.testing import (bundled_encoder_path, nordland_records, nordland_root, tiny_encoder,
+                                      write_progeo_checkpoint)
+
+torch.set_num_threads(1)  # the CI/dev machines are small and shared; one thread is fastest there
+DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+needs_nordland = pytest.mark.skipif(not (DATA / "nordland64" / "summer").is_dir(),
+                                    reason="../shared/data/nordland64 not present")
+
+
+def _images(seed=0):
+    rng = np.random.default_rng(seed)
+    return [rng.integers(0, 256, (32, 64, 3), dtype=np.uint8) for _ in range(3)]
+
+
+# ---- encoder ---------------------------------------------------------------------------------------------------
+def test_encode_shapes_dtype_and_norm():
+    enc = tiny_encoder(dim=64)
+    d = enc.encode(_images())
+    assert d.shape == (3, 64) and d.dtype == np.float32
+    assert np.allclose(np.linalg.norm(d, axis=1), 1.0, atol=1e-5)
+    assert enc.dim == 64 and enc.device.type == "cpu"
+    assert isinstance(enc.fingerprint, str) and len(enc.fingerprint) == 64
+    assert enc.encode([]).shape == (0, 64)
+
+
+def test_encode_accepts_grey_rgba_odd_sizes():
+    enc = tiny_encoder()
+    rng = np.random.default_rng(1)
+    rgb = rng.integers(0, 256, (47, 91, 3), dtype=np.uint8)
+    grey = rgb[:, :, 0].copy()
+    inputs = [grey, grey[:, :, None], np.dstack([rgb, np.full((47, 91), 255, np.uint8)]), rgb,
+              rng.integers(0, 256, (1, 1, 3), dtype=np.uint8), rng.integers(0, 256, (301, 7, 3), dtype=np.uint8),
+              rng.random((33, 65, 3)).astype(np.float32)]
+    d = enc.encode(inputs)
+    assert d.shape == (len(inputs), enc.dim) and np.all(np.isfinite(d))
+    assert np.allclose(np.linalg.norm(d, axis=1), 1.0, atol=1e-5)
+    assert np.allclose(d[0], d[1], atol=1e-6)  # HxW and HxWx1 are the same grey image
+    assert np.allclose(d[2], d[3], atol=1e-6)  # RGBA drops alpha
+    assert np.allclose(enc.encode(rgb), enc.encode([rgb]))  # a single array is a batch of one
+    with pytest.raises(ValueError):
+        enc.encode([np.zeros((4, 4, 2), np.uint8)])
+
+
+def test_all_backbone_families_build_small():
+    for arch in ("RN-pico", "ViT-nano"):
+        enc = build_encoder(arch, dim=32, image_size=(32, 64))
+        d = enc.encode(_images())
+        assert d.shape == (3, 32)
+
+
+# ---- checkpoints -----------------------------------------------------------------------------------------------
+def test_checkpoint_round_trip_identical(tmp_path):
+    enc = tiny_encoder()
+    imgs = _images()
+    path = save_encoder(enc, tmp_path / "map", training={"note": "test"})
+    assert path.name == "encoder.safetensors"
+    for where in (path, tmp_path / "map"):  # the file, or the directory holding it
+        back = load_encoder(where, device="cpu")
+        assert np.array_equal(back.encode(imgs), enc.encode(imgs))
+        assert back.fingerprint == enc.fingerprint and back.dim == enc.dim
+    head = read_header(path)
+    assert head["format"] == "geoloc_ros.encoder" and head["format_version"] == "1"
+    assert head["arch"]["name"] == "RN-pico" and head["preprocess"]["image_size"] == [32, 64]
+    assert head["training"]["note"] == "test" and head["fingerprint"] == enc.fingerprint
+
+
+def test_fingerprint_tracks_weights_and_preprocessing():
+    a, b = tiny_encoder(seed=0), tiny_encoder(seed=0)
+    assert a.fingerprint == b.fingerprint
+    assert tiny_encoder(seed=1).fingerprint != a.fingerprint
+    assert tiny_encoder(image_size=(32, 32)).fingerprint != a.fingerprint
+    before = a.fingerprint
+    with torch.no_grad():
+        a.net.aggregation[3].bias.add_(1e-3)
+    assert a.fingerprint != before
+    b.preprocess["mean"] = [0.5, 0.5, 0.5]
+    assert b.fingerprint != before
+
+
+def test_wrong_architecture_refused_with_file_and_mismatch(tmp_path):
+    path = save_encoder(tiny_encoder(), tmp_path / "a.safetensors")
+    with pytest.raises(CheckpointError) as e:
+        load_encoder(path, arch="ViT-nano")
+    assert str(path) in str(e.value) and "mismatch" in str(e.value) and "ViT-nano" in str(e.value)
+    with pytest.raises(CheckpointError) as e:
+        load_encoder(path, dim=128)
+    assert str(path) in str(e.value) and "dimension mismatch" in str(e.value)
+    # header claims one architecture, tensors belong to another
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    other = save_encoder(build_encoder("RN-nano", dim=64, image_size=(32, 64)), tmp_path / "b.safetensors")
+    with safe_open(str(path), "pt") as f:
+        header = f.metadata()
+    forged = tmp_path / "forged.safetensors"
+    save_file(load_file(str(other)), str(forged), metadata=header)
+    with pytest.raises(CheckpointError) as e:
+        load_encoder(forged)
+    msg = str(e.value)
+    assert str(forged) in msg and "architecture mismatch" in msg and "RN-pico" in msg and "shape" in msg
+
+
+def test_corrupt_checkpoints_refused(tmp_path):
+    path = save_encoder(tiny_encoder(), tmp_path / "good.safetensors")
+    raw = path.read_bytes()
+    truncated = tmp_path / "truncated.safetensors"
+    truncated.write_bytes(raw[: len(raw) // 2])
+    flipped = tmp_path / "flipped.safetensors"
+    b = bytearray(raw)
+    b[-17] ^= 0x55
+    flipped.write_bytes(bytes(b))
+    garbage = tmp_path / "garbage.pt"
+    garbage.write_bytes(b"this is not a checkpoint at all" * 10)
+    for bad in (truncated, flipped, garbage):
+        with pytest.raises(CheckpointError) as e:
+            load_encoder(bad)
+        assert str(bad) in str(e.value)
+    with pytest.raises(CheckpointError) as e:
+        load_encoder(flipped)
+    assert "fingerprint mismatch" in str(e.value)
+    with pytest.raises(CheckpointError) as e:
+        load_encoder(tmp_path / "missing_dir")
+    assert "missing_dir" in str(e.value)
+
+
+def test_progeo_checkpoint_layout_loads(tmp_path):
+    for arch, wrap in (("RN-pico", True), ("ViT-nano", False)):
+        f = tmp_path / f"progeo_{arch}.pth"
+        sd = write_progeo_checkpoint(f, arch=arch, dim=96, wrap=wrap)
+        enc = load_encoder(f, device="cpu")
+        assert enc.dim == (96 if arch.startswith("RN") else sd["backbone.proj"].shape[1])
+        # the weights are the file's, under the same names
+        own = enc.net.state_dict()
+        for k, v in sd.items():
+            if k.startswith("backbone.") and not k.startswith("backbone.attnpool."):
+                assert torch.equal(own[k], v), k
+        d = enc.encode(_images())
+        assert d.shape == (3, enc.dim) and np.allclose(np.linalg.norm(d, axis=1), 1, atol=1e-5)
+        # re-saved in our format, identical descriptors
+        back = load_encoder(save_encoder(enc, tmp_path / f"ours_{arch}"), device="cpu")
+        assert np.array_equal(back.encode(_images()), d)
+    with pytest.raises(CheckpointError) as e:
+        load_encoder(f, arch="RN50")
+    assert str(f) in str(e.value) and "mismatch" in str(e.value)
+
+
+# ---- evaluation and grouping -----------------------------------------------------------------------------------
+def test_recall_protocols():
+    from geoloc_ros.model.evaluation import positives_by_frame, positives_by_radius, recall_at_n
+
+    db = np.eye(4, dtype=np.float32)
+    q = np.array([[1, 0, 0, 0], [0, 0.9, 0.1, 0], [0, 0, 0, 1], [0, 1, 0, 0]], dtype=np.float32)
+    pos = [np.array([0]), np.array([2]), np.array([3]), np.array([], dtype=np.int64)]
+    r = recall_at_n(db, q, pos, ns=(1, 2))
+    assert r["queries"] == 3 and r["queries_without_positives"] == 1
+    assert r["R@1"] == pytest.approx(200 / 3) and r["R@2"] == pytest.approx(100.0)
+    fp = positives_by_frame([10, 20, 30, 40, 50], [30, 60], 20)
+    assert fp[0].tolist() == [0, 1, 2, 3, 4] and fp[1].tolist() == [3, 4]
+    rp = positives_by_radius([(0, 0), (0, 10), (0, 30)], [(0, -20), (0, 24.9), (500, 0)], 25.0)
+    assert [p.tolist() for p in rp] == [[0], [0, 1, 2], []]
+
+
+def test_cosplace_groups_separate_neighbours():
+    from geoloc_ros.datasets import GeoImage
+    from geoloc_ros.model.grouping import class_and_group, make_groups
+
+    recs = [GeoImage(Path(f"{e}_{n}_{h}"), "", 0, 0, utm_east=e, utm_north=n, heading=h)
+            for e in np.arange(0, 100, 3.0) for n in np.arange(0, 100, 3.0) for h in (0.0, 45.0, 100.0)]
+    groups = make_groups(recs, M=10, alpha=30, N=5, L=2, min_images_per_class=1)
+    assert len(groups) == 5 * 5 * 2
+    assert sum(g.images_num for g in groups) == len(recs)
+    for g in groups:
+        cells = {(c[0] // 10, c[1] // 10, c[2] // 30) for c in g.classes}
+        for a in cells:  # two classes of one group are >= N cells or >= L heading bins apart on every axis
+            for b in cells:
+                if a != b:
+                    assert all(abs(x - y) >= k for x, y, k in zip(a, b, (5, 5, 2)) if x != y)
+    assert class_and_group(25.0, 7.0, 95.0, 10, 30, 5, 2) == ((20, 0, 90), (2, 0, 1))
+
+
+# ---- training --------------------------------------------------------------------------------------------------
+@needs_nordland
+def test_tiny_training_lowers_loss_raises_recall_and_resumes(tmp_path):
+    """Both stages on 48 Nordland places x 2 seasons (real frames): the stage-2 loss falls, winter->summer
+    recall beats the untrained network, and an interrupted run resumes to the identical result."""
+    from geoloc_ros.model import evaluation as E
+    from geoloc_ros.model import nordland as N
+    from geoloc_ros.model.training import Trainer, TrainConfig, untrained_encoder
+
+    recs = nordland_records((10, 480))
+    imgs = N.read_images(recs)
+    summer = [i for i, r in enumerate(recs) if "summer" in str(r.path)]
+    winter = [i for i, r in enumerate(recs) if "winter" in str(r.path)]
+    frames = np.array([N.frame_number(r.path) for r in recs])
+    pos = E.positives_by_frame(frames[summer], frames[winter], 20)
+
+    def recall(enc):
+        return E.recall_at_n(enc.encode([imgs[i] for i in summer]), enc.encode([imgs[i] for i in winter]), pos)
+
+    cfg = TrainConfig(arch="RN-pico", dim=64, image_size=[32, 64], M=10, N=2, groups_num=2, min_images_per_class=2,
+                      epochs_stage1=20, batch_size_stage1=64, epochs=6, iterations_per_epoch=40, batch_size=16,
+                      lr=2e-3, classifiers_lr=0.05, random_resized_crop=0.2, hue=0.1, seed=3, device="cpu")
+    t = Trainer(cfg, recs, tmp_path / "full", images=imgs, progress=False)
+    t.run()
+    for stage in (1, 2):  # each group's loss falls between its first and its last epoch
+        for g in range(cfg.groups_num):
+            losses = [h["loss"] for h in t.history if h["stage"] == stage and h["group"] == g]
+            assert losses[-1] < losses[0], (stage, g, losses)
+    trained = load_encoder(tmp_path / "full", device="cpu")
+    before, after = recall(untrained_encoder(cfg)), recall(trained)
+    print("untrained", before, "trained", after, t.history)
+    assert after["R@1"] > before["R@1"] + 10 and after["R@5"] > before["R@5"], (before, after)
+    assert trained.metadata["config"]["seed"] == 3  # training metadata travels with the weights
+
+    # interrupted after 3 stage-2 epochs, then resumed: same weights as the uninterrupted run
+    import dataclasses
+
+    Trainer(dataclasses.replace(cfg, epochs=3), recs, tmp_path / "resumed", images=imgs, progress=False).run()
+    resumed = Trainer(cfg, recs, tmp_path / "resumed", images=imgs, progress=False)
+    resumed.run()
+    assert [h["epoch"] for h in resumed.history if h["stage"] == 2] == list(range(cfg.epochs))
+    assert load_encoder(tmp_path / "resumed").fingerprint == trained.fingerprint
+
+
+# ---- the bundled encoder ---------------------------------------------------------------------------------------
+def test_bundled_encoder_loads_and_encodes():
+    path = bundled_encoder_path()
+    if not path.exists():
+        pytest.skip("maps/nordland_demo/encoder.safetensors not committed yet")
+    assert path.stat().st_size <= 10 * 1024 * 1024
+    enc = load_encoder(path.parent, device="cpu")
+    head = read_header(path)
+    assert head["fingerprint"] == enc.fingerprint
+    lo, hi = head["training"]["data"]["frames"]  # the fixed split: trained within the training stretch only
+    assert 10 <= lo and hi <= 19200
+    d = enc.encode(_images())
+    assert d.shape == (3, enc.dim)
+
+
+@needs_nordland
+def test_eval_cli_runs_and_writes_json(tmp_path, capsys):
+    from geoloc_ros.cli import main
+
+    root = nordland_root()
+    out = tmp_path / "r.json"
+    enc = save_encoder(tiny_encoder(), tmp_path / "enc")
+    rc = main(["eval", "--encoder", str(enc), "--database", str(root / "summer"), "--queries", str(root / "winter"),
+               "--sequence-spacing", "10", "--frames", "23010:24000", "--frame-tolerance", "2", "--baselines",
+               "--json", str(out), "--device", "cpu"])
+    assert rc == 0 and out.exists()
+    import json
+
+    r = json.loads(out.read_text())
+    assert r["synthetic_positions"] is True and r["database_size"] == 100
+    assert set(r["protocols"]) == {"25 m", "+-2 frames"}
+    assert "R@20" in r["protocols"]["25 m"]["raw pixels (normalised)"]
+    assert "R@1" in capsys.readouterr().out
