@@ -19,6 +19,7 @@ import threading
 import time
 from pathlib import Path
 
+import numpy as np
 import rclpy
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
@@ -32,7 +33,7 @@ from sensor_msgs.msg import CompressedImage, Image, NavSatFix, NavSatStatus
 from std_srvs.srv import Trigger
 
 from geoloc_ros.node import params
-from geoloc_ros.node.consistency import ConsistencyFilter
+from geoloc_ros.node.consistency import ConsistencyFilter, SequenceMatcher
 from geoloc_ros.node.diagnostics import NodeStats
 from geoloc_ros.node.fusion import covariance6, fuse
 from geoloc_ros.node.images import FrameError, message_to_rgb
@@ -71,6 +72,8 @@ class VprNode(LifecycleNode):
         self._warned = set()
         self._verifier = None
         self._consistency = ConsistencyFilter()
+        self._sequence = None  # SequenceMatcher in consistency_mode 'sequence'
+        self._map_rows = {}  # map name -> (descriptors in row order, keyframe ids in row order), for sequences
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diag_timer = self.create_timer(self.get_parameter("diagnostics_period_s").value,
                                              self.publish_diagnostics)
@@ -93,6 +96,13 @@ class VprNode(LifecycleNode):
             return TransitionCallbackReturn.FAILURE
         self.settings, self.last_error = s, ""
         self._consistency = ConsistencyFilter(s.consistency_k, s.consistency_radius_m, s.consistency_id_window)
+        if s.consistency_mode not in ("consecutive", "sequence"):
+            self.last_error = f"configure failed: consistency_mode {s.consistency_mode!r}: expected consecutive or sequence"
+            self.get_logger().error(self.last_error)
+            self._release()
+            return TransitionCallbackReturn.FAILURE
+        self._sequence = SequenceMatcher(s.sequence_window, min_margin=s.sequence_min_margin) \
+            if s.consistency_mode == "sequence" else None
         if s.verification:
             from geoloc_ros.node.verification import GeometricVerifier
 
@@ -210,6 +220,7 @@ class VprNode(LifecycleNode):
         with self._map_lock:
             self.encoder, self.maps, self.session = encoder, maps, session
             self._encoder_file = enc_path
+            self._map_rows = _rows_of(maps)
         self._session_images.clear()
         self._last_session = None
 
@@ -316,7 +327,7 @@ class VprNode(LifecycleNode):
         encode_ms = (t1 - t0) * 1e3 / len(frames)
         search_ms = (t2 - t1) * 1e3 / len(frames)
         for i, (msg, topic, t_recv, rgb) in enumerate(frames):
-            self._publish_frame(msg, topic, rgb, results[i], encode_ms, search_ms, s)
+            self._publish_frame(msg, topic, rgb, desc[i], results[i], encode_ms, search_ms, s)
             self.stats.on_processed(encode_ms, search_ms, (time.monotonic() - t_recv) * 1e3)
             if session is not None:
                 self._maybe_add_session(session, desc[i], msg, topic, rgb, s)
@@ -338,17 +349,22 @@ class VprNode(LifecycleNode):
         return [sorted((c for c in cands if c[1].similarity >= s.min_similarity),
                        key=lambda c: -c[1].similarity)[: s.top_k] for cands in merged]
 
-    def _publish_frame(self, msg, topic, rgb, cands, encode_ms, search_ms, s):
+    def _publish_frame(self, msg, topic, rgb, desc, cands, encode_ms, search_ms, s):
         pr = PlaceRecognition(header=msg.header, camera_topic=topic, encode_ms=float(encode_ms),
                               search_ms=float(search_ms))
         pr.candidates = [_candidate(name, m, rank) for rank, (name, m) in enumerate(cands)]
         self._pubs["pr"].publish(pr)
 
-        best = (cands[0][0], cands[0][1].keyframe) if cands else None
-        if not self._consistency.update(topic, best):
+        if self._sequence is not None and self.maps:
+            closures = self._sequence_closures(topic, desc, cands)
+        else:
+            best = (cands[0][0], cands[0][1].keyframe) if cands else None
+            if not self._consistency.update(topic, best):
+                return
+            closures = [(name, m, pc) for (name, m), pc in zip(cands, pr.candidates)
+                        if self._consistency.agree(best, (name, m.keyframe))]
+        if not closures:
             return
-        closures = [(name, m, pc) for (name, m), pc in zip(cands, pr.candidates)
-                    if self._consistency.agree(best, (name, m.keyframe))]
         if self._verifier is not None:
             closures = self._verify(rgb, closures)
             if not closures:
@@ -358,6 +374,30 @@ class VprNode(LifecycleNode):
         self._pubs["lc"].publish(lc)
         self.stats.on_loop_closure()
         self._publish_pose(msg.header, closures, s)
+
+    def _sequence_closures(self, topic, desc, cands):
+        """Sequence mode: the end of the best-scoring run of map rows, then the frame's own candidates that agree
+        with it (same map, within consistency_radius_m)."""
+        from geoloc_ros.mapping import Match
+
+        self._sequence.push(topic, desc)
+        best = None
+        with self._map_lock:
+            maps, rows = list(self.maps), dict(self._map_rows)
+        for m in maps:
+            found = self._sequence.best(topic, rows[m.name][0])
+            if found is not None and (best is None or found[1] > best[1][1]):
+                best = (m, found)
+        if best is None or best[1][2] < self._sequence.min_margin:
+            return []
+        m, (row, score, margin) = best
+        descs, ids = rows[m.name]
+        kf = m.keyframe(int(ids[row]))
+        anchor = (m.name, kf)
+        picked = [(m.name, Match(kf, float(np.dot(desc, descs[row]))))]
+        picked += [(n, x) for n, x in cands if n == m.name and x.keyframe.id != kf.id
+                   and self._consistency.agree(anchor, (n, x.keyframe))]
+        return [(n, x, _candidate(n, x, rank)) for rank, (n, x) in enumerate(picked)]
 
     def _verify(self, rgb, closures):
         query = self._verifier.features(rgb)
@@ -465,8 +505,11 @@ class VprNode(LifecycleNode):
             return response
         with self._map_lock:
             self.maps = maps
+            self._map_rows = _rows_of(maps)
             self.settings.map_path = s.map_path
         self._consistency.reset()
+        if self._sequence is not None:
+            self._sequence.reset()
         response.success = True
         response.message = "reloaded " + ", ".join(f"{m.name} ({len(m)} keyframes)" for m in maps)
         self.get_logger().info(response.message)
@@ -510,6 +553,11 @@ class VprNode(LifecycleNode):
         arr = DiagnosticArray(status=[st])
         arr.header.stamp = self.get_clock().now().to_msg()
         self._diag_pub.publish(arr)
+
+
+def _rows_of(maps) -> dict:
+    """Per map: descriptors and keyframe ids in row (capture) order, for sequence matching."""
+    return {m.name: (np.asarray(m.descriptors), np.asarray(m.column("id"))) for m in maps}
 
 
 def _stamp_ns(stamp) -> int:

@@ -138,3 +138,19 @@ def test_config_file_lists_every_parameter_with_its_default():
                      "top_k", "min_similarity", "autostart"):
         assert required in names
     assert len(names) == len(set(names))
+
+
+def test_sequence_matcher_finds_the_run_that_single_frames_miss():
+    from geoloc_ros.node.consistency import SequenceMatcher
+
+    rng = np.random.default_rng(0)
+    places = rng.normal(size=(200, 32)).astype(np.float32)
+    places /= np.linalg.norm(places, axis=1, keepdims=True)
+    seq = SequenceMatcher(window=6, velocities=(1.0,), exclusion_rows=3)
+    assert seq.best("cam", places) is None  # not enough frames yet
+    for t in range(6):  # frames of places 100..105, each noisy enough that single-frame matching is unreliable
+        q = places[100 + t] + rng.normal(scale=0.35, size=32).astype(np.float32)
+        seq.push("cam", q / np.linalg.norm(q))
+    row, score, margin = seq.best("cam", places)
+    assert row == 105 and margin > 1.0
+    assert seq.best("other", places) is None

@@ -39,6 +39,12 @@ PARAMETERS = [
      "(keyframes without positions agree when their ids are within consistency_id_window).", (0.0, 10000.0)),
     ("consistency_id_window", 5, "Id distance within which keyframes without positions count as agreeing.",
      (0, 100000)),
+    ("consistency_mode", "consecutive", "'consecutive': consistency_k agreeing top matches; 'sequence': "
+     "sequence matching over the last sequence_window frames (for streams about one keyframe spacing per frame, "
+     "like the Nordland demo).", None),
+    ("sequence_window", 8, "Frames per sequence in 'sequence' mode.", (2, 100)),
+    ("sequence_min_margin", 1.0, "'sequence' mode: the best run's score over the best run elsewhere in the map "
+     "must reach this (1.0 accepts every best run).", (1.0, 10.0)),
     ("verification", False, "Geometric verification of loop closures (ORB features + RANSAC fundamental "
      "matrix); needs the keyframe image (session keyframes, or verification_image_dir).", None),
     ("verification_min_inliers", 15, "RANSAC inliers needed to accept a candidate.", (4, 10000)),
@@ -90,6 +96,9 @@ class Settings:
     consistency_k: int
     consistency_radius_m: float
     consistency_id_window: int
+    consistency_mode: str
+    sequence_window: int
+    sequence_min_margin: float
     verification: bool
     verification_min_inliers: int
     verification_features: int
