@@ -219,20 +219,24 @@ def plot(frames, data, summary, path):
     fig, (ax, ax2) = plt.subplots(2, 1, figsize=(9, 8), sharex=True, gridspec_kw={"height_ratios": [3, 1]})
     for i, f in enumerate(frames):
         m = pr.get(f.stamp_ns)
-        if m is None or not m.candidates:
-            continue
-        c = m.candidates[0]
-        ok = dist(c.latitude, c.longitude, i) <= TOLERANCE_M
-        ax.plot(q[i], along(c.latitude, c.longitude)[0], ".", color="tab:green" if ok else "tab:red", ms=4)
-        if f.stamp_ns in lc:
-            ax.plot(q[i], along(c.latitude, c.longitude)[0], "o", mfc="none", color="tab:blue", ms=7, lw=0.5)
+        if m is not None and m.candidates:
+            c = m.candidates[0]
+            ok = dist(c.latitude, c.longitude, i) <= TOLERANCE_M
+            ax.plot(q[i], along(c.latitude, c.longitude)[0], ".", color="tab:green" if ok else "tab:red", ms=3)
+        m = lc.get(f.stamp_ns)
+        if m is not None and m.candidates:  # where the loop closure itself points
+            c = m.candidates[0]
+            ok = dist(c.latitude, c.longitude, i) <= TOLERANCE_M
+            ax.plot(q[i], along(c.latitude, c.longitude)[0], "o", mfc="none", ms=6, mew=0.7,
+                    color="tab:blue" if ok else "tab:orange")
     ax.plot(q, q, "-", color="grey", lw=0.8, label="ground truth")
-    ax.plot([], [], ".", color="tab:green", label="top-1 correct (<= 25 m)")
-    ax.plot([], [], ".", color="tab:red", label="top-1 wrong")
-    ax.plot([], [], "o", mfc="none", color="tab:blue", label="loop closure published")
+    ax.plot([], [], ".", color="tab:green", label="~/place_recognition top-1 correct (<= 25 m)")
+    ax.plot([], [], ".", color="tab:red", label="~/place_recognition top-1 wrong")
+    ax.plot([], [], "o", mfc="none", color="tab:blue", label="~/loop_closures correct")
+    ax.plot([], [], "o", mfc="none", color="tab:orange", label="~/loop_closures wrong")
     ax.set_ylabel("matched summer keyframe, metres along the route")
-    ax.set_title(f"geoloc demo: bag vs map, Recall@1 {summary['recall_at_1']:.1%}, "
-                 f"loop-closure precision {summary['loop_closure_precision']:.1%}")
+    ax.set_title(f"geoloc demo: ~/place_recognition Recall@1 {summary['recall_at_1']:.1%}, "
+                 f"~/loop_closures precision {summary['loop_closure_precision']:.1%}", fontsize=10)
     ax.legend(loc="upper left", fontsize=8)
     gi = [i for i, f in enumerate(frames) if f.stamp_ns in geo]
     ax2.semilogy([q[i] for i in gi], [max(dist(geo[frames[i].stamp_ns].pose.pose.position.latitude,
