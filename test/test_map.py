@@ -122,11 +122,18 @@ def test_save_replaces_atomically_and_leaves_no_temporaries(tmp_path, small_map)
     db, _ = small_map
     target = tmp_path / "m"
     db.save(target)
+    (target / "README.md").write_text("about this map\n")  # not part of the map, but kept with it
+    (target / "recordings").mkdir()
+    (target / "recordings" / "drive.mcap").write_bytes(b"x")
     bigger = MapDatabase.load(target)
     bigger.add(unit_rows(1, seed=3), [Keyframe(label="extra")])
     bigger.save(target)
     assert len(MapDatabase.load(target)) == 51
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
+    assert (target / "README.md").read_text() == "about this map\n"
+    assert (target / "recordings" / "drive.mcap").read_bytes() == b"x"
+    assert "README.md" not in json.loads((target / "manifest.json").read_text())["files"]
+    assert (target.stat().st_mode & 0o777) == 0o777 & ~_umask()
 
 
 @pytest.mark.parametrize("factory", ["HNSW16", "IVF4,Flat", "IVF4,PQ4"])
@@ -204,3 +211,25 @@ def test_local_map_without_geotags(tmp_path):
     assert [m.keyframe.id for m in db.search(unit_rows(3)[2], 3, near=(2.0, 0.0, 0.5))[0]] == [2]
     with pytest.raises(MapError, match="without geotags"):
         db.add(unit_rows(1), [Keyframe(lat=60.0, lon=10.0)])
+
+
+def test_pq_map_with_exact_reranking(tmp_path):
+    x = unit_rows(600, seed=4)
+    db = MapDatabase.create("pq", DIM, "fp-a", index_factory="IVF8,PQ2", search_params="nprobe=8", rerank=20)
+    db.add(x, [Keyframe(label=str(i)) for i in range(600)])
+    db.save(tmp_path / "m")
+    loaded = MapDatabase.load(tmp_path / "m")
+    assert loaded.rerank == 20
+    results = loaded.search(x[:30], 3)
+    # 2-byte codes alone confuse neighbours; exact re-scoring of the candidates finds each row itself again
+    assert [r[0].keyframe.id for r in results] == list(range(30))
+    assert all(r[0].similarity == pytest.approx(1.0, abs=1e-5) for r in results)
+    assert all([m.similarity for m in r] == sorted((m.similarity for m in r), reverse=True) for r in results)
+
+
+def _umask():
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -31,6 +31,8 @@ def add_parser(sub):
     b.add_argument("--index", default="Flat", help="FAISS index factory string (default Flat; e.g. HNSW32, "
                                                    "IVF1024,PQ64 for large maps)")
     b.add_argument("--search-params", help="FAISS search parameters, e.g. nprobe=32 or efSearch=128")
+    b.add_argument("--rerank", type=int, default=0, help="re-score this many index candidates exactly with the "
+                                                        "stored descriptors (for PQ indexes; default 0 = off)")
     b.add_argument("--no-encoder-copy", action="store_true", help="do not carry the encoder checkpoint in the map")
     b.add_argument("--force", action="store_true", help="replace an existing map at --out")
     _encode_args(b)
@@ -166,7 +168,7 @@ def run_build(args):
         _fail(f"{out} exists; pass --force to replace it (atomically: it stays intact until the new map is complete)")
     encoder = _load_encoder(args.encoder, args.device)
     try:
-        db = new_map_for(encoder, args.name or out.name, args.index, args.search_params)
+        db = new_map_for(encoder, args.name or out.name, args.index, args.search_params, args.rerank)
         if not args.no_encoder_copy:
             db.attach_encoder(args.encoder)
         ids = _add_source(db, encoder, args)
@@ -230,7 +232,8 @@ def run_info(args):
     print(f"keyframes  {len(db)} ({manifest['synthetic_positions']} with synthetic positions)")
     print(f"encoder    dim {db.dim}, fingerprint {db.fingerprint}"
           + (f", carried: {db.encoder_path.name}" if db.encoder_path else ", not carried"))
-    print(f"index      {db.index_factory} ({db.search_params or 'default search parameters'}), inner product")
+    print(f"index      {db.index_factory} ({db.search_params or 'default search parameters'}), inner product"
+          + (f", exact re-ranking of {db.rerank} candidates" if db.rerank else ""))
     if db.frame:
         f = db.frame
         lat, lon, alt = f.to_wgs84(0.0, 0.0)

@@ -226,15 +226,29 @@ def write_image_bag(path, frames, image_topic="/camera/image_raw", fix_topic="/g
                     camera_frame="camera", gnss_frame="gnss") -> Path:
     """Write a rosbag2 of `frames`: an iterable of (stamp_ns, HxWx3 uint8 RGB image, (lat, lon, alt) or None).
     Images go out as sensor_msgs/msg/Image rgb8; positions as sensor_msgs/msg/NavSatFix with the same stamp
-    (status FIX, covariance unknown). Recording time = stamp. `storage`: "mcap" or "sqlite3"."""
+    (status FIX, covariance unknown). Recording time = stamp. `storage`: "mcap" or "sqlite3". A `path` ending in
+    .mcap or .db3 becomes a single storage file (rosbags and ros2 bag read those without metadata.yaml); any
+    other path becomes a rosbag2 directory."""
     from rosbags.rosbag2 import StoragePlugin, Writer
 
     ts = _typestore()
     T = ts.types
     Time, Header = T["builtin_interfaces/msg/Time"], T["std_msgs/msg/Header"]
     Image, NavSatFix, NavSatStatus = T["sensor_msgs/msg/Image"], T["sensor_msgs/msg/NavSatFix"], T["sensor_msgs/msg/NavSatStatus"]
-    plugin = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}[storage]
     path = Path(path)
+    if path.suffix in (".mcap", ".db3"):
+        import shutil
+        import tempfile
+
+        if path.exists():
+            raise MapError(f"{path}: exists already")
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=f".{path.name}.") as tmp:
+            bag_dir = write_image_bag(Path(tmp) / "bag", frames, image_topic, fix_topic,
+                                      "mcap" if path.suffix == ".mcap" else "sqlite3", camera_frame, gnss_frame)
+            (storage_file,) = bag_dir.glob("*" + path.suffix)
+            shutil.move(storage_file, path)
+        return path
+    plugin = {"mcap": StoragePlugin.MCAP, "sqlite3": StoragePlugin.SQLITE3}[storage]
     with Writer(path, version=9, storage_plugin=plugin) as writer:
         img_conn = writer.add_connection(image_topic, Image.__msgtype__, typestore=ts)
         fix_conn = writer.add_connection(fix_topic, NavSatFix.__msgtype__, typestore=ts) if fix_topic else None

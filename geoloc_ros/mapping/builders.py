@@ -51,6 +51,7 @@ def add_bag(db: MapDatabase, encoder, bag, image_topic: str, fix_topic: str | No
     return encode_into(db, encoder, frames, total=frames.count, desc=f"encoding {Path(bag).name}", **options)
 
 
-def new_map_for(encoder, name: str, index_factory: str = "Flat", search_params: str | None = None) -> MapDatabase:
+def new_map_for(encoder, name: str, index_factory: str = "Flat", search_params: str | None = None,
+                rerank: int = 0) -> MapDatabase:
     return MapDatabase.create(name, encoder.dim, encoder.fingerprint, index_factory=index_factory,
-                              search_params=search_params)
+                              search_params=search_params, rerank=rerank)

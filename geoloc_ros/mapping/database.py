@@ -67,7 +67,7 @@ class MapDatabase:
 
     def __init__(self, name: str, dim: int, fingerprint: str, frame: MapFrame | None = None,
                  index_factory: str = "Flat", search_params: str | None = None, index=None, columns=None,
-                 descriptors=None, encoder_path: Path | None = None, created: str | None = None):
+                 descriptors=None, encoder_path: Path | None = None, created: str | None = None, rerank: int = 0):
         self.name = str(name)
         self.dim = int(dim)
         self.fingerprint = str(fingerprint)
@@ -75,6 +75,9 @@ class MapDatabase:
         self.index_factory = index_factory
         self.search_params = default_search_params(index_factory) if search_params is None else search_params
         self.created = created or _now()
+        # rerank > 0: the index proposes that many candidates and the stored (memory-mapped) descriptors score them
+        # exactly, so compressed indexes (PQ) keep little in memory yet rank like exact search.
+        self.rerank = int(rerank)
         self._index = index if index is not None else self._new_index()
         self._apply_search_params()
         cols = columns or {}
@@ -89,11 +92,12 @@ class MapDatabase:
     # -- construction ----------------------------------------------------------------------------------------
     @classmethod
     def create(cls, name: str, dim: int, fingerprint: str, frame: MapFrame | None = None,
-               index_factory: str = "Flat", search_params: str | None = None) -> "MapDatabase":
-        """An empty map in memory. `index_factory`: a FAISS index factory string (inner product metric)."""
+               index_factory: str = "Flat", search_params: str | None = None, rerank: int = 0) -> "MapDatabase":
+        """An empty map in memory. `index_factory`: a FAISS index factory string (inner product metric).
+        `rerank`: re-score this many index candidates exactly with the stored descriptors (0: off)."""
         if int(dim) <= 0:
             raise MapError(f"descriptor dimension must be positive, got {dim}")
-        return cls(name, dim, fingerprint, frame, index_factory, search_params)
+        return cls(name, dim, fingerprint, frame, index_factory, search_params, rerank=rerank)
 
     @classmethod
     def load(cls, path, encoder=None) -> "MapDatabase":
@@ -136,7 +140,8 @@ class MapDatabase:
                            f"descriptors {len(descriptors)}, index {index.ntotal})")
         frame = MapFrame(**manifest["frame"]) if manifest.get("frame") else None
         return cls(manifest["name"], dim, fingerprint, frame, manifest["index_factory"],
-                   manifest.get("search_params"), index, columns, descriptors, encoder_path, manifest.get("created"))
+                   manifest.get("search_params"), index, columns, descriptors, encoder_path, manifest.get("created"),
+                   int(manifest.get("rerank", 0)))
 
     # -- identity --------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -274,6 +279,11 @@ class MapDatabase:
     def _ensure_trained(self, x: np.ndarray) -> None:
         if self._index.is_trained:
             return
+        ivf = faiss.try_extract_index_ivf(self._index)
+        if ivf is not None and hasattr(ivf, "do_polysemous_training"):
+            # Polysemous training (an annealing of PQ code order, used only with polysemous_ht at search time,
+            # which maps never set) makes "IVF...,PQ..." training take minutes instead of seconds.
+            ivf.do_polysemous_training = False
         try:
             self._index.train(x)
         except RuntimeError as e:
@@ -290,7 +300,9 @@ class MapDatabase:
         if k <= 0 or len(self) == 0 or len(q) == 0:
             return [[] for _ in range(len(q))]
         if near is None:
-            sims, rows = self._index.search(q, min(k, len(self)))
+            sims, rows = self._index.search(q, min(max(k, self.rerank), len(self)))
+            if self.rerank:
+                sims, rows = rerank_exact(q, rows, self.descriptors, min(k, len(self)))
         else:
             cx, cy, radius = (float(v) for v in near)
             pos = self.positions()
@@ -319,12 +331,14 @@ class MapDatabase:
     # -- saving ----------------------------------------------------------------------------------------------
     def save(self, path) -> Path:
         """Write the map to the directory `path` atomically (temporary sibling directory, fsync, rename): an
-        interrupted save leaves the previous map at `path` untouched. Returns `path`."""
+        interrupted save leaves the previous map at `path` untouched. Other entries of an existing `path` (a
+        README, a recording) are kept. Returns `path`."""
         target = Path(path)
         tmp = storage.temporary_sibling(target)
         try:
             self._write(tmp)
             storage.fsync_tree(tmp)
+            storage.carry_over_extras(target, tmp)
             storage.replace_directory(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
@@ -355,6 +369,7 @@ class MapDatabase:
             "metric": "inner_product",
             "index_factory": self.index_factory,
             "search_params": self.search_params,
+            "rerank": self.rerank,
             "crs": "EPSG:4326 (WGS84 lat/lon/alt); UTM easting/northing in the map frame's zone; map frame ENU metres",
             "frame": asdict(self.frame) if self.frame else None,
             "files": files or {},
@@ -379,10 +394,25 @@ class MapDatabase:
     def rebuilt(self, index_factory: str, search_params: str | None = None, name: str | None = None) -> "MapDatabase":
         """A copy of this map with a different index (trained on all of its descriptors)."""
         other = MapDatabase.create(name or self.name, self.dim, self.fingerprint, self.frame, index_factory,
-                                   search_params)
+                                   search_params, self.rerank)
         other._encoder_path = self._encoder_path
         other.add(self.descriptors, list(self.keyframes()))
         return other
+
+
+def rerank_exact(q: np.ndarray, candidates: np.ndarray, descriptors: np.ndarray, k: int):
+    """Re-score each query's candidate rows (-1 = none) exactly against `descriptors` (possibly memory-mapped);
+    returns (similarities, rows) of the best k, padded with (-inf, -1) as FAISS does."""
+    sims = np.full((len(q), k), -np.inf, dtype=np.float32)
+    rows = np.full((len(q), k), -1, dtype=np.int64)
+    for i, cand in enumerate(candidates):
+        cand = np.unique(cand[cand >= 0])  # sorted: sequential reads from a memory-mapped file
+        if len(cand) == 0:
+            continue
+        kk = min(k, len(cand))
+        s, local = faiss.knn(q[i:i + 1], np.ascontiguousarray(descriptors[cand]), kk, metric=faiss.METRIC_INNER_PRODUCT)
+        sims[i, :kk], rows[i, :kk] = s[0], cand[local[0]]
+    return sims, rows
 
 
 def check_encoder(folder, dim: int, fingerprint: str, encoder) -> None:

@@ -23,7 +23,7 @@ def merge_maps(maps: list[MapDatabase], name: str, index_factory: str | None = N
         raise MapError("cannot merge several maps whose positions have no geotags (their frames are unrelated)")
     factory = index_factory or first.index_factory
     merged = MapDatabase.create(name, first.dim, first.fingerprint, geo[0].frame if geo else None, factory,
-                                first.search_params if factory == first.index_factory else None)
+                                first.search_params if factory == first.index_factory else None, first.rerank)
     carrier = next((m for m in maps if m.encoder_path is not None), None)
     if carrier is not None:
         merged.attach_encoder(carrier.encoder_path)

@@ -108,8 +108,9 @@ def verify_files(folder: Path, manifest: dict) -> None:
 
 
 def describe_files(folder: Path) -> dict:
+    """Size and sha256 of the map's own files (extras such as a README are not part of the map)."""
     return {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
-            for p in sorted(folder.iterdir()) if p.is_file() and p.name != MANIFEST}
+            for p in sorted(folder.iterdir()) if p.is_file() and p.name in MAP_FILES and p.name != MANIFEST}
 
 
 # -- keyframe metadata in SQLite --------------------------------------------------------------------------------
@@ -204,7 +205,12 @@ def temporary_sibling(target: Path) -> Path:
         pid = stale.name[len(f".{target.name}.tmp-"):].split("-")[0]
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
-    return Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.tmp-{os.getpid()}-", dir=target.parent))
+    # mkdtemp makes the directory private (0700); the map takes the old map's mode, or the umask's default
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, target.stat().st_mode & 0o7777 if target.is_dir() else 0o777 & ~umask)
+    return tmp
 
 
 def _alive(pid: int) -> bool:
@@ -232,6 +238,35 @@ def _renameat2_exchange(a: Path, b: Path) -> bool:
     if fn(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
         return True
     return False  # e.g. EINVAL on filesystems without exchange support: fall back
+
+
+MAP_FILES = (MANIFEST, KEYFRAMES, DESCRIPTORS, INDEX, ENCODER)
+
+
+def carry_over_extras(old: Path, tmp: Path) -> None:
+    """Entries of an existing map directory that are not map files (a README, a demo recording) go into the new
+    version too, as hard links (no copying; a fallback copy across filesystems)."""
+    if not old.is_dir():
+        return
+    for entry in old.iterdir():
+        if entry.name in MAP_FILES or entry.name.startswith("."):
+            continue
+        dest = tmp / entry.name
+        if dest.exists():
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.copytree(entry, dest, copy_function=_link_or_copy, symlinks=True)
+        elif entry.is_symlink():
+            os.symlink(os.readlink(entry), dest)
+        else:
+            _link_or_copy(entry, dest)
+
+
+def _link_or_copy(src, dst):
+    try:
+        os.link(src, dst)
+    except OSError:
+        shutil.copy2(src, dst)
 
 
 def replace_directory(tmp: Path, target: Path) -> None:

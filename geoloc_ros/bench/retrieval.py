@@ -1,0 +1,192 @@
+"""Map search at scale: FAISS index configurations over up to 1,000,000 keyframes of 512-d descriptors.
+
+For each database size and index factory string: build time (train + add), memory per keyframe (the size of
+the serialised index, which is what a map holds in memory for search), single-query latency p50/p99 (one query
+at a time, as the node asks), and Recall@1 relative to exact search.
+
+Data: synthetic *clustered* unit vectors, not uniform random ones (on uniform random vectors every point is
+about equally far from every other, so ANN recall means nothing). Each database descriptor is a "place" drawn
+around one of `n_clusters` scene types (x = normalise(c + a*g)); each query is a revisit of a random place
+(q = normalise(x + b*g')), and the right answer is that place. Recall@1 = share of queries whose top-1 is that
+place; "rel" divides by exact (Flat) search's Recall@1 on the same queries; "agree" is the share of queries
+whose top-1 equals exact search's top-1.
+
+FAISS runs single-threaded (omp 1): on this 2-core machine the other core is busy (the node's encoder, or
+during the recorded run a training job), and OpenMP threads that wait for a busy core make both slower.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+DEFAULT_CONFIGS = {
+    # label: (index factory, search parameters, largest size to build it at)
+    "Flat (exact)": ("Flat", "", None),
+    "HNSW32": ("HNSW32", "efSearch=64", 100_000),  # graph build ~35 s per 50k here: ~12+ min at 1M
+    "IVF1024,Flat": ("IVF1024,Flat", "nprobe=16", None),
+    "IVF1024,PQ64": ("IVF1024,PQ64np", "nprobe=16", None),
+    "IVF1024,PQ32": ("IVF1024,PQ32np", "nprobe=16", None),
+}
+
+
+def clustered_data(n: int, dim: int, n_clusters: int, spread: float, seed: int, chunk: int = 100_000):
+    """(n, dim) float32 unit vectors around `n_clusters` random unit centres."""
+    import faiss
+
+    rng = np.random.default_rng(seed)
+    centres = rng.standard_normal((n_clusters, dim), dtype=np.float32)
+    faiss.normalize_L2(centres)
+    x = np.empty((n, dim), dtype=np.float32)
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        x[start:stop] = centres[rng.integers(0, n_clusters, stop - start)]
+        x[start:stop] += rng.standard_normal((stop - start, dim), dtype=np.float32) * np.float32(spread / np.sqrt(dim))
+        faiss.normalize_L2(x[start:stop])
+    return x
+
+
+def revisits(x: np.ndarray, n: int, noise: float, seed: int):
+    """Queries: noisy copies of `n` random database rows; returns (queries, the rows they revisit)."""
+    import faiss
+
+    rng = np.random.default_rng(seed)
+    truth = rng.choice(len(x), n, replace=False)
+    q = x[truth] + rng.standard_normal((n, x.shape[1]), dtype=np.float32) * np.float32(noise / np.sqrt(x.shape[1]))
+    faiss.normalize_L2(q)
+    return q, truth
+
+
+def _measure(factory: str, params: str, x, queries, truth, exact_top1, n_latency: int, train_size: int):
+    import faiss
+
+    index = faiss.index_factory(x.shape[1], factory, faiss.METRIC_INNER_PRODUCT)
+    t0 = time.perf_counter()
+    if not index.is_trained:
+        rng = np.random.default_rng(1)
+        sample = x[np.sort(rng.choice(len(x), min(train_size, len(x)), replace=False))]
+        index.train(sample)
+    t1 = time.perf_counter()
+    for start in range(0, len(x), 100_000):
+        index.add(x[start:start + 100_000])
+    t2 = time.perf_counter()
+    if params:
+        faiss.ParameterSpace().set_index_parameters(index, params)
+    bytes_total = int(faiss.serialize_index(index).nbytes)
+    _, top = index.search(queries, 1)
+    top1 = top[:, 0]
+    lat = []
+    for i in range(min(n_latency, len(queries))):
+        s = time.perf_counter()
+        index.search(queries[i:i + 1], 5)
+        lat.append((time.perf_counter() - s) * 1e3)
+    del index
+    return {"train_s": round(t1 - t0, 2), "add_s": round(t2 - t1, 2), "build_s": round(t2 - t0, 2),
+            "bytes_per_keyframe": round(bytes_total / len(x), 1), "index_mb": round(bytes_total / 2**20, 1),
+            "p50_ms": round(float(np.percentile(lat, 50)), 3), "p99_ms": round(float(np.percentile(lat, 99)), 3),
+            "latency_queries": len(lat),
+            "recall_at_1": round(float(np.mean(top1 == truth)), 4),
+            "agree_with_exact": None if exact_top1 is None else round(float(np.mean(top1 == exact_top1)), 4)}
+
+
+def run_retrieval_benchmark(sizes=(100_000, 1_000_000), dim: int = 512, out_dir="docs/benchmarks", quick=False,
+                            configs: dict | None = None, n_queries: int = 1000, n_latency: int = 200,
+                            n_clusters: int = 1000, spread: float = 0.5, noise: float = 2.0, threads: int = 1,
+                            log=print) -> dict:
+    """Run the benchmark, print a table, write `out_dir`/retrieval.json (and retrieval.md). `quick`: one small size
+    (20,000) for a smoke run. Returns the result dict."""
+    import faiss
+
+    if quick:
+        sizes, n_queries, n_latency = (20_000,), 200, 50
+    configs = dict(configs or DEFAULT_CONFIGS)
+    faiss.omp_set_num_threads(int(threads))
+    rows = []
+    started = time.perf_counter()
+    for n in sizes:
+        t = time.perf_counter()
+        x = clustered_data(int(n), dim, n_clusters, spread, seed=0)
+        queries, truth = revisits(x, n_queries, noise, seed=1)
+        log(f"[retrieval] {n:,} x {dim} clustered unit vectors in {time.perf_counter() - t:.1f} s; "
+            f"{n_queries} revisit queries")
+        exact_top1 = exact_recall = None
+        for label, (factory, params, max_n) in configs.items():
+            if max_n is not None and n > max_n:
+                log(f"[retrieval]   {label}: skipped at {n:,} (built up to {max_n:,} only)")
+                continue
+            # Flat latency at 1M is ~100+ ms a query: fewer timed queries keep the run short.
+            nl = min(n_latency, 30) if factory == "Flat" and n > 200_000 else n_latency
+            r = _measure(factory, params, x, queries, truth, exact_top1, nl, train_size=max(64 * 1024, 0))
+            if factory == "Flat":
+                exact_recall = r["recall_at_1"]
+                exact_top1 = _flat_top1(x, queries)
+                r["agree_with_exact"] = 1.0
+            r["relative_recall_at_1"] = (round(r["recall_at_1"] / exact_recall, 4) if exact_recall else None)
+            rows.append({"keyframes": int(n), "config": label, "factory": factory, "search_params": params, **r})
+            log(f"[retrieval]   {label:14s} build {r['build_s']:7.1f} s  {r['bytes_per_keyframe']:7.1f} B/kf  "
+                f"p50 {r['p50_ms']:8.3f} ms  p99 {r['p99_ms']:8.3f} ms  R@1 {r['recall_at_1']:.4f} "
+                f"(rel {r['relative_recall_at_1']})")
+        del x
+    result = {
+        "benchmark": "retrieval",
+        "dim": dim, "sizes": [int(s) for s in sizes], "queries": n_queries, "faiss_threads": int(threads),
+        "data": {"kind": "synthetic clustered unit vectors", "n_clusters": n_clusters, "spread": spread,
+                 "query_noise": noise, "note": "database x = normalise(c + spread*g/sqrt(dim)), query = "
+                                               "normalise(x + noise*g'/sqrt(dim)); truth = x's row"},
+        "memory": "bytes per keyframe = serialised FAISS index size / keyframes (what search holds in memory; a "
+                  "map also keeps float32 descriptors on disk, memory-mapped)",
+        "rows": rows, "total_s": round(time.perf_counter() - started, 1),
+        "machine": _machine(),
+    }
+    table = format_table(rows)
+    log(table)
+    if out_dir:
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "retrieval.json").write_text(json.dumps(result, indent=1) + "\n")
+        (out / "retrieval.md").write_text(table + "\n")
+        log(f"[retrieval] wrote {out / 'retrieval.json'} and {out / 'retrieval.md'}")
+    return result
+
+
+def _flat_top1(x, queries):
+    import faiss
+
+    return faiss.knn(queries, x, 1, metric=faiss.METRIC_INNER_PRODUCT)[1][:, 0]
+
+
+def format_table(rows) -> str:
+    lines = ["| keyframes | index | search | build s | bytes/keyframe | p50 ms | p99 ms | R@1 | rel. to exact | "
+             "top-1 = exact |",
+             "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['keyframes']:,} | {r['factory']} | {r['search_params'] or '-'} | {r['build_s']:.1f} | "
+                     f"{r['bytes_per_keyframe']:.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | "
+                     f"{r['recall_at_1']:.3f} | {r['relative_recall_at_1']:.3f} | {r['agree_with_exact']:.3f} |")
+    return "\n".join(lines)
+
+
+def _machine() -> dict:
+    try:
+        from geoloc_ros.bench.machine import machine_info
+
+        return machine_info()
+    except Exception:  # noqa: BLE001 - the shared helper is optional here
+        import os
+        import platform
+
+        return {"cores": os.cpu_count(), "os": platform.platform()}
+
+
+if __name__ == "__main__":
+    import argparse
+
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--sizes", default="100000,1000000")
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("--out-dir", default="docs/benchmarks")
+    a = ap.parse_args()
+    run_retrieval_benchmark(sizes=tuple(int(s) for s in a.sizes.split(",")), out_dir=a.out_dir, quick=a.quick)
