@@ -241,7 +241,10 @@ class VprNode(LifecycleNode):
             except ImportError:
                 raise ConfigureError(f"encoder_backend {s.encoder_backend!r}: only 'torch' is available here "
                                      f"(geoloc_ros.deploy.open_encoder is not installed)") from None
-            return open_encoder(path, s.encoder_backend, device, half)
+            try:
+                return open_encoder(path, s.encoder_backend, device, half, threads=s.inference_threads or None)
+            except (OSError, ValueError, RuntimeError) as e:
+                raise ConfigureError(f"encoder {path!r} on backend {s.encoder_backend!r}: {e}") from None
         from geoloc_ros.model import load_encoder
 
         try:

@@ -358,3 +358,23 @@ def test_geometric_verification_with_map_images(shared_data, graph, tmp_path):
         lc = h.data.results["loop_closures"][s]
         assert lc.candidates and all(c.verified and c.inliers >= 15 for c in lc.candidates)
         assert lc.candidates[0].keyframe_label == r.label and lc.candidates[0].inliers > 50
+
+
+@pytest.mark.parametrize("backend", ["torch-tuned", "onnxruntime", "no-such-backend"])
+def test_encoder_backends(backend, world, graph):
+    """encoder_backend other than torch goes through geoloc_ros.deploy.open_encoder; same map, same answers."""
+    pytest.importorskip("geoloc_ros.deploy.api", reason="geoloc_ros.deploy (deployment backends) is not installed")
+    start, h = graph
+    n = start({"map_path": [world["map"]], "encoder_backend": backend})
+    if backend == "no-such-backend":
+        assert not n.active and "no-such-backend" in n.node.last_error
+        return
+    assert n.active, n.node.last_error
+    assert h.wait_for_subscriber()
+    msgs = [image_message(read_image(r.path), T0 + i) for i, r in enumerate(world["records"][:8])]
+    for m in msgs:
+        h.publish(m)
+        time.sleep(0.1)
+    assert h.wait_for(lambda: all(T0 + i in h.data.received for i in range(len(msgs))), timeout=30)
+    for i, r in enumerate(world["records"][:8]):
+        assert h.data.results["place_recognition"][T0 + i].candidates[0].keyframe_label == r.label
