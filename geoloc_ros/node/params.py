@@ -16,8 +16,8 @@ PARAMETERS = [
      "Empty: run on the session map alone (needs encoder_path).", None),
     ("encoder_path", "", "Encoder checkpoint (file or directory). Empty: the encoder carried by the first map.",
      None),
-    ("encoder_backend", "torch", "Inference backend: 'torch', or a deployment backend of geoloc_ros.deploy "
-     "(e.g. onnxruntime, tensorrt) when that module is installed.", None),
+    ("encoder_backend", "torch", "Inference backend: 'torch', or a backend of geoloc_ros.deploy.open_encoder "
+     "('torch-tuned', 'onnxruntime').", None),
     ("device", "auto", "Inference device: auto (CUDA when available), cuda, cuda:N or cpu.", None),
     ("half_precision", True, "fp16 inference; applies on CUDA only (CPU always runs fp32).", None),
     ("inference_threads", 0, "CPU threads for inference (torch intra-op threads); 0 keeps torch's default. On a "
