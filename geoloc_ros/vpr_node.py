@@ -64,7 +64,7 @@ class VprNode(LifecycleNode):
         self._fix = None  # latest (lat, lon, alt) from fix_topic
         self._map_lock = threading.Lock()  # maps/session swapped by reload_map while the worker searches
         self._cv = threading.Condition()
-        self._pending = {}  # camera topic -> (message, actual topic, monotonic receive time)
+        self._pending = {}  # camera topic -> (message, camera, actual topic, monotonic receive time)
         self._worker = None
         self._stop = True
         self._subs = []
@@ -265,7 +265,7 @@ class VprNode(LifecycleNode):
         with self._cv:
             if camera in self._pending:
                 self.stats.on_drop()  # newest wins: the worker was busy, the older frame is stale anyway
-            self._pending[camera] = (msg, topic, time.monotonic())
+            self._pending[camera] = (msg, camera, topic, time.monotonic())
             self._cv.notify()
 
     def _on_odom(self, msg: Odometry):
@@ -311,10 +311,10 @@ class VprNode(LifecycleNode):
 
     def _process(self, batch):
         frames = []
-        for msg, topic, t_recv in batch:
+        for msg, camera, topic, t_recv in batch:
             rgb = self._decode(msg, topic)
             if rgb is not None:
-                frames.append((msg, topic, t_recv, rgb))
+                frames.append((msg, camera, topic, t_recv, rgb))
         if not frames:
             return
         s = self.settings
@@ -323,14 +323,14 @@ class VprNode(LifecycleNode):
         if encoder is None:
             return
         t0 = time.perf_counter()
-        desc = encoder.encode([f[3] for f in frames])
+        desc = encoder.encode([f[4] for f in frames])
         t1 = time.perf_counter()
         results = self._search(desc, frames, maps, session, s)
         t2 = time.perf_counter()
         encode_ms = (t1 - t0) * 1e3 / len(frames)
         search_ms = (t2 - t1) * 1e3 / len(frames)
-        for i, (msg, topic, t_recv, rgb) in enumerate(frames):
-            self._publish_frame(msg, topic, rgb, desc[i], results[i], encode_ms, search_ms, s)
+        for i, (msg, camera, topic, t_recv, rgb) in enumerate(frames):
+            self._publish_frame(msg, camera, topic, rgb, desc[i], results[i], encode_ms, search_ms, s)
             self.stats.on_processed(encode_ms, search_ms, (time.monotonic() - t_recv) * 1e3)
             if session is not None:
                 self._maybe_add_session(session, desc[i], msg, topic, rgb, s)
@@ -352,17 +352,19 @@ class VprNode(LifecycleNode):
         return [sorted((c for c in cands if c[1].similarity >= s.min_similarity),
                        key=lambda c: -c[1].similarity)[: s.top_k] for cands in merged]
 
-    def _publish_frame(self, msg, topic, rgb, desc, cands, encode_ms, search_ms, s):
+    def _publish_frame(self, msg, camera, topic, rgb, desc, cands, encode_ms, search_ms, s):
+        """Publish ~/place_recognition; then, per camera (raw and compressed topics of one camera share the
+        history), consistency or sequence matching decides on ~/loop_closures and the pose outputs."""
         pr = PlaceRecognition(header=msg.header, camera_topic=topic, encode_ms=float(encode_ms),
                               search_ms=float(search_ms))
         pr.candidates = [_candidate(name, m, rank) for rank, (name, m) in enumerate(cands)]
         self._pubs["pr"].publish(pr)
 
         if self._sequence is not None and self.maps:
-            closures = self._sequence_closures(topic, desc, cands)
+            closures = self._sequence_closures(camera, desc, cands)
         else:
             best = (cands[0][0], cands[0][1].keyframe) if cands else None
-            if not self._consistency.update(topic, best):
+            if not self._consistency.update(camera, best):
                 return
             closures = [(name, m, pc) for (name, m), pc in zip(cands, pr.candidates)
                         if self._consistency.agree(best, (name, m.keyframe))]
@@ -378,17 +380,17 @@ class VprNode(LifecycleNode):
         self.stats.on_loop_closure()
         self._publish_pose(msg.header, closures, s)
 
-    def _sequence_closures(self, topic, desc, cands):
+    def _sequence_closures(self, camera, desc, cands):
         """Sequence mode: the end of the best-scoring run of map rows, then the frame's own candidates that agree
         with it (same map, within consistency_radius_m)."""
         from geoloc_ros.mapping import Match
 
-        self._sequence.push(topic, desc)
+        self._sequence.push(camera, desc)
         best = None
         with self._map_lock:
             maps, rows = list(self.maps), dict(self._map_rows)
         for m in maps:
-            found = self._sequence.best(topic, rows[m.name][0])
+            found = self._sequence.best(camera, rows[m.name][0])
             if found is not None and (best is None or found[1] > best[1][1]):
                 best = (m, found)
         if best is None or best[1][2] < self._sequence.min_margin:
