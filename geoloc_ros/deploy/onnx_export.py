@@ -42,6 +42,8 @@ def _exportable(net):
             return x.clamp(min=self.eps).pow(p).mean(dim=(-2, -1), keepdim=True).pow(1.0 / p)
 
     net = copy.deepcopy(net).eval()
+    for p in net.parameters():       # a frozen copy would take MultiheadAttention's fast path even with grad on
+        p.requires_grad_(True)
     for parent in list(net.modules()):
         for name, child in list(parent.named_children()):
             if isinstance(child, GeM):
@@ -65,7 +67,9 @@ def export_onnx(encoder, out, opset: int = DEFAULT_OPSET) -> Path:
     dummy = torch.zeros(2, 3, h, w, device=device)
     tmp = out.with_name(f".{out.name}.{os.getpid()}.tmp")
     try:
-        with warnings.catch_warnings(), torch.no_grad():
+        # Grad mode stays on: under no_grad / inference_mode nn.MultiheadAttention takes its fused fast path
+        # (aten::_native_multi_head_attention), which has no ONNX symbolic; the plain path exports as MatMul/Softmax.
+        with warnings.catch_warnings(), torch.enable_grad():
             # The TorchScript-based exporter: it needs no onnxscript and its output parses in TensorRT 8.6.
             warnings.simplefilter("ignore")
             torch.onnx.export(net, (dummy,), str(tmp), opset_version=int(opset), input_names=[INPUT_NAME],
