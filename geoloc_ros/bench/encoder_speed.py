@@ -19,10 +19,10 @@ from geoloc_ros.bench.machine import reset_peak_rss, rss_bytes
 # label -> open_encoder arguments. "torch" is the baseline every ratio divides by.
 CPU_VARIANTS = {
     "torch": {"backend": "torch"},
+    "torch-tuned": {"backend": "torch-tuned"},                      # its defaults: bf16 where native, cores-1 threads
     "torch-tuned fp32": {"backend": "torch-tuned", "precision": "fp32"},
-    "torch-tuned fp32 1 thread": {"backend": "torch-tuned", "precision": "fp32", "threads": 1},
-    "torch-tuned bf16": {"backend": "torch-tuned", "precision": "bf16"},
-    "torch-tuned bf16 1 thread": {"backend": "torch-tuned", "precision": "bf16", "threads": 1},
+    "torch-tuned bf16 all cores": {"backend": "torch-tuned", "precision": "bf16", "threads": "all"},
+    "torch-tuned fp32 all cores": {"backend": "torch-tuned", "precision": "fp32", "threads": "all"},
     "onnxruntime": {"backend": "onnxruntime"},
 }
 CUDA_VARIANTS = {
@@ -69,16 +69,20 @@ def _variants(device: str, only=None) -> dict:
     from geoloc_ros.deploy.torch_tuned import cpu_has_bf16
 
     if device == "cuda":
-        v = dict(CUDA_VARIANTS)
+        v = {k: dict(a) for k, a in CUDA_VARIANTS.items()}
         import onnxruntime as ort
 
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             v.pop("onnxruntime")
     else:
-        v = dict(CPU_VARIANTS)
+        v = {k: dict(a) for k, a in CPU_VARIANTS.items()}
         if not cpu_has_bf16():
-            v.pop("torch-tuned bf16")   # emulated bf16 is slower than fp32: nothing to measure
-            v.pop("torch-tuned bf16 1 thread")
+            v.pop("torch-tuned bf16 all cores")   # emulated bf16 is slower than fp32: nothing to measure
+    import torch
+
+    for args in v.values():
+        if args.get("threads") == "all":
+            args["threads"] = torch.get_num_threads()
     if only:
         v = {k: a for k, a in v.items() if k == "torch" or a["backend"] in only or k in only}
     return v
@@ -106,6 +110,7 @@ def bench_model(spec: str, device: str = "cpu", batches=(1, 16), repeats: dict |
     encs, rows = {}, {}
     ref_desc = ref.encode(images[:4])
     for label, args in _variants(device, only).items():
+        args = dict(args)
         gc.collect()
         before, _ = rss_bytes()
         t0 = time.perf_counter()
@@ -118,7 +123,9 @@ def bench_model(spec: str, device: str = "cpu", batches=(1, 16), repeats: dict |
         d = enc.encode(images[:4])                 # warm-up (lazy init, oneDNN primitives) + accuracy check
         after, _ = rss_bytes()
         encs[label] = enc
-        rows[label] = {"open_s": round(time.perf_counter() - t0, 2), "load_rss_mb": round((after - before) / 2**20, 1),
+        rows[label] = {"backend": args["backend"], "precision": getattr(enc, "precision", "fp32"),
+                       "threads": getattr(enc, "threads", None) or torch.get_num_threads(),
+                       "open_s": round(time.perf_counter() - t0, 2), "load_rss_mb": round((after - before) / 2**20, 1),
                        "cosine_min_vs_fp32": round(float((d * ref_desc).sum(1).min()), 6), "runs": {}}
     for b in batches:
         batch = images[:b]

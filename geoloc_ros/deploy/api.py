@@ -10,7 +10,8 @@ from geoloc_ros.deploy.onnx_export import DEFAULT_OPSET
 # name -> what it is (docs/benchmarks.md has the measured speed of each)
 BACKENDS = {
     "torch": "PyTorch eager, the reference (geoloc_ros.model.Encoder itself); fp16 on CUDA by default",
-    "torch-tuned": "PyTorch for inference only: inference_mode, threads, channels-last ResNets; CUDA fp16/bf16 autocast",
+    "torch-tuned": "PyTorch for inference only: inference_mode, threads, channels-last ResNets, bf16 weights on "
+                   "AMX/AVX512-BF16 CPUs; CUDA fp16/bf16 autocast",
     "onnxruntime": "the exported ONNX graph in ONNX Runtime (CPU or CUDA execution provider)",
 }
 
@@ -58,9 +59,10 @@ def open_encoder(source, backend: str = "torch", device="auto", half: bool | Non
 
     `source`: a checkpoint file or a directory holding ``encoder.safetensors`` (e.g. a map), an Encoder, or (for
     "onnxruntime") an ONNX file from `geoloc export`. `device`: "auto", "cpu", "cuda[:N]".
-    `half`: reduced precision. None = the backend's default (fp16 on CUDA for the torch backends, fp32 on CPU);
-    True on CUDA = fp16; True on CPU = bf16 autocast (torch-tuned only; pays only on CPUs with AVX512-BF16/AMX);
-    False = fp32. `threads`: CPU threads (torch's setting is process-wide). Other `options` go to the backend
+    `half`: reduced precision. None = the backend's default (torch: fp16 on CUDA, fp32 on CPU; torch-tuned: fp16
+    on CUDA, bf16 on CPUs with native bf16 (AVX512-BF16 / AMX), else fp32; onnxruntime: fp32); True on CUDA =
+    fp16; True on CPU = bf16 weights (torch-tuned only); False = fp32. `threads`: CPU threads (torch-tuned and
+    onnxruntime: default one core fewer than available; "torch" sets torch's process-wide count when given). Other `options` go to the backend
     (torch-tuned: precision="fp32"|"fp16"|"bf16", channels_last=bool).
     """
     from geoloc_ros.model.encoder import resolve_device

@@ -11,7 +11,7 @@ import json
 
 import numpy as np
 
-from geoloc_ros.deploy.base import DeployedEncoder, preprocess_numpy
+from geoloc_ros.deploy.base import DeployedEncoder, default_threads, preprocess_numpy
 from geoloc_ros.deploy.onnx_export import FORMAT, INPUT_NAME
 
 
@@ -29,7 +29,7 @@ class OnnxRuntimeEncoder(DeployedEncoder):
 
     def __init__(self, onnx_path, device="auto", threads: int | None = None, batch_size: int = 64):
         """`device`: "auto" (CUDA provider when ONNX Runtime has it), "cuda", "cpu". `threads`: intra-op threads
-        (None: one per physical core, ONNX Runtime's default)."""
+        (None: `default_threads()`, one core fewer than available, as torch-tuned)."""
         import onnxruntime as ort
 
         self.path = str(onnx_path)
@@ -49,8 +49,8 @@ class OnnxRuntimeEncoder(DeployedEncoder):
             providers = ["CPUExecutionProvider"]
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        if threads:
-            opts.intra_op_num_threads = int(threads)
+        self.threads = int(threads) if threads else default_threads()
+        opts.intra_op_num_threads = self.threads
         self.session = ort.InferenceSession(self.path, opts, providers=providers)
         self.device = _device(want)
         meta = self.session.get_modelmeta().custom_metadata_map
