@@ -265,7 +265,13 @@ def run_query(args):
     if checkpoint is None:
         _fail(f"{args.map} carries no encoder; give --encoder")
     encoder = _load_encoder(checkpoint, args.device)
-    db = _load_map(args.map, encoder)  # refuses a mismatched encoder
+    from geoloc_ros.mapping import MapError
+    from geoloc_ros.mapping.database import check_encoder
+
+    try:
+        check_encoder(args.map, db.dim, db.fingerprint, encoder)  # refuses a mismatched --encoder
+    except MapError as e:
+        _fail(str(e))
     near = tuple(float(v) for v in args.near.split(",")) if args.near else None
     try:
         descriptors = encoder.encode([read_image(p) for p in args.images])

@@ -326,7 +326,8 @@ class MapDatabase:
             params = faiss.SearchParametersHNSW(sel=selector, efSearch=self._index.hnsw.efSearch)
         else:
             params = faiss.SearchParameters(sel=selector)
-        return self._index.search(q, k, params=params)
+        sims, found = self._index.search(q, max(k, self.rerank), params=params)
+        return rerank_exact(q, found, self.descriptors, k) if self.rerank else (sims, found)
 
     # -- saving ----------------------------------------------------------------------------------------------
     def save(self, path) -> Path:
