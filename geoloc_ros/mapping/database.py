@@ -338,8 +338,8 @@ class MapDatabase:
         tmp = storage.temporary_sibling(target)
         try:
             self._write(tmp)
-            storage.fsync_tree(tmp)
             storage.carry_over_extras(target, tmp)
+            storage.fsync_tree(tmp)
             storage.replace_directory(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
