@@ -233,3 +233,16 @@ def _umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+@pytest.mark.parametrize("factory", ["Flat", "HNSW16", "IVF4,Flat"])
+def test_radius_filter_through_the_index_selector(monkeypatch, factory):
+    """Beyond EXACT_SUBSET_MAX keyframes inside the radius, the index searches with a FAISS ID selector."""
+    from geoloc_ros.mapping import database
+
+    monkeypatch.setattr(database, "EXACT_SUBSET_MAX", 0)  # take the selector path even for this small map
+    x = unit_rows(300, seed=2)
+    db = MapDatabase.create("sel", DIM, "fp-a", index_factory=factory, search_params="nprobe=4" if "IVF" in factory else None)
+    db.add(x, line_keyframes(300))
+    (matches,) = db.search(x[0], 5, near=(0.0, db.keyframe(150).y, 25.0))
+    assert matches and {m.keyframe.id for m in matches} <= {148, 149, 150, 151, 152}
