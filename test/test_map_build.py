@@ -65,6 +65,9 @@ def test_build_from_sequence_folder_and_query(tmp_path, shared_data, encoder_fil
     geoloc(["map", "query", str(out), str(paths[3]), "-k", "2", "--device", "cpu"])
     printed = capsys.readouterr().out
     assert f"1. sim 1.0000  id 18  {paths[3].name}" in printed
+    with pytest.raises(SystemExit, match="no VG-benchmark coordinates"):
+        geoloc(["map", "build", "--encoder", str(encoder_file), "--images", str(shared_data / "toy_streets" / "queries"),
+                "--out", str(tmp_path / "nogeo")])
     with pytest.raises(SystemExit, match="exists; pass --force"):
         geoloc(["map", "build", "--encoder", str(encoder_file), "--images", str(out), "--out", str(out)])
 

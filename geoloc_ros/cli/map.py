@@ -118,7 +118,10 @@ def _load_images(args):
 
     origin = tuple(float(v) for v in args.origin.split(","))
     options = {"origin": origin, "heading": args.heading} if args.sequence_spacing is not None else {}
-    images = load_dataset(args.images, sequence_spacing=args.sequence_spacing, **options)
+    try:
+        images = load_dataset(args.images, sequence_spacing=args.sequence_spacing, **options)
+    except (ValueError, OSError) as e:  # the dataset readers name the file and what is wrong
+        _fail(str(e))
     if args.range:
         start, _, stop = args.range.partition(":")
         images = images[slice(int(start) if start else None, int(stop) if stop else None)]
