@@ -1,4 +1,4 @@
-"""`geoloc bench [encoder|node|retrieval|mapbuild|all] [--quick]`: measure, print tables, write JSON + PNG.
+"""`geoloc bench [encoder|node|retrieval|mapbuild ...|all] [--quick]`: measure, print tables, write JSON + PNG.
 
 Each part writes ``<out>/<part>.json`` (results + the machine, versions and command that made them) and its plots
 (node and retrieval write their own ``node_latency.json`` / ``retrieval.json``; the run record beside them is
@@ -12,7 +12,8 @@ PARTS = ("encoder", "node", "retrieval", "mapbuild")
 def add_parser(sub):
     p = sub.add_parser("bench", help="benchmarks: encoder backends, node latency, retrieval, map build",
                        description="Measure and publish: prints tables, writes JSON + PNG under --out.")
-    p.add_argument("part", nargs="?", default="all", choices=PARTS + ("all",))
+    p.add_argument("parts", nargs="*", default=["all"], choices=PARTS + ("all",), metavar="PART",
+                   help=f"one or more of {', '.join(PARTS)}, or all (default)")
     p.add_argument("--quick", action="store_true", help="CI mode: small models, few repeats (under 2 minutes)")
     p.add_argument("--out", default=None, help="output folder (default docs/benchmarks, or docs/benchmarks/quick)")
     p.add_argument("--device", default="cpu", help="encoder device: cpu, cuda or auto (default cpu)")
@@ -87,7 +88,7 @@ def run(args):
 
     out = (__import__("pathlib").Path(args.out) if args.out else _default_out(args.quick)).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    parts = PARTS if args.part == "all" else (args.part,)
+    parts = PARTS if "all" in args.parts or not args.parts else tuple(dict.fromkeys(args.parts))
     machine = machine_info()
     print(f"geoloc bench {' '.join(parts)} -> {out}\n  machine: {machine_line(machine)}")
     summary = [f"# geoloc bench{' --quick' if args.quick else ''}", "", f"Machine: {machine_line(machine)}", ""]
