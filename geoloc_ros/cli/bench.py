@@ -12,7 +12,8 @@ PARTS = ("encoder", "node", "retrieval", "mapbuild")
 def add_parser(sub):
     p = sub.add_parser("bench", help="benchmarks: encoder backends, node latency, retrieval, map build",
                        description="Measure and publish: prints tables, writes JSON + PNG under --out.")
-    p.add_argument("parts", nargs="*", default=["all"], choices=PARTS + ("all",), metavar="PART",
+    # (no argparse `choices`: Python 3.11 checks the empty list of a nargs="*" positional against them and fails)
+    p.add_argument("parts", nargs="*", default=None, metavar="PART",
                    help=f"one or more of {', '.join(PARTS)}, or all (default)")
     p.add_argument("--quick", action="store_true", help="CI mode: small models, few repeats (under 2 minutes)")
     p.add_argument("--out", default=None, help="output folder (default docs/benchmarks, or docs/benchmarks/quick)")
@@ -88,7 +89,10 @@ def run(args):
 
     out = (__import__("pathlib").Path(args.out) if args.out else _default_out(args.quick)).resolve()
     out.mkdir(parents=True, exist_ok=True)
-    parts = PARTS if "all" in args.parts or not args.parts else tuple(dict.fromkeys(args.parts))
+    unknown = [p for p in args.parts or () if p not in PARTS + ("all",)]
+    if unknown:
+        raise SystemExit(f"geoloc bench: unknown part {', '.join(unknown)}; choose from {', '.join(PARTS)} or all")
+    parts = PARTS if not args.parts or "all" in args.parts else tuple(dict.fromkeys(args.parts))
     machine = machine_info()
     print(f"geoloc bench {' '.join(parts)} -> {out}\n  machine: {machine_line(machine)}")
     summary = [f"# geoloc bench{' --quick' if args.quick else ''}", "", f"Machine: {machine_line(machine)}", ""]
