@@ -45,7 +45,8 @@ def save_encoder(encoder, path, training: dict | None = None) -> Path:
     # The fingerprint is computed on what is written (fp32), so a loaded copy reports the same value.
     from geoloc_ros.model.encoder import fingerprint_of
 
-    meta_training = {**encoder.metadata, **(training or {})}
+    meta_training = {k: v for k, v in {**encoder.metadata, **(training or {})}.items()
+                     if k != "checkpoint"}  # where it was loaded from is runtime information
     fp = fingerprint_of(state, encoder.config())
     metadata = {"format": FORMAT, "format_version": str(FORMAT_VERSION), "arch": json.dumps(encoder.arch),
                 "dim": str(encoder.dim), "preprocess": json.dumps(encoder.preprocess),

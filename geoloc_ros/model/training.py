@@ -352,6 +352,7 @@ class Trainer:
         state = torch.load(path, map_location="cpu", weights_only=False) if path.exists() else None
         if state is not None and state.get("done"):
             log.info("stage 1 already done (%s)", path)
+            self.history = list(state.get("history", []))
             return [t.to(self.device) for t in state["text_features"]]
         gen = torch.Generator().manual_seed(cfg.seed)
         ctxs = [torch.nn.Parameter(self.text.new_context(len(g), gen).to(self.device)) for g in self.groups]
@@ -367,6 +368,7 @@ class Trainer:
             for sc, s in zip(scheds, state["sched"]):
                 sc.load_state_dict(s)
             start = state["epoch"]
+            self.history = list(state.get("history", []))
             log.info("stage 1: resuming at epoch %d", start)
 
         # frozen image embeddings of every group's images, computed once (ProGEO: no augmentation)
