@@ -106,12 +106,58 @@ def _evaluate(index, params, rerank, descriptors, queries, truth, exact_top1, n_
                   "agree_with_exact": None if exact_top1 is None else round(float(np.mean(top1 == exact_top1)), 4)}
 
 
+REAL_CONFIGS = {
+    # the same families, scaled to 2,400 keyframes (IVF lists ~ sqrt(N); PQ codes of 32 bytes for 256-d)
+    "Flat": ("Flat", None, [("", 0)]),
+    "HNSW32": ("HNSW32", None, [("efSearch=64", 0)]),
+    "IVF48,Flat": ("IVF48,Flat", None, [("nprobe=4", 0), ("nprobe=12", 0)]),
+    "IVF48,PQ32": ("IVF48,PQ32np", None, [("nprobe=12", 0), ("nprobe=12", 100)]),
+}
+
+
+def real_descriptor_recall(encoder_path=Path(__file__).resolve().parents[2] / "maps" / "nordland_demo", data=None, configs=None, log=print) -> dict:
+    """Recall on real descriptors: Nordland summer (all 2,400 frames) as the map, winter as the queries, encoded
+    with the bundled encoder; a query is right when its top-1 lies within 2 frames (~25 m). Small (the data has
+    no more), so it checks what compression does to real descriptors, not scale."""
+    from geoloc_ros.datasets import list_images, read_image
+    from geoloc_ros.model import load_encoder
+
+    data = Path(data or Path(__file__).resolve().parents[2].parent / "shared" / "data" / "nordland64")
+    encoder = load_encoder(encoder_path, device="cpu")
+    t = time.perf_counter()
+    summer = encoder.encode([read_image(p) for p in list_images(data / "summer")])
+    winter = encoder.encode([read_image(p) for p in list_images(data / "winter")])
+    log(f"[retrieval] real: {len(summer)} summer / {len(winter)} winter Nordland frames encoded "
+        f"({encoder.dim}-d) in {time.perf_counter() - t:.1f} s")
+    frames = np.arange(len(summer))
+    rows, exact_recall, exact_top1 = [], None, None
+    with tempfile.TemporaryDirectory(prefix="geoloc-retrieval-") as tmp:
+        np.save(Path(tmp) / "d.npy", summer)
+        on_disk = np.load(Path(tmp) / "d.npy", mmap_mode="r")
+        for label, (factory, _, variants) in (configs or REAL_CONFIGS).items():
+            index, built = _build(factory, summer, train_size=len(summer))
+            for params, rerank in variants:
+                top1, r = _evaluate(index, params, rerank, on_disk, winter, frames, exact_top1, 200)
+                r["recall_at_1"] = round(float(np.mean(np.abs(top1 - frames) <= 2)), 4)
+                if factory == "Flat":
+                    exact_top1, exact_recall = top1, r["recall_at_1"]
+                    r["agree_with_exact"] = 1.0
+                r = {**built, **r, "relative_recall_at_1": round(r["recall_at_1"] / exact_recall, 4)}
+                rows.append({"keyframes": len(summer), "config": label, "factory": factory, "search_params": params,
+                             "rerank": rerank, **r})
+    return {"encoder": str(encoder_path), "encoder_fingerprint": encoder.fingerprint, "dim": encoder.dim,
+            "data": "nordland64 summer (map) vs winter (queries), all 2,400 frames; right = within 2 frames",
+            "rows": rows}
+
+
 def run_retrieval_benchmark(sizes=(100_000, 1_000_000), dim: int = 512, out_dir="docs/benchmarks", quick=False,
                             configs: dict | None = None, n_queries: int = 1000, n_latency: int = 200,
                             n_clusters: int = 1000, spread: float = 0.5, noise: float = 2.0, threads: int = 1,
+                            real_encoder=Path(__file__).resolve().parents[2] / "maps" / "nordland_demo",
                             log=print) -> dict:
     """Run the benchmark, print a table, write `out_dir`/retrieval.json (and retrieval.md). `quick`: one small size
-    (20,000) for a smoke run. Returns the result dict."""
+    (20,000) for a smoke run. `real_encoder`: also measure recall on real Nordland descriptors with this encoder
+    (skipped when None or missing). Returns the result dict."""
     import faiss
 
     if quick:
@@ -120,12 +166,14 @@ def run_retrieval_benchmark(sizes=(100_000, 1_000_000), dim: int = 512, out_dir=
     threads_before = faiss.omp_get_max_threads()
     faiss.omp_set_num_threads(int(threads))
     try:
-        return _run(sizes, dim, out_dir, configs, n_queries, n_latency, n_clusters, spread, noise, threads, log)
+        return _run(sizes, dim, out_dir, configs, n_queries, n_latency, n_clusters, spread, noise, threads,
+                    None if quick else real_encoder, log)
     finally:
         faiss.omp_set_num_threads(threads_before)
 
 
-def _run(sizes, dim, out_dir, configs, n_queries, n_latency, n_clusters, spread, noise, threads, log) -> dict:
+def _run(sizes, dim, out_dir, configs, n_queries, n_latency, n_clusters, spread, noise, threads, real_encoder,
+         log) -> dict:
     rows = []
     started = time.perf_counter()
     for n in sizes:
@@ -171,7 +219,14 @@ def _run(sizes, dim, out_dir, configs, n_queries, n_latency, n_clusters, spread,
         "rows": rows, "total_s": round(time.perf_counter() - started, 1),
         "machine": _machine(),
     }
+    real = None
+    if real_encoder and Path(real_encoder).exists():
+        real = real_descriptor_recall(real_encoder, log=log)
+        result["real_descriptors"] = real
     table = format_table(rows)
+    if real:
+        table += "\n\nReal descriptors (" + real["data"] + f", {real['dim']}-d):\n\n" + format_table(real["rows"])
+    result["total_s"] = round(time.perf_counter() - started, 1)
     log(table)
     if out_dir:
         out = Path(out_dir)
