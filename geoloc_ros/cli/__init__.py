@@ -7,6 +7,7 @@ inside that callable, so ``geoloc --help`` stays instant.
 
 import argparse
 import importlib
+import shlex
 import sys
 
 SUBCOMMANDS = ("train", "eval", "map", "demo", "bench", "export")
@@ -23,7 +24,10 @@ def build_parser():
 
 
 def main(argv=None):
+    argv = sys.argv[1:] if argv is None else list(argv)
     args = build_parser().parse_args(argv)
+    # The command line as typed, for outputs that record how they were made (benchmarks, reports).
+    args.command_line = shlex.join(["geoloc", *argv])
     try:
         return args.func(args) or 0
     except KeyboardInterrupt:

@@ -93,7 +93,7 @@ def run(args):
     if unknown:
         raise SystemExit(f"geoloc bench: unknown part {', '.join(unknown)}; choose from {', '.join(PARTS)} or all")
     parts = PARTS if not args.parts or "all" in args.parts else tuple(dict.fromkeys(args.parts))
-    machine = machine_info()
+    machine = machine_info(args.command_line)
     print(f"geoloc bench {' '.join(parts)} -> {out}\n  machine: {machine_line(machine)}")
     summary = [f"# geoloc bench{' --quick' if args.quick else ''}", "", f"Machine: {machine_line(machine)}", ""]
     failed = 0
