@@ -19,7 +19,7 @@ OPEN_CLIP_ARCHS = ("RN50", "RN101", "ViT-B-16", "ViT-B-32")
 # Small configurations for CPU training at small input sizes (not in open_clip; same module types).
 _TEXT_SMALL = {"context_length": 16, "vocab_size": 49408, "width": 128, "heads": 2, "layers": 2}
 CUSTOM_ARCHS = {
-    # CLIP ModifiedResNet, one bottleneck per stage, stem width 32: 1024 channels after layer4, ~1.6 M params.
+    # CLIP ModifiedResNet, one bottleneck per stage, stem width 32: 1024 channels after layer4, 2.3 M encoder params.
     "RN-nano": {"embed_dim": 256, "vision_cfg": {"image_size": 64, "layers": [1, 1, 1, 1], "width": 32},
                 "text_cfg": dict(_TEXT_SMALL), "quick_gelu": True},
     # Even smaller: stem width 16 (512 channels after layer4), for unit tests.
