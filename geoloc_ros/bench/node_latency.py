@@ -15,9 +15,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-import signal
-import subprocess
-import sys
 import tempfile
 import time
 
@@ -53,13 +50,10 @@ def run_node_benchmark(encoder=None, rates=(10, 30), duration_s: float = 20.0, o
     """Measure the node at each camera rate in `rates`; returns (and writes to out_dir/node_latency.json) a dict
     with `bare` (encode/search/total ms p50/p95) and `rates` (per rate: latency p50/p95, fps, dropped, ratio).
     `threads`: torch CPU threads for both the bare measurement and the node (None: torch's default)."""
-    import rclpy
-    from rclpy.context import Context
-
     from geoloc_ros.mapping.builders import encode_into, new_map_for
     from geoloc_ros.mapping.keyframe import keyframe_from_geoimage
     from geoloc_ros.model import save_encoder
-    from geoloc_ros.node.replay import Harness, image_message
+    from geoloc_ros.node.replay import image_message, node_process
 
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     out_dir = Path(out_dir)
@@ -96,20 +90,10 @@ def run_node_benchmark(encoder=None, rates=(10, 30), duration_s: float = 20.0, o
     bare = {"encode_ms_p50": float(np.median(enc_ms)), "search_ms_p50": float(np.median(search_ms)),
             "total_ms_p50": float(np.median(total)), "total_ms_p95": float(np.percentile(total, 95))}
 
-    ns = f"/geoloc_bench_{os.getpid()}"
-    cam = f"{ns}/camera/image_raw"
-    cmd = [sys.executable, "-m", "geoloc_ros.vpr_node", "--ros-args", "-r", f"__ns:={ns}",
-           "-p", f"map_path:=['{tmp / 'map'}']", "-p", f"image_topics:=['{cam}']", "-p", f"device:={device}",
-           "-p", "diagnostics_period_s:=0.5", "-p", f"inference_threads:={int(threads or 0)}",
-           "--log-level", "geoloc_vpr:=warn"]
-    log = open(out_dir / "vpr_node.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    context = Context()
-    rclpy.init(context=context)
-    h = Harness(context, image_topic=cam, namespace=ns)
     per_rate = {}
     stamp = [1_700_000_000 * 10**9]
-    try:
+    params = [f"map_path:=['{tmp / 'map'}']", f"device:={device}", f"inference_threads:={int(threads or 0)}"]
+    with node_process(params, out_dir / "vpr_node.log", name="geoloc_bench") as h:
         if not h.wait_for_subscriber(timeout=120):
             raise RuntimeError(f"vpr_node did not start; see {out_dir / 'vpr_node.log'}")
         msgs = lambda n: [image_message(queries[i % len(queries)], _next(stamp)) for i in range(n)]  # noqa: E731
@@ -139,15 +123,6 @@ def run_node_benchmark(encoder=None, rates=(10, 30), duration_s: float = 20.0, o
             }
             per_rate[str(rate)]["overhead_ratio"] = per_rate[str(rate)]["latency_ms_p50"] / bare["total_ms_p50"]
             per_rate[str(rate)]["_lat"] = lat.tolist()
-    finally:
-        h.close()
-        context.try_shutdown()
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
     result = {"encoder": repr(enc), "map_keyframes": len(db), "device": device, "duration_s": duration_s,
               "threads": threads or "default",
               "bare": bare, "rates": per_rate}

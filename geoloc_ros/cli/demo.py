@@ -13,9 +13,6 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-import signal
-import subprocess
-import sys
 import time
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -73,10 +70,7 @@ def run_demo(map_dir, bag, out_dir="runs/demo", rate=None, device="auto", image_
              extra_params=None) -> dict:
     """Run the demo end to end; returns the summary dict (also written to out_dir/summary.json)."""
     import numpy as np
-    import rclpy
-    from rclpy.context import Context
-
-    from geoloc_ros.node.replay import Harness, read_bag
+    from geoloc_ros.node.replay import node_process, read_bag
 
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     out_dir = Path(out_dir)
@@ -88,43 +82,23 @@ def run_demo(map_dir, bag, out_dir="runs/demo", rate=None, device="auto", image_
     if rate is None:
         gaps = np.diff([f.stamp_ns for f in frames]) / 1e9
         rate = 1.0 / float(np.median(gaps)) if len(gaps) and np.median(gaps) > 0 else 10.0
-    # A namespace of our own keeps two demos (or a robot on the same DDS domain) apart.
-    ns = f"/geoloc_demo_{os.getpid()}"
-    cam = f"{ns}/camera/image_raw"
-    cmd = [sys.executable, "-m", "geoloc_ros.vpr_node", "--ros-args", "-r", f"__ns:={ns}"]
-    if config and Path(config).is_file():  # the shipped parameters; the -p below override map, topic, device
-        cmd += ["--params-file", str(config)]
-    cmd += ["-p", f"map_path:=['{Path(map_dir).resolve()}']", "-p", f"image_topics:=['{cam}']",
-           "-p", f"device:={device}", "-p", "diagnostics_period_s:=0.5", "--log-level", "geoloc_vpr:=warn"]
-    cmd += [a for p in (extra_params or []) for a in ("-p", p)]
+    params = [f"map_path:=['{Path(map_dir).resolve()}']", f"device:={device}", *(extra_params or [])]
+    node_log = out_dir / "vpr_node.log"
     say(f"geoloc demo: map {map_dir}, bag {bag} ({len(frames)} frames, replayed at {rate:.1f} Hz)")
-    say(f"  starting: {' '.join(cmd[1:4])} ...")
-    log = open(out_dir / "vpr_node.log", "w")
-    proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-    context = Context()
-    rclpy.init(context=context)
-    h = Harness(context, image_topic=cam, namespace=ns)
-    try:
+    say("  starting: -m geoloc_ros.vpr_node --ros-args ...")
+    # The shipped parameters (config), then the map, topic and device of this run.
+    with node_process(params, node_log, name="geoloc_demo", params_file=config) as h:
         t0 = time.monotonic()
         while h.image_pub.get_subscription_count() == 0:
-            if proc.poll() is not None or time.monotonic() - t0 > 120:
-                raise SystemExit(f"geoloc demo: the node did not start (see {out_dir / 'vpr_node.log'}):\n"
-                                 + (out_dir / "vpr_node.log").read_text()[-3000:])
+            if h.process.poll() is not None or time.monotonic() - t0 > 120:
+                raise SystemExit(f"geoloc demo: the node did not start (see {node_log}):\n"
+                                 + node_log.read_text()[-3000:])
             time.sleep(0.1)
         say(f"  node active after {time.monotonic() - t0:.1f} s; replaying ...")
         h.play([f.image for f in frames], rate)
         h.wait_quiet(quiet_s=2.0, timeout=60, expect=len(frames))
         time.sleep(1.2)  # one more diagnostics period, so its counters include the last frames
         diag = h.diag_values()
-    finally:
-        h.close()
-        context.try_shutdown()
-        proc.send_signal(signal.SIGINT)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        log.close()
     summary = evaluate(frames, h.data, diag, rate)
     summary.update(map=str(map_dir), bag=str(bag), plot=str(out_dir / "demo.png"), node_params=list(extra_params or []))
     plot(frames, h.data, summary, out_dir / "demo.png")

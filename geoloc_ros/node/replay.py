@@ -9,7 +9,13 @@ latency through DDS and the node.
 from __future__ import annotations
 
 from array import array
+from contextlib import contextmanager
 from dataclasses import dataclass, field
+import os
+from pathlib import Path
+import signal
+import subprocess
+import sys
 import threading
 import time
 
@@ -251,3 +257,38 @@ class InProcessNode:
         self.node._release()
         self.executor.shutdown()
         self.node.destroy_node()
+
+
+@contextmanager
+def node_process(params, log_path, name: str = "geoloc_replay", params_file=None):
+    """Run vpr_node as a process in a namespace of its own (so two runs, or a robot on the same DDS domain, stay
+    apart), with its camera topic set, and yield a Harness talking to it (its `process` attribute is the
+    Popen). On exit the harness closes and the node gets SIGINT, then SIGKILL after 30 s.
+
+    `params` are extra ``name:=value`` parameters, applied after `params_file`."""
+    import rclpy
+    from rclpy.context import Context
+
+    ns = f"/{name}_{os.getpid()}"
+    camera = f"{ns}/camera/image_raw"
+    cmd = [sys.executable, "-m", "geoloc_ros.vpr_node", "--ros-args", "-r", f"__ns:={ns}"]
+    if params_file and Path(params_file).is_file():
+        cmd += ["--params-file", str(params_file)]
+    overrides = [f"image_topics:=['{camera}']", "diagnostics_period_s:=0.5", *params]
+    cmd += [a for p in overrides for a in ("-p", p)] + ["--log-level", "geoloc_vpr:=warn"]
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        context = Context()
+        rclpy.init(context=context)
+        harness = Harness(context, image_topic=camera, namespace=ns)
+        harness.process = process
+        try:
+            yield harness
+        finally:
+            harness.close()
+            context.try_shutdown()
+            process.send_signal(signal.SIGINT)
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
