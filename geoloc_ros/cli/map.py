@@ -162,6 +162,24 @@ def _load_map(path, encoder=None):
         _fail(str(e))
 
 
+def _load_map_and_encoder(args):
+    """The map at args.map and the encoder to use with it: --encoder, else the one the map carries. A given
+    --encoder that does not fit the map is refused."""
+    from geoloc_ros.mapping import MapError
+    from geoloc_ros.mapping.database import check_encoder
+
+    db = _load_map(args.map)
+    checkpoint = args.encoder or db.encoder_path
+    if checkpoint is None:
+        _fail(f"{args.map} carries no encoder; give --encoder")
+    encoder = _load_encoder(checkpoint, args.device)
+    try:
+        check_encoder(args.map, db.dim, db.fingerprint, encoder)
+    except MapError as e:
+        _fail(str(e))
+    return db, encoder
+
+
 def run_build(args):
     from geoloc_ros.mapping import MapError
     from geoloc_ros.mapping.builders import new_map_for
@@ -187,16 +205,9 @@ def run_build(args):
 def run_add(args):
     from geoloc_ros.mapping import MapError
 
-    db = _load_map(args.map)
-    checkpoint = args.encoder or db.encoder_path
-    if checkpoint is None:
-        _fail(f"{args.map} carries no encoder; give --encoder")
-    encoder = _load_encoder(checkpoint, args.device)
-    from geoloc_ros.mapping.database import check_encoder
-
+    db, encoder = _load_map_and_encoder(args)
+    before = len(db)
     try:
-        check_encoder(args.map, db.dim, db.fingerprint, encoder)
-        before = len(db)
         ids = _add_source(db, encoder, args)
         db.save(args.out or args.map)
     except MapError as e:
@@ -263,18 +274,7 @@ def _isnan(a):
 def run_query(args):
     from geoloc_ros.datasets import read_image
 
-    db = _load_map(args.map)
-    checkpoint = args.encoder or db.encoder_path
-    if checkpoint is None:
-        _fail(f"{args.map} carries no encoder; give --encoder")
-    encoder = _load_encoder(checkpoint, args.device)
-    from geoloc_ros.mapping import MapError
-    from geoloc_ros.mapping.database import check_encoder
-
-    try:
-        check_encoder(args.map, db.dim, db.fingerprint, encoder)  # refuses a mismatched --encoder
-    except MapError as e:
-        _fail(str(e))
+    db, encoder = _load_map_and_encoder(args)
     near = tuple(float(v) for v in args.near.split(",")) if args.near else None
     try:
         descriptors = encoder.encode([read_image(p) for p in args.images])
