@@ -16,7 +16,7 @@ import pytest
 
 from geoloc_ros.cli import main as geoloc
 from geoloc_ros.datasets import read_image
-from geoloc_ros.mapping import MapDatabase, MapError
+from geoloc_ros.mapping import MapDatabase
 
 REPO = Path(__file__).resolve().parents[1]
 

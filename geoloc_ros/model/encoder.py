@@ -103,8 +103,6 @@ class Encoder:
 
     def __init__(self, net, preprocess: dict, metadata: dict | None = None, device="auto", half: bool | None = None,
                  batch_size: int = 64):
-        import torch
-
         self.net = net
         self.preprocess = dict(preprocess)
         self.metadata = dict(metadata or {})

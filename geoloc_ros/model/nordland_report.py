@@ -56,7 +56,7 @@ def report(encoder_path="maps/nordland_demo", data=None, device="cpu", frames=No
     table = (f"nordland64 validation stretch, frames {frames[0]:05d}..{frames[1]:05d}: {len(q)} winter queries vs "
              f"{len(db)} summer database images, positives within {main_p}\n"
              + E.format_table({n: r[main_p] for n, r in results.items()}, (1, 5, 10, 20))
-             + f"\n\nsame, positives within 25 m (synthetic positions, 10 m per frame)\n"
+             + "\n\nsame, positives within 25 m (synthetic positions, 10 m per frame)\n"
              + E.format_table({n: r["25 m (synthetic)"] for n, r in results.items()}, (1, 5, 10, 20)))
     raw = results["(a) raw pixels, normalised"][main_p]["R@1"]
     mine = results[f"(c) {trained.arch['name']} trained"][main_p]["R@1"]

@@ -16,8 +16,6 @@ BUNDLED_MAP_DIR = REPO_ROOT / "maps" / "nordland_demo"
 
 def tiny_encoder(dim: int = 64, image_size=(32, 64), seed: int = 0, arch: str = "RN-pico"):
     """A small random encoder (real network, random weights), deterministic for a given seed."""
-    import torch
-
     from geoloc_ros.model import build_encoder
 
     return build_encoder(arch=arch, dim=dim, image_size=image_size, seed=seed, device="cpu")
