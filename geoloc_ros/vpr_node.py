@@ -189,6 +189,7 @@ class VprNode(LifecycleNode):
     # -- loading ------------------------------------------------------------------------------------------------
     def _load(self, s: params.Settings):
         from geoloc_ros.mapping import MapDatabase, MapError
+        from geoloc_ros.mapping.database import check_encoder
 
         if s.device not in ("auto", "cpu", "cuda") and not s.device.startswith("cuda:"):
             raise ConfigureError(f"device {s.device!r}: expected auto, cpu, cuda or cuda:N")
@@ -208,11 +209,10 @@ class VprNode(LifecycleNode):
                                                                   " (no map_path given either)"))
         encoder = self._open_encoder(enc_path, s)
         for p, m in zip(s.maps, maps):
-            if m.dim != encoder.dim or m.fingerprint != encoder.fingerprint:
-                raise ConfigureError(
-                    f"map {p!r} was built with encoder {m.fingerprint[:12]} (dim {m.dim}), but the encoder "
-                    f"{enc_path!r} is {encoder.fingerprint[:12]} (dim {encoder.dim}): rebuild the map with this "
-                    f"encoder, or set encoder_path to the map's")
+            try:
+                check_encoder(p, m.dim, m.fingerprint, encoder)
+            except MapError as e:
+                raise ConfigureError(f"{e} (encoder {enc_path!r}), or set encoder_path to the map's") from None
         session = None
         if s.session_map:
             frame = next((m.frame for m in maps if m.frame is not None), None)
