@@ -232,6 +232,54 @@ def test_tiny_training_lowers_loss_raises_recall_and_resumes(tmp_path):
     assert [h["epoch"] for h in resumed.history if h["stage"] == 2] == list(range(cfg.epochs))
     assert load_encoder(tmp_path / "resumed").fingerprint == trained.fingerprint
 
+    # learned whitening after stage 2: one pair per place (its summer and winter frame), folded in once
+    t.cfg = dataclasses.replace(cfg, whiten=True)
+    t.whiten()
+    whitened = load_encoder(tmp_path / "full", device="cpu")
+    assert whitened.metadata["whitening"]["pairs"] == sum(len(g) for g in t.groups)
+    assert whitened.fingerprint != trained.fingerprint
+    t.whiten()  # already done: the checkpoint is left as it is
+    assert load_encoder(tmp_path / "full").fingerprint == whitened.fingerprint
+
+
+# ---- learned whitening ------------------------------------------------------------------------------------------
+def test_learned_whitening_suppresses_what_varies_within_a_place():
+    """Pairs of one place differ strongly along a few 'season' directions: before whitening those swamp the
+    place signal, after it matching the second image of each pair to the first works."""
+    from geoloc_ros.model.whitening import fit_learned_whitening
+
+    rng = np.random.default_rng(0)
+    places = rng.normal(size=(400, 32))
+    season = np.zeros((400, 32))
+    season[:, :4] = rng.normal(scale=10.0, size=(400, 4))
+    a, b = places + 0.1 * rng.normal(size=places.shape), places + season
+
+    def top1(x, y):
+        x, y = x / np.linalg.norm(x, axis=1, keepdims=True), y / np.linalg.norm(y, axis=1, keepdims=True)
+        return float(np.mean((y @ x.T).argmax(1) == np.arange(len(x))))
+
+    mu, p = fit_learned_whitening(a[:300], b[:300])  # fitted on 300 places, tested on the other 100
+    before, after = top1(a[300:], b[300:]), top1((a[300:] - mu) @ p, (b[300:] - mu) @ p)
+    assert before < 0.6 and after > 0.95, (before, after)
+
+
+def test_whitening_folds_into_the_projection(tmp_path):
+    from geoloc_ros.model.whitening import fit_learned_whitening, projection_outputs, whiten_encoder
+
+    enc = tiny_encoder(dim=16)
+    rng = np.random.default_rng(1)
+    imgs = [rng.integers(0, 256, (32, 64, 3), dtype=np.uint8) for _ in range(40)]
+    u = projection_outputs(enc, imgs)
+    mu, p = fit_learned_whitening(u[:20], u[20:])
+    expected = (u - mu) @ p
+    expected /= np.linalg.norm(expected, axis=1, keepdims=True)
+    fp = enc.fingerprint
+    info = whiten_encoder(enc, imgs[:20], imgs[20:])
+    assert info["pairs"] == 20 and enc.fingerprint != fp
+    np.testing.assert_allclose(enc.encode(imgs), expected, atol=1e-4)
+    save_encoder(enc, tmp_path / "w.safetensors")
+    np.testing.assert_array_equal(load_encoder(tmp_path / "w.safetensors").encode(imgs), enc.encode(imgs))
+
 
 # ---- the bundled encoder ---------------------------------------------------------------------------------------
 def test_bundled_encoder_loads_and_encodes():

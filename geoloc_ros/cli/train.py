@@ -55,9 +55,12 @@ def add_parser(sub):
                       ("lr", float), ("classifiers_lr", float), ("cosface_s", float), ("cosface_m", float),
                       ("i2t_weight", float), ("label_smoothing", float), ("brightness", float),
                       ("contrast", float), ("saturation", float), ("hue", float), ("random_resized_crop", float),
-                      ("seed", int)]:
+                      ("whiten_reg", float), ("whiten_max_pairs", int), ("seed", int)]:
         h.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None,
                        help=f"default {getattr(d, name)}")
+    p.add_argument("--whiten", action="store_true", default=None,
+                   help="after stage 2, fold learned whitening from same-class image pairs into the encoder "
+                        "(not in ProGEO; docs/model.md)")
     p.add_argument("--prompt", default=None, help=f"default {d.prompt!r}")
     p.add_argument("--device", default="auto")
     p.add_argument("--use-amp16", action="store_true", default=None, help="CUDA mixed precision")

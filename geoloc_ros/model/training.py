@@ -75,6 +75,11 @@ class TrainConfig:
     saturation: float = 0.7
     hue: float = 0.5
     random_resized_crop: float = 0.5
+    # after stage 2 (not in ProGEO): learned whitening from pairs of same-class training images, folded into the
+    # projection (geoloc_ros.model.whitening); reg = fraction of the mean eigenvalue added to the pair covariance
+    whiten: bool = False
+    whiten_reg: float = 0.1
+    whiten_max_pairs: int = 20000
     # misc
     seed: int = 0
     device: str = "auto"
@@ -551,7 +556,35 @@ class Trainer:
                     "train_images": len(self.records), **self.metadata}
         return save_encoder(self.encoder, path, training=training)
 
+    # -- after stage 2
+    def whiten(self):
+        """Fold learned whitening, fitted on pairs of training images of the same class, into the selected
+        encoder (run_dir/encoder.safetensors). Done once: the checkpoint's metadata records it."""
+        from geoloc_ros.model.checkpoint import load_encoder, save_encoder
+        from geoloc_ros.model.whitening import whiten_encoder
+
+        cfg = self.cfg
+        path = self.run_dir / "encoder.safetensors"
+        enc = load_encoder(path, device=self.device, half=False)
+        if "whitening" in enc.metadata:
+            log.info("whitening already folded into %s", path)
+            return
+        pairs = [(i, j) for g in self.groups for c in g.images for k, i in enumerate(c) for j in c[k + 1:]]
+        if len(pairs) > cfg.whiten_max_pairs:
+            rng = np.random.default_rng(cfg.seed)
+            pairs = [pairs[k] for k in np.sort(rng.choice(len(pairs), cfg.whiten_max_pairs, replace=False))]
+        before = self.val_fn(enc) if self.val_fn is not None else None
+        first, second = self.bank.get([i for i, _ in pairs]), self.bank.get([j for _, j in pairs])
+        info = whiten_encoder(enc, list(first), list(second), cfg.whiten_reg)
+        if self.val_fn is not None:
+            info.update(val_before=before, val=self.val_fn(enc))
+        log.info("whitening: %s", json.dumps(info))
+        self.history.append({"stage": "whitening", **info})
+        save_encoder(enc, path, training={"whitening": info})
+
     def run(self):
         text_features = self.stage1()
         self.stage2(text_features)
+        if self.cfg.whiten:
+            self.whiten()
         return self.run_dir / "encoder.safetensors"
