@@ -242,6 +242,31 @@ def test_tiny_training_lowers_loss_raises_recall_and_resumes(tmp_path):
     assert load_encoder(tmp_path / "full").fingerprint == whitened.fingerprint
 
 
+@needs_nordland
+def test_same_class_cutmix_pastes_the_other_season_at_the_same_place(tmp_path):
+    from geoloc_ros.model import nordland as N
+    from geoloc_ros.model.training import Trainer, TrainConfig
+
+    recs = nordland_records((10, 200))
+    cfg = TrainConfig(arch="RN-pico", dim=32, image_size=[32, 64], M=10, N=2, groups_num=1, min_images_per_class=2,
+                      same_class_cutmix=1.0, device="cpu")
+    t = Trainer(cfg, recs, tmp_path, images=N.read_images(recs), progress=False)
+    group = t.groups[0]
+    classes = np.arange(len(group))
+    idx = [group.images[c][0] for c in classes]
+    plan = t._cutmix_plan(group, classes, idx, np.random.default_rng(0))
+    assert len(plan) == len(classes)  # probability 1: every row gets a patch
+    plain, mixed = t._batch(idx, False), t._batch(idx, False, plan)
+    for row, other, top, left, h, w in plan:
+        assert other in group.images[classes[row]] and other != idx[row]  # same place, the other image
+        inside = (slice(top, top + h), slice(left, left + w))
+        torch.testing.assert_close(mixed[row][:, inside[0], inside[1]], t._batch([other], False)[0][:, inside[0],
+                                                                                                  inside[1]])
+        outside = mixed[row].clone()
+        outside[:, inside[0], inside[1]] = plain[row][:, inside[0], inside[1]]
+        torch.testing.assert_close(outside, plain[row])
+
+
 # ---- learned whitening ------------------------------------------------------------------------------------------
 def test_learned_whitening_suppresses_what_varies_within_a_place():
     """Pairs of one place differ strongly along a few 'season' directions: before whitening those swamp the

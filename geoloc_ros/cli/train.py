@@ -55,7 +55,7 @@ def add_parser(sub):
                       ("lr", float), ("classifiers_lr", float), ("cosface_s", float), ("cosface_m", float),
                       ("i2t_weight", float), ("label_smoothing", float), ("brightness", float),
                       ("contrast", float), ("saturation", float), ("hue", float), ("random_resized_crop", float),
-                      ("whiten_reg", float), ("whiten_max_pairs", int), ("seed", int)]:
+                      ("same_class_cutmix", float), ("whiten_reg", float), ("whiten_max_pairs", int), ("seed", int)]:
         h.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None,
                        help=f"default {getattr(d, name)}")
     p.add_argument("--whiten", action="store_true", default=None,

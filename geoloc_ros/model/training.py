@@ -75,6 +75,10 @@ class TrainConfig:
     saturation: float = 0.7
     hue: float = 0.5
     random_resized_crop: float = 0.5
+    # not in ProGEO: with this probability a rectangle (30-80% of each side) of another image of the same class is
+    # pasted at the same place (CutMix within a class, label unchanged). Meant for aligned sequences such as
+    # Nordland, where it makes partly-snowed images of a place from its summer and winter frames.
+    same_class_cutmix: float = 0.0
     # after stage 2 (not in ProGEO): learned whitening from pairs of same-class training images, folded into the
     # projection (geoloc_ros.model.whitening); reg = fraction of the mean eigenvalue added to the pair covariance
     whiten: bool = False
@@ -337,9 +341,31 @@ class Trainer:
         self.history = []
 
     # -- helpers
-    def _batch(self, idx, train_aug: bool):
+    def _images(self, idx):
         torch = _torch()
-        x = torch.from_numpy(self.bank.get(idx)).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+        return torch.from_numpy(self.bank.get(idx)).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+
+    def _cutmix_plan(self, group, classes, idx, rng):
+        """For `same_class_cutmix`: [(batch row, other image of the class, top, left, height, width)]."""
+        p = self.cfg.same_class_cutmix
+        if not p:
+            return []
+        h, w = self.size
+        plan = []
+        for row, (c, i) in enumerate(zip(classes, idx)):
+            others = [j for j in group.images[c] if j != i]
+            if others and rng.random() < p:
+                ph, pw = int(h * rng.uniform(0.3, 0.8)), int(w * rng.uniform(0.3, 0.8))
+                plan.append((row, others[rng.integers(len(others))], int(rng.integers(h - ph + 1)),
+                             int(rng.integers(w - pw + 1)), ph, pw))
+        return plan
+
+    def _batch(self, idx, train_aug: bool, cutmix=()):
+        x = self._images(idx)
+        if cutmix:
+            other = self._images([j for _, j, *_ in cutmix])
+            for k, (row, _, top, left, ph, pw) in enumerate(cutmix):
+                x[row, :, top:top + ph, left:left + pw] = other[k, :, top:top + ph, left:left + pw]
         if train_aug:
             x = augment(x, self.cfg)
         return (x - self._mean) / self._std
@@ -505,7 +531,7 @@ class Trainer:
                 pos += cfg.batch_size
                 idx = [group.images[c][rng.integers(len(group.images[c]))] for c in labels_np]
                 labels = torch.as_tensor(labels_np, device=self.device)
-                x = self._batch(idx, True)
+                x = self._batch(idx, True, self._cutmix_plan(group, labels_np, idx, rng))
                 opt.zero_grad(set_to_none=True)
                 copt.zero_grad(set_to_none=True)
                 with self._autocast():
