@@ -14,6 +14,10 @@ plus an image-to-text loss: cross-entropy with label smoothing 0.1 over the logi
 iterations, one group per epoch, batches of distinct classes with one random image each (CosPlace sampling), colour
 jitter (0.7, 0.7, 0.7, 0.5) and random resized crop (scale 0.5-1) augmentation, ImageNet normalisation.
 
+Two additions, off by default: `same_class_cutmix` (stage 2 pastes a patch of another image of the same class at
+the same place) and `whiten` (learned whitening from same-class pairs folded into the projection after stage 2,
+geoloc_ros.model.whitening). docs/model.md says why.
+
 Everything is resumable: `run_dir/stage1.pt` and `run_dir/stage2.pt` are rewritten atomically after every
 epoch, and each epoch's random state is derived from (seed, stage, epoch), so an interrupted run resumes with the
 same result as an uninterrupted one.
