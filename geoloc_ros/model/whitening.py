@@ -65,15 +65,13 @@ def fold_into_projection(net, mu: np.ndarray, p: np.ndarray) -> None:
     import torch
 
     layer = projection_layer(net)
+    if layer.bias is None:
+        raise ValueError("the projection layer has no bias to take the centring")
     pt = torch.as_tensor(p.T, dtype=torch.float64)
     with torch.no_grad():
-        w = layer.weight.double()
-        b = layer.bias.double() if layer.bias is not None else torch.zeros(w.shape[0], dtype=torch.float64)
-        new_w = pt @ w
-        new_b = pt @ (b - torch.as_tensor(mu, dtype=torch.float64))
+        new_w = pt @ layer.weight.double()
+        new_b = pt @ (layer.bias.double() - torch.as_tensor(mu, dtype=torch.float64))
         layer.weight.copy_(new_w.to(layer.weight.dtype))
-        if layer.bias is None:
-            raise ValueError("the projection layer has no bias to take the centring")
         layer.bias.copy_(new_b.to(layer.bias.dtype))
 
 
