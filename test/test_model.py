@@ -267,6 +267,43 @@ def test_same_class_cutmix_pastes_the_other_season_at_the_same_place(tmp_path):
         torch.testing.assert_close(outside, plain[row])
 
 
+def test_batched_augmentation_matches_torchvision_per_image():
+    """The batch-at-once augmentation does what torchvision's per-image ColorJitter + RandomResizedCrop do."""
+    from torchvision.transforms.v2 import functional as TF
+
+    from geoloc_ros.model.training import TrainConfig, _blend, augment
+
+    torch.manual_seed(0)
+    x = torch.rand(8, 3, 32, 64)
+    off = TrainConfig(brightness=0, contrast=0, saturation=0, hue=0, random_resized_crop=0)
+    assert torch.equal(augment(x.clone(), off), x)  # nothing asked, nothing changed
+    grey = (x * torch.tensor([0.2989, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
+    f = torch.linspace(0.5, 1.5, 8)
+    for i in range(8):  # the per-image blends are torchvision's contrast and saturation
+        torch.testing.assert_close(_blend(x, grey.mean(dim=(2, 3), keepdim=True), f)[i],
+                                   TF.adjust_contrast(x[i], float(f[i])))
+        torch.testing.assert_close(_blend(x, grey, f)[i], TF.adjust_saturation(x[i], float(f[i])))
+    crop = TrainConfig(brightness=0, contrast=0, saturation=0, hue=0, random_resized_crop=0.5)
+    ramp = torch.linspace(0, 1, 64).view(1, 1, 1, 64).expand(8, 3, 32, 64).contiguous()
+    out = augment(ramp.clone(), crop)
+    assert out.shape == ramp.shape
+    assert (out.diff(dim=3) >= -1e-6).all()  # a crop + resize of a ramp is still a ramp...
+    assert not torch.allclose(out[0], out[1])  # ...with its own window per image
+    full = TrainConfig(random_resized_crop=0.5)  # ProGEO's jitter, hue included
+    out = augment(torch.rand(8, 3, 32, 64), full)
+    assert out.min() >= 0 and out.max() <= 1
+
+
+def test_cosine_schedule_decays_stage2_rates_and_constant_keeps_them():
+    from geoloc_ros.model.training import TrainConfig, stage2_lr_scale
+
+    assert [stage2_lr_scale(TrainConfig(epochs=4), e) for e in range(4)] == [1.0] * 4
+    cos = [stage2_lr_scale(TrainConfig(epochs=4, lr_schedule="cosine"), e) for e in range(4)]
+    assert cos[0] == 1.0 and all(a > b for a, b in zip(cos, cos[1:])) and cos[-1] > 0
+    with pytest.raises(ValueError, match="lr_schedule"):
+        stage2_lr_scale(TrainConfig(lr_schedule="step"), 0)
+
+
 # ---- learned whitening ------------------------------------------------------------------------------------------
 def test_learned_whitening_suppresses_what_varies_within_a_place():
     """Pairs of one place differ strongly along a few 'season' directions: before whitening those swamp the
