@@ -40,19 +40,19 @@ def worst_cosine(a, b):
     return float((a * b).sum(axis=1).min())
 
 
-def check_contract(enc, ref_enc, images, ref):
+def check_contract(enc, ref_enc, images, ref, tolerance=TOLERANCE):
     got = enc.encode(images, batch_size=4)          # several batches, the last one short
     assert got.dtype == np.float32 and got.shape == ref.shape
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-5)
-    assert worst_cosine(got, ref) >= TOLERANCE
+    assert worst_cosine(got, ref) >= tolerance
     assert enc.dim == ref_enc.dim
     assert enc.fingerprint == ref_enc.fingerprint    # maps built with the torch encoder still match
     assert enc.device.type == "cpu"
     assert enc.encode([]).shape == (0, ref_enc.dim)
     single = enc.encode(images[0])                   # one array = a list of one
-    assert single.shape == (1, ref_enc.dim) and worst_cosine(single, ref[:1]) >= TOLERANCE
+    assert single.shape == (1, ref_enc.dim) and worst_cosine(single, ref[:1]) >= tolerance
     grey = images[0].mean(axis=2).astype(np.uint8)
-    assert worst_cosine(enc.encode([grey]), ref_enc.encode([grey])) >= TOLERANCE
+    assert worst_cosine(enc.encode([grey]), ref_enc.encode([grey])) >= tolerance
 
 
 @pytest.mark.parametrize("backend,options", [
@@ -78,12 +78,20 @@ def test_cpu_bf16_within_tolerance(encoder, images):
     check_contract(enc, encoder, images, ref)
 
 
+def test_torch_backend_returns_the_encoder_itself_when_it_already_fits(encoder):
+    assert open_encoder(encoder, backend="torch") is encoder
+    assert open_encoder(encoder, backend="torch", device="cpu", half=False) is encoder
+
+
 def test_cuda_autocast_within_tolerance(encoder, images):
     import torch
 
     if not torch.cuda.is_available():
         pytest.skip("no CUDA device here (GPU paths not measured on this machine)")
     ref = encoder.encode(images)
+    plain = open_encoder(encoder, backend="torch", device="cuda", half=False)  # a copy on the GPU, fp32
+    assert plain.device.type == "cuda" and encoder.device.type == "cpu"
+    assert worst_cosine(plain.encode(images), ref) >= TOLERANCE
     for precision in ("fp16", "bf16"):
         enc = open_encoder(encoder, backend="torch-tuned", device="cuda", precision=precision)
         got = enc.encode(images, batch_size=4)
@@ -129,11 +137,13 @@ def test_bundled_encoder_every_backend(images):
         pytest.skip("the bundled encoder has not landed yet")
     ref_enc = open_encoder(path, backend="torch", device="cpu")
     ref = ref_enc.encode(images)
-    variants = [{"backend": "torch-tuned", "precision": "fp32"}, {"backend": "onnxruntime"}]
-    if cpu_has_bf16():
-        variants.append({"backend": "torch-tuned", "precision": "bf16"})
-    for args in variants:
+    for args in ({"backend": "torch-tuned"}, {"backend": "onnxruntime"}):  # the defaults: fp32
         check_contract(open_encoder(path, device="cpu", **args), ref_enc, images, ref)
+    if cpu_has_bf16():
+        # bf16 is opt-in on CPU: this encoder keeps the fp32 descriptors to about 0.999 on these images, not to
+        # 0.9999 like random networks (docs/benchmarks.md, "CPU bf16 became opt-in")
+        check_contract(open_encoder(path, device="cpu", backend="torch-tuned", precision="bf16"), ref_enc, images,
+                       ref, tolerance=0.995)
 
 
 def test_refusals(encoder):

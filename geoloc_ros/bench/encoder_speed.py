@@ -19,8 +19,8 @@ from geoloc_ros.bench.machine import reset_peak_rss, rss_bytes
 # label -> open_encoder arguments. "torch" is the baseline every ratio divides by.
 CPU_VARIANTS = {
     "torch": {"backend": "torch"},
-    "torch-tuned": {"backend": "torch-tuned"},                      # its defaults: bf16 where native, cores-1 threads
-    "torch-tuned fp32": {"backend": "torch-tuned", "precision": "fp32"},
+    "torch-tuned": {"backend": "torch-tuned"},                      # its defaults: fp32, cores-1 threads
+    "torch-tuned bf16": {"backend": "torch-tuned", "precision": "bf16"},
     "torch-tuned bf16 all cores": {"backend": "torch-tuned", "precision": "bf16", "threads": "all"},
     "torch-tuned fp32 all cores": {"backend": "torch-tuned", "precision": "fp32", "threads": "all"},
     "onnxruntime": {"backend": "onnxruntime"},
@@ -77,7 +77,8 @@ def _variants(device: str, only=None) -> dict:
     else:
         v = {k: dict(a) for k, a in CPU_VARIANTS.items()}
         if not cpu_has_bf16():
-            v.pop("torch-tuned bf16 all cores")   # emulated bf16 is slower than fp32: nothing to measure
+            for label in ("torch-tuned bf16", "torch-tuned bf16 all cores"):
+                v.pop(label)                      # emulated bf16 is slower than fp32: nothing to measure
     import torch
 
     for args in v.values():
@@ -102,7 +103,8 @@ def bench_model(spec: str, device: str = "cpu", batches=(1, 16), repeats: dict |
 
     from geoloc_ros.deploy import open_encoder
 
-    repeats = repeats or {1: 5, 16: 2}
+    # a GPU call takes milliseconds: more repeats there cost nothing and steady the median
+    repeats = repeats or ({1: 20, 16: 10} if device == "cuda" else {1: 5, 16: 2})
     images = images or bench_images(max(batches))
     name, ref, what = model_encoder(spec)
     h, w = ref.image_size
@@ -129,8 +131,11 @@ def bench_model(spec: str, device: str = "cpu", batches=(1, 16), repeats: dict |
                        "cosine_min_vs_fp32": round(float((d * ref_desc).sum(1).min()), 6), "runs": {}}
     for b in batches:
         batch = images[:b]
-        for label, enc in encs.items():            # warm-up at this batch size (b=16: a batch of 2 is enough)
-            enc.encode(batch[:min(b, 2)], batch_size=b)
+        # warm-up at this batch size. On a CPU a batch of 2 is enough; on a GPU the first call at a new input shape
+        # pays for cuDNN's algorithm search and the allocator, so it must be the full batch (the first GPU figures
+        # at batch 16 timed that search: docs/benchmarks.md)
+        for label, enc in encs.items():
+            enc.encode(batch if device == "cuda" else batch[:min(b, 2)], batch_size=b)
         times = {label: [] for label in encs}
         peak = {label: 0 for label in encs}
         gpu_peak = {label: 0 for label in encs}

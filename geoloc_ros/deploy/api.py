@@ -11,7 +11,7 @@ from geoloc_ros.deploy.onnx_export import DEFAULT_OPSET
 BACKENDS = {
     "torch": "PyTorch eager, the reference (geoloc_ros.model.Encoder itself); fp16 on CUDA by default",
     "torch-tuned": "PyTorch for inference only: inference_mode, threads, channels-last ResNets, bf16 weights on "
-                   "AMX/AVX512-BF16 CPUs; CUDA fp16/bf16 autocast",
+                   "AMX/AVX512-BF16 CPUs when asked; CUDA fp16/bf16 autocast",
     "onnxruntime": "the exported ONNX graph in ONNX Runtime (CPU or CUDA execution provider)",
 }
 
@@ -29,6 +29,25 @@ def _as_encoder(source, device="cpu", half=False, batch_size=64):
     if isinstance(source, Encoder):
         return source
     return load_encoder(source, device=device, half=half, batch_size=batch_size)
+
+
+def _on_device(enc, device, half):
+    """`enc` itself when it already runs where and how it is asked to ("auto" and None ask nothing), else a copy
+    of it that does; the caller's encoder is left as it was."""
+    import copy
+
+    from geoloc_ros.model import Encoder
+    from geoloc_ros.model.encoder import resolve_device
+
+    dev = enc.device if device in (None, "auto") else resolve_device(device)
+    want_half = enc.half if half is None and dev == enc.device else (dev.type == "cuda" if half is None else bool(half))
+    if dev == enc.device and want_half == enc.half:
+        return enc
+    moved = Encoder(copy.deepcopy(enc.net).float(), enc.preprocess, enc.metadata, device=dev, half=want_half,
+                    batch_size=enc.batch_size)
+    if enc.half:  # its weights were rounded to fp16: still the same checkpoint, so keep the checkpoint's identity
+        moved._fp_frozen = enc.fingerprint
+    return moved
 
 
 def _onnx_for(source, opset: int, batch_size: int) -> Path:
@@ -60,7 +79,7 @@ def open_encoder(source, backend: str = "torch", device="auto", half: bool | Non
     `source`: a checkpoint file or a directory holding ``encoder.safetensors`` (e.g. a map), an Encoder, or (for
     "onnxruntime") an ONNX file from `geoloc export`. `device`: "auto", "cpu", "cuda[:N]".
     `half`: reduced precision. None = the backend's default (torch: fp16 on CUDA, fp32 on CPU; torch-tuned: fp16
-    on CUDA, bf16 on CPUs with native bf16 (AVX512-BF16 / AMX), else fp32; onnxruntime: fp32); True on CUDA =
+    on CUDA, fp32 on CPU; onnxruntime: fp32); True on CUDA =
     fp16; True on CPU = bf16 weights (torch-tuned only); False = fp32. `threads`: CPU threads (torch-tuned and
     onnxruntime: default one core fewer than available; "torch" sets torch's process-wide count when given). Other `options` go to the backend
     (torch-tuned: precision="fp32"|"fp16"|"bf16", channels_last=bool).
@@ -76,7 +95,7 @@ def open_encoder(source, backend: str = "torch", device="auto", half: bool | Non
         from geoloc_ros.model import Encoder
 
         if isinstance(source, Encoder):
-            return source
+            return _on_device(source, device, half)
         return _as_encoder(source, device=device, half=half, batch_size=batch_size)
     if backend == "torch-tuned":
         from geoloc_ros.deploy.torch_tuned import TunedTorchEncoder
