@@ -1,0 +1,84 @@
+"""One run of the Nordland recipe on our tuning split, with some of its settings changed.
+
+Trains on frames 10..16000 and tests on 16010..19200 (winter queries against the summer database, +-2 frames).
+After every stage-2 epoch it prints, and saves to OUT_DIR/NAME.json, R@1 and R@5 before and after a learned
+whitening fitted at that epoch (docs/model.md, "GPU sweep"):
+
+    tools/venv.sh python tools/nordland_sweep.py NAME '{"arch": "RN-x2", "epochs": 24}' [OUT_DIR]
+
+NAME labels the run; the JSON overrides NORDLAND_RECIPE (TrainConfig fields). DEVICE (default cuda) and THREADS
+(default 1) come from the environment. The sweep in docs/model.md started one process per line of
+tools/nordland_sweep_runs.txt on one GPU, all at once, and stopped them at a deadline.
+"""
+
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+
+import numpy as np
+import torch
+
+from geoloc_ros.cli.train import NORDLAND_RECIPE
+from geoloc_ros.model import archs, evaluation, nordland
+from geoloc_ros.model.training import TrainConfig, Trainer
+from geoloc_ros.model.whitening import fit_learned_whitening, projection_outputs
+
+# Wider and deeper variants of RN-nano, for this sweep only.
+_NANO = archs.CUSTOM_ARCHS["RN-nano"]
+for _name, _layers, _width in (("RN-x2", [2, 2, 2, 2], 32), ("RN-w48", [1, 1, 1, 1], 48), ("RN-x3", [2, 3, 3, 2], 32)):
+    archs.CUSTOM_ARCHS[_name] = {**_NANO, "vision_cfg": {**_NANO["vision_cfg"], "layers": _layers, "width": _width}}
+
+
+def l2(x):
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def season_images(frames, season):
+    return nordland.read_images(nordland.split(None, frames=frames, seasons=(season,)))
+
+
+def main(name, overrides, out_dir):
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
+    torch.set_num_threads(int(os.environ.get("THREADS", "1")))
+    recipe = {**NORDLAND_RECIPE, "whiten": False, "device": os.environ.get("DEVICE", "cuda"), **overrides}
+    cfg = TrainConfig(**recipe)
+
+    records = nordland.split(None, frames=nordland.TUNE_TRAIN_FRAMES)
+    database = nordland.split(None, frames=nordland.TUNE_VAL_FRAMES, seasons=("summer",))
+    queries = nordland.split(None, frames=nordland.TUNE_VAL_FRAMES, seasons=("winter",))
+    db_images, q_images = nordland.read_images(database), nordland.read_images(queries)
+    positives = evaluation.positives_by_frame(np.array([nordland.frame_number(r.path) for r in database]),
+                                              np.array([nordland.frame_number(r.path) for r in queries]), 20)
+    # whitening pairs: summer and winter frame of each training place, blank frames left out
+    summer = season_images(nordland.TUNE_TRAIN_FRAMES, "summer")
+    winter = season_images(nordland.TUNE_TRAIN_FRAMES, "winter")
+    keep = [k for k in range(len(summer)) if not (nordland.is_blank(summer[k]) or nordland.is_blank(winter[k]))]
+    summer, winter = [summer[k] for k in keep], [winter[k] for k in keep]
+
+    curve, t0 = [], time.time()
+
+    def val_fn(encoder):
+        raw = evaluation.recall_at_n(encoder.encode(db_images), encoder.encode(q_images), positives)
+        mu, p = fit_learned_whitening(projection_outputs(encoder, summer), projection_outputs(encoder, winter))
+        d, q = (l2((projection_outputs(encoder, x) - mu) @ p) for x in (db_images, q_images))
+        white = evaluation.recall_at_n(d, q, positives)
+        curve.append({"epoch": len(curve) + 1, "R@1": round(raw["R@1"], 1), "R@5": round(raw["R@5"], 1),
+                      "W@1": round(white["R@1"], 1), "W@5": round(white["R@5"], 1), "t": round(time.time() - t0, 1)})
+        print(f"VAL {name} {json.dumps(curve[-1])}", flush=True)
+        os.makedirs(out_dir, exist_ok=True)
+        with open(os.path.join(out_dir, f"{name}.json"), "w") as f:
+            json.dump({"name": name, "overrides": overrides, "curve": curve}, f)
+        return raw
+
+    run_dir = os.path.join(out_dir, "runs", name)
+    shutil.rmtree(run_dir, ignore_errors=True)
+    Trainer(cfg, records, run_dir, images=nordland.read_images(records), val_fn=val_fn, progress=False).run()
+    print(f"DONE {name} {time.time() - t0:.0f}s", flush=True)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], json.loads(sys.argv[2]) if len(sys.argv) > 2 else {},
+         sys.argv[3] if len(sys.argv) > 3 else "sweep")
