@@ -40,10 +40,11 @@ def _on_device(enc, device, half):
     from geoloc_ros.model.encoder import resolve_device
 
     dev = enc.device if device in (None, "auto") else resolve_device(device)
-    want_half = enc.half if half is None and dev == enc.device else (dev.type == "cuda" if half is None else bool(half))
-    if dev == enc.device and want_half == enc.half:
+    if half is None:  # as it is where it already runs; elsewhere the Encoder's default (fp16 on CUDA)
+        half = enc.half if dev == enc.device else dev.type == "cuda"
+    if dev == enc.device and bool(half) == enc.half:
         return enc
-    moved = Encoder(copy.deepcopy(enc.net).float(), enc.preprocess, enc.metadata, device=dev, half=want_half,
+    moved = Encoder(copy.deepcopy(enc.net).float(), enc.preprocess, enc.metadata, device=dev, half=bool(half),
                     batch_size=enc.batch_size)
     if enc.half:  # its weights were rounded to fp16: still the same checkpoint, so keep the checkpoint's identity
         moved._fp_frozen = enc.fingerprint
