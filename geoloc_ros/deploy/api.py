@@ -31,26 +31,6 @@ def _as_encoder(source, device="cpu", half=False, batch_size=64):
     return load_encoder(source, device=device, half=half, batch_size=batch_size)
 
 
-def _on_device(enc, device, half):
-    """`enc` itself when it already runs where and how it is asked to ("auto" and None ask nothing), else a copy
-    of it that does; the caller's encoder is left as it was."""
-    import copy
-
-    from geoloc_ros.model import Encoder
-    from geoloc_ros.model.encoder import resolve_device
-
-    dev = enc.device if device in (None, "auto") else resolve_device(device)
-    if half is None:  # as it is where it already runs; elsewhere the Encoder's default (fp16 on CUDA)
-        half = enc.half if dev == enc.device else dev.type == "cuda"
-    if dev == enc.device and bool(half) == enc.half:
-        return enc
-    moved = Encoder(copy.deepcopy(enc.net).float(), enc.preprocess, enc.metadata, device=dev, half=bool(half),
-                    batch_size=enc.batch_size)
-    if enc.half:  # its weights were rounded to fp16: still the same checkpoint, so keep the checkpoint's identity
-        moved._fp_frozen = enc.fingerprint
-    return moved
-
-
 def _onnx_for(source, opset: int, batch_size: int) -> Path:
     """The ONNX file for `source`: itself if it is one; an ``encoder.onnx`` beside the checkpoint when its fingerprint
     matches; else exported once into the cache (keyed by fingerprint and opset)."""
@@ -96,7 +76,7 @@ def open_encoder(source, backend: str = "torch", device="auto", half: bool | Non
         from geoloc_ros.model import Encoder
 
         if isinstance(source, Encoder):
-            return _on_device(source, device, half)
+            return source.on(device, half)
         return _as_encoder(source, device=device, half=half, batch_size=batch_size)
     if backend == "torch-tuned":
         from geoloc_ros.deploy.torch_tuned import TunedTorchEncoder

@@ -187,6 +187,22 @@ class Encoder:
 
     __call__ = encode
 
+    def on(self, device="auto", half: bool | None = None) -> "Encoder":
+        """This encoder when it already runs on `device` at `half` ("auto" and None ask for nothing), else a copy
+        that does; this one is left as it was. half None: as now on the same device, else fp16 on CUDA."""
+        import copy
+
+        dev = self.device if device in (None, "auto") else resolve_device(device)
+        if half is None:
+            half = self.half if dev == self.device else dev.type == "cuda"
+        if dev == self.device and bool(half) == self.half:
+            return self
+        moved = Encoder(copy.deepcopy(self.net).float(), self.preprocess, self.metadata, device=dev, half=bool(half),
+                        batch_size=self.batch_size)
+        if self.half:  # weights already rounded to fp16: still the same checkpoint, so it keeps its identity
+            moved._fp_frozen = self.fingerprint
+        return moved
+
     def __repr__(self):
         h, w = self.image_size
         return (f"Encoder(arch={self.arch.get('name')}, dim={self.dim}, input={h}x{w}, device={self.device}, "
