@@ -117,7 +117,7 @@ class Encoder:
         self._fp_frozen = None
         if self.half:
             self._fp_frozen = self._compute_fingerprint()
-            self.net.half()
+            self.net.half_backbone()
 
     # -- identity ---------------------------------------------------------------------------------------------
     @property
