@@ -92,6 +92,9 @@ def test_cuda_autocast_within_tolerance(encoder, images):
     plain = open_encoder(encoder, backend="torch", device="cuda", half=False)  # a copy on the GPU, fp32
     assert plain.device.type == "cuda" and encoder.device.type == "cpu"
     assert worst_cosine(plain.encode(images), ref) >= TOLERANCE
+    half = open_encoder(encoder, backend="torch", device="cuda", half=True)  # fp16 backbone, fp32 aggregation
+    assert half.half and half.fingerprint == encoder.fingerprint
+    assert worst_cosine(half.encode(images), ref) >= TOLERANCE
     for precision in ("fp16", "bf16"):
         enc = open_encoder(encoder, backend="torch-tuned", device="cuda", precision=precision)
         got = enc.encode(images, batch_size=4)

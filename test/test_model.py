@@ -294,6 +294,43 @@ def test_batched_augmentation_matches_torchvision_per_image():
     assert out.min() >= 0 and out.max() <= 1
 
 
+def test_horizontal_flip_mirrors_the_rows_it_draws():
+    from geoloc_ros.model.training import TrainConfig, augment
+
+    torch.manual_seed(0)
+    x = torch.rand(64, 3, 8, 16)
+    out = augment(x.clone(), TrainConfig(brightness=0, contrast=0, saturation=0, hue=0, random_resized_crop=0,
+                                         hflip=0.5))
+    flipped = [bool(torch.equal(out[i], x[i].flip(2))) for i in range(64)]
+    kept = [bool(torch.equal(out[i], x[i])) for i in range(64)]
+    assert all(f != k for f, k in zip(flipped, kept))  # each row is either mirrored or left alone
+    assert 16 < sum(flipped) < 48
+
+
+@needs_nordland
+def test_weight_average_and_decay_resume_to_the_same_weights(tmp_path):
+    """With `ema_decay` the epochs save the moving average (not the raw network), and its state is part of the
+    resumable checkpoint: an interrupted run ends with the same weights as an uninterrupted one."""
+    import dataclasses
+
+    from geoloc_ros.model import nordland as N
+    from geoloc_ros.model.training import Trainer, TrainConfig
+
+    recs = nordland_records((10, 200))
+    imgs = N.read_images(recs)
+    cfg = TrainConfig(arch="RN-pico", dim=32, image_size=[32, 64], M=10, N=2, groups_num=1, min_images_per_class=2,
+                      epochs_stage1=2, epochs=2, iterations_per_epoch=4, batch_size=8, lr=1e-3, ema_decay=0.9,
+                      weight_decay=0.05, hflip=0.5, device="cpu")
+    full = Trainer(cfg, recs, tmp_path / "full", images=imgs, progress=False)
+    full.run()
+    saved = load_encoder(tmp_path / "full")
+    raw = full.encoder.encode(imgs[:4])
+    assert saved.fingerprint != full.encoder.fingerprint and not np.allclose(saved.encode(imgs[:4]), raw)
+    Trainer(dataclasses.replace(cfg, epochs=1), recs, tmp_path / "resumed", images=imgs, progress=False).run()
+    Trainer(cfg, recs, tmp_path / "resumed", images=imgs, progress=False).run()
+    assert load_encoder(tmp_path / "resumed").fingerprint == saved.fingerprint
+
+
 def test_cosine_schedule_decays_stage2_rates_and_constant_keeps_them():
     from geoloc_ros.model.training import TrainConfig, stage2_lr_scale
 
@@ -356,6 +393,32 @@ def test_bundled_encoder_loads_and_encodes():
     assert 10 <= lo and hi <= 19200
     d = enc.encode(_images())
     assert d.shape == (3, enc.dim)
+
+
+@needs_nordland
+def test_half_precision_keeps_the_aggregation_in_fp32():
+    """Encoder(half=True) runs the backbone in fp16 and the aggregation in fp32: GeM's cubes of channel-normalised
+    activations underflow fp16 (the all-fp16 bundled encoder fell to cosine 0.986 on these frames). Run here on
+    the CPU, whose fp16 kernels round like the GPU's; the CUDA path is checked in test_deploy."""
+    import copy
+
+    import torch
+
+    from geoloc_ros.model import nordland as N
+
+    path = bundled_encoder_path()
+    if not path.exists():
+        pytest.skip("maps/nordland_demo/encoder.safetensors not committed yet")
+    enc = load_encoder(path.parent, device="cpu")
+    imgs = N.read_images(nordland_records((19210, 20400)))  # validation frames, winter white-outs included
+    x = enc.to_tensor(imgs)
+    ref = enc.encode(imgs)
+    net = copy.deepcopy(enc.net).half_backbone()
+    assert net.backbone.conv1.weight.dtype == torch.float16
+    assert all(p.dtype == torch.float32 for p in net.aggregation.parameters())
+    with torch.inference_mode():
+        got = torch.nn.functional.normalize(net(x.half()).float(), dim=1).numpy()
+    assert float((got * ref).sum(1).min()) >= 0.999
 
 
 @needs_nordland

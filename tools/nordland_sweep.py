@@ -36,6 +36,15 @@ def l2(x):
     return x / np.linalg.norm(x, axis=1, keepdims=True)
 
 
+def at_scale(encoder, s):
+    """The same network reading its input resized by `s` (GeM pools any grid): for multi-scale descriptors."""
+    from geoloc_ros.model.encoder import Encoder
+
+    h, w = encoder.image_size
+    return Encoder(encoder.net, {**encoder.preprocess, "image_size": [round(h * s), round(w * s)]},
+                   device=encoder.device, half=False)
+
+
 def season_images(frames, season):
     return nordland.read_images(nordland.split(None, frames=frames, seasons=(season,)))
 
@@ -65,8 +74,13 @@ def main(name, overrides, out_dir):
         mu, p = fit_learned_whitening(projection_outputs(encoder, summer), projection_outputs(encoder, winter))
         d, q = (l2((projection_outputs(encoder, x) - mu) @ p) for x in (db_images, q_images))
         white = evaluation.recall_at_n(d, q, positives)
+        # multi-scale test (Radenovic et al.: scales 1, 1/sqrt2, sqrt2): whitened descriptors summed, L2 again
+        scaled = [encoder] + [at_scale(encoder, s) for s in (2 ** -0.5, 2 ** 0.5)]
+        d_ms, q_ms = (l2(sum(l2((projection_outputs(e, x) - mu) @ p) for e in scaled)) for x in (db_images, q_images))
+        multi = evaluation.recall_at_n(d_ms, q_ms, positives)
         curve.append({"epoch": len(curve) + 1, "R@1": round(raw["R@1"], 1), "R@5": round(raw["R@5"], 1),
-                      "W@1": round(white["R@1"], 1), "W@5": round(white["R@5"], 1), "t": round(time.time() - t0, 1)})
+                      "W@1": round(white["R@1"], 1), "W@5": round(white["R@5"], 1),
+                      "MSW@1": round(multi["R@1"], 1), "t": round(time.time() - t0, 1)})
         print(f"VAL {name} {json.dumps(curve[-1])}", flush=True)
         os.makedirs(out_dir, exist_ok=True)
         with open(os.path.join(out_dir, f"{name}.json"), "w") as f:

@@ -72,6 +72,11 @@ class TrainConfig:
     # from their start value towards 0 over `epochs`, set at the start of each epoch (so a resumed run matches)
     lr_schedule: str = "constant"
     classifiers_lr: float = 0.01
+    # not in ProGEO: decoupled weight decay on the network (AdamW instead of Adam when > 0)
+    weight_decay: float = 0.0
+    # not in ProGEO: when > 0, an exponential moving average of the network's weights (and BatchNorm statistics),
+    # updated after every step with this decay, is what each epoch evaluates and saves
+    ema_decay: float = 0.0
     cosface_s: float = 30.0
     cosface_m: float = 0.40
     i2t_weight: float = 1.0
@@ -82,6 +87,7 @@ class TrainConfig:
     saturation: float = 0.7
     hue: float = 0.5
     random_resized_crop: float = 0.5
+    hflip: float = 0.0  # not in ProGEO: probability of a horizontal flip per training image
     # not in ProGEO: with this probability a rectangle (30-80% of each side) of another image of the same class is
     # pasted at the same place (CutMix within a class, label unchanged). Meant for aligned sequences such as
     # Nordland, where it makes partly-snowed images of a place from its summer and winter frames.
@@ -304,6 +310,9 @@ def augment(x, cfg: TrainConfig):
                               for top, left, ch, cw in boxes], dtype=x.dtype, device=x.device)
         grid = F.affine_grid(theta, [b, x.shape[1], h, w], align_corners=False)
         x = F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if cfg.hflip:
+        flip = (torch.rand(b) < cfg.hflip).to(x.device).view(-1, 1, 1, 1)
+        x = torch.where(flip, x.flip(3), x)
     return x
 
 
@@ -405,12 +414,12 @@ class Trainer:
                  [g.images_num for g in self.groups])
 
         # model: deterministic initialisation from the seed
-        from geoloc_ros.model.encoder import Encoder, make_preprocess
+        from geoloc_ros.model.encoder import make_preprocess
 
         self.arch, self.clip, self.attnpool, self.net = init_model(cfg)
         self.text = TextSide(self.clip, cfg.prompt)
         self.preprocess = make_preprocess(self.size)
-        self.encoder = Encoder(self.net, self.preprocess, {}, device=self.device, half=False)
+        self.encoder = self._encoder_of(self.net)
         self.clip.to(self.device)
         if self.attnpool is not None:
             self.attnpool.to(self.device)
@@ -569,7 +578,14 @@ class Trainer:
         if dim != embed:  # descriptor and text feature sizes differ: learn a linear map text -> descriptor space
             adapter = torch.nn.Linear(embed, dim, bias=False).to(self.device)
             params += list(adapter.parameters())
-        opt = torch.optim.Adam(params, lr=cfg.lr)
+        opt = (torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay) if cfg.weight_decay
+               else torch.optim.Adam(params, lr=cfg.lr))
+        ema, saved = None, self.encoder
+        if cfg.ema_decay:
+            from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+
+            ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(cfg.ema_decay), use_buffers=True)
+            saved = self._encoder_of(ema.module)
         gen = torch.Generator().manual_seed(cfg.seed + 1)
         classifiers = []
         for g in self.groups:
@@ -590,6 +606,8 @@ class Trainer:
                 o.load_state_dict(s)
             if adapter is not None and st.get("adapter") is not None:
                 adapter.load_state_dict(st["adapter"])
+            if ema is not None:
+                ema.load_state_dict(st["ema"])
             start, best, self.history = st["epoch"], st.get("best", -1.0), st.get("history", self.history)
             log.info("stage 2: resuming at epoch %d", start)
 
@@ -634,19 +652,21 @@ class Trainer:
                     loss.backward()
                     opt.step()
                     copt.step()
+                if ema is not None:
+                    ema.update_parameters(self.net)
                 losses.append(loss.item())
                 if self.progress and hasattr(bar, "set_postfix") and len(losses) % 20 == 0:
                     bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")
             entry = {"stage": 2, "epoch": epoch, "group": g, "loss": float(np.mean(losses)),
                      "seconds": round(time.time() - t0, 1)}
-            self._save_encoder(self.run_dir / "encoder_last.safetensors", epoch + 1)
+            self._save_encoder(self.run_dir / "encoder_last.safetensors", epoch + 1, saved)
             if self.val_fn is not None:
-                entry["val"] = self.val_fn(self.encoder)
+                entry["val"] = self.val_fn(saved)
                 if entry["val"]["R@1"] > best:
                     best = entry["val"]["R@1"]
-                    self._save_encoder(self.run_dir / "encoder.safetensors", epoch + 1)
+                    self._save_encoder(self.run_dir / "encoder.safetensors", epoch + 1, saved)
             else:
-                os.replace(self._save_encoder(self.run_dir / "encoder.tmp.safetensors", epoch + 1),
+                os.replace(self._save_encoder(self.run_dir / "encoder.tmp.safetensors", epoch + 1, saved),
                            self.run_dir / "encoder.safetensors")
             self.history.append(entry)
             log.info("stage 2 epoch %d: %s", epoch + 1, json.dumps(entry))
@@ -654,16 +674,22 @@ class Trainer:
                           "classifiers": [c.detach().cpu() for c in classifiers],
                           "cls_opts": [o.state_dict() for o in cls_opts],
                           "adapter": adapter.state_dict() if adapter is not None else None,
+                          "ema": ema.state_dict() if ema is not None else None,
                           "best": best, "history": self.history}, path)
         return self.history
 
-    def _save_encoder(self, path, epoch):
+    def _encoder_of(self, net):
+        from geoloc_ros.model.encoder import Encoder
+
+        return Encoder(net, self.preprocess, {}, device=self.device, half=False)
+
+    def _save_encoder(self, path, epoch, encoder=None):
         from geoloc_ros.model.checkpoint import save_encoder
 
         training = {"recipe": "ProGEO two-stage (geoloc_ros)", "stage2_epochs_done": epoch,
                     "config": self.cfg.to_dict(), "groups": [len(g) for g in self.groups],
                     "train_images": len(self.records), **self.metadata}
-        return save_encoder(self.encoder, path, training=training)
+        return save_encoder(encoder or self.encoder, path, training=training)
 
     # -- after stage 2
     def whiten(self):
