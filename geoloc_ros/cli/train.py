@@ -52,10 +52,11 @@ def add_parser(sub):
     for name, typ in [("M", float), ("alpha", float), ("N", int), ("L", int), ("groups_num", int),
                       ("min_images_per_class", int), ("epochs_stage1", int), ("batch_size_stage1", int),
                       ("lr_stage1", float), ("epochs", int), ("iterations_per_epoch", int), ("batch_size", int),
-                      ("lr", float), ("classifiers_lr", float), ("weight_decay", float), ("ema_decay", float), ("cosface_s", float), ("cosface_m", float),
-                      ("i2t_weight", float), ("label_smoothing", float), ("brightness", float),
-                      ("contrast", float), ("saturation", float), ("hue", float), ("random_resized_crop", float),
-                      ("hflip", float), ("same_class_cutmix", float), ("whiten_reg", float), ("whiten_max_pairs", int), ("seed", int)]:
+                      ("lr", float), ("classifiers_lr", float), ("weight_decay", float), ("ema_decay", float),
+                      ("cosface_s", float), ("cosface_m", float), ("i2t_weight", float), ("label_smoothing", float),
+                      ("brightness", float), ("contrast", float), ("saturation", float), ("hue", float),
+                      ("random_resized_crop", float), ("hflip", float), ("same_class_cutmix", float),
+                      ("whiten_reg", float), ("whiten_max_pairs", int), ("seed", int)]:
         h.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None,
                        help=f"default {getattr(d, name)}")
     h.add_argument("--lr-schedule", dest="lr_schedule", choices=("constant", "cosine"), default=None,
