@@ -2,13 +2,15 @@
 
 Trains on frames 10..16000 and tests on 16010..19200 (winter queries against the summer database, +-2 frames).
 After every stage-2 epoch it prints, and saves to OUT_DIR/NAME.json, R@1 and R@5 before and after a learned
-whitening fitted at that epoch (docs/model.md, "GPU sweep"):
+whitening fitted at that epoch, and R@1 of the whitened multi-scale descriptor (MSW@1; docs/model.md, "GPU sweep"
+and "Second GPU lease"):
 
     tools/venv.sh python tools/nordland_sweep.py NAME '{"arch": "RN-x2", "epochs": 24}' [OUT_DIR]
 
 NAME labels the run; the JSON overrides NORDLAND_RECIPE (TrainConfig fields). DEVICE (default cuda) and THREADS
 (default 1) come from the environment. The sweep in docs/model.md started one process per line of
-tools/nordland_sweep_runs.txt on one GPU, all at once, and stopped them at a deadline.
+tools/nordland_sweep_runs.txt on one GPU, all at once, and stopped them at a deadline; the second lease's runs
+are listed with their overrides in docs/benchmarks/nordland_sweep2_h200.json.
 """
 
 import json
