@@ -398,7 +398,7 @@ def test_bundled_encoder_loads_and_encodes():
 @needs_nordland
 def test_half_precision_keeps_the_aggregation_in_fp32():
     """Encoder(half=True) runs the backbone in fp16 and the aggregation in fp32: GeM's cubes of channel-normalised
-    activations underflow fp16 (the all-fp16 bundled encoder fell to cosine 0.986 on these frames). Run here on
+    activations underflow fp16 (the all-fp16 bundled encoder fell to cosine 0.984 on these frames). Run here on
     the CPU, whose fp16 kernels round like the GPU's; the CUDA path is checked in test_deploy."""
     import copy
 

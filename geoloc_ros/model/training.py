@@ -683,13 +683,13 @@ class Trainer:
 
         return Encoder(net, self.preprocess, {}, device=self.device, half=False)
 
-    def _save_encoder(self, path, epoch, encoder=None):
+    def _save_encoder(self, path, epoch, encoder):
         from geoloc_ros.model.checkpoint import save_encoder
 
         training = {"recipe": "ProGEO two-stage (geoloc_ros)", "stage2_epochs_done": epoch,
                     "config": self.cfg.to_dict(), "groups": [len(g) for g in self.groups],
                     "train_images": len(self.records), **self.metadata}
-        return save_encoder(encoder or self.encoder, path, training=training)
+        return save_encoder(encoder, path, training=training)
 
     # -- after stage 2
     def whiten(self):
