@@ -267,6 +267,30 @@ def test_same_class_cutmix_pastes_the_other_season_at_the_same_place(tmp_path):
         torch.testing.assert_close(outside, plain[row])
 
 
+@needs_nordland
+def test_pair_batches_hold_each_place_twice_and_the_pair_loss_rewards_partners(tmp_path):
+    from geoloc_ros.model import nordland as N
+    from geoloc_ros.model.training import Trainer, TrainConfig, pair_infonce
+
+    recs = nordland_records((10, 200))
+    cfg = TrainConfig(arch="RN-pico", dim=32, image_size=[32, 64], M=10, N=2, groups_num=1, min_images_per_class=2,
+                      pair_weight=1.0, device="cpu")
+    t = Trainer(cfg, recs, tmp_path, images=N.read_images(recs), progress=False)
+    group = t.groups[0]
+    classes = np.arange(8)
+    labels, idx = t._draw(group, classes, np.random.default_rng(0))
+    assert list(labels) == list(classes) * 2
+    for k, c in enumerate(classes):  # the halves are two different images of the same place, row by row
+        assert idx[k] in group.images[c] and idx[8 + k] in group.images[c] and idx[k] != idx[8 + k]
+
+    torch.manual_seed(0)
+    a = torch.nn.functional.normalize(torch.randn(8, 32), dim=1)
+    partners = pair_infonce(torch.cat([a, a]), 0.1)
+    strangers = pair_infonce(torch.cat([a, a.roll(1, 0)]), 0.1)
+    assert partners < 0.01 < 1.0 < strangers  # low when each row meets its partner, high when paired wrongly
+    assert pair_infonce(torch.cat([a, a.roll(1, 0)]), 1.0) < strangers  # the temperature sharpens it
+
+
 def test_batched_augmentation_matches_torchvision_per_image():
     """The batch-at-once augmentation does what torchvision's per-image ColorJitter + RandomResizedCrop do."""
     from torchvision.transforms.v2 import functional as TF
@@ -308,9 +332,10 @@ def test_horizontal_flip_mirrors_the_rows_it_draws():
 
 
 @needs_nordland
-def test_weight_average_and_decay_resume_to_the_same_weights(tmp_path):
+def test_weight_average_decay_and_pairs_resume_to_the_same_weights(tmp_path):
     """With `ema_decay` the epochs save the moving average (not the raw network), and its state is part of the
-    resumable checkpoint: an interrupted run ends with the same weights as an uninterrupted one."""
+    resumable checkpoint: an interrupted run (here with pair batches too) ends with the same weights as an
+    uninterrupted one."""
     import dataclasses
 
     from geoloc_ros.model import nordland as N
@@ -320,7 +345,7 @@ def test_weight_average_and_decay_resume_to_the_same_weights(tmp_path):
     imgs = N.read_images(recs)
     cfg = TrainConfig(arch="RN-pico", dim=32, image_size=[32, 64], M=10, N=2, groups_num=1, min_images_per_class=2,
                       epochs_stage1=2, epochs=2, iterations_per_epoch=4, batch_size=8, lr=1e-3, ema_decay=0.9,
-                      weight_decay=0.05, hflip=0.5, device="cpu")
+                      weight_decay=0.05, hflip=0.5, pair_weight=1.0, device="cpu")
     full = Trainer(cfg, recs, tmp_path / "full", images=imgs, progress=False)
     full.run()
     saved = load_encoder(tmp_path / "full")

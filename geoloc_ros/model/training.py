@@ -14,8 +14,9 @@ plus an image-to-text loss: cross-entropy with label smoothing 0.1 over the logi
 iterations, one group per epoch, batches of distinct classes with one random image each (CosPlace sampling), colour
 jitter (0.7, 0.7, 0.7, 0.5) and random resized crop (scale 0.5-1) augmentation, ImageNet normalisation.
 
-Two additions, off by default: `same_class_cutmix` (stage 2 pastes a patch of another image of the same class at
-the same place) and `whiten` (learned whitening from same-class pairs folded into the projection after stage 2,
+Three additions, off by default: `same_class_cutmix` (stage 2 pastes a patch of another image of the same class at
+the same place), `pair_weight` (stage-2 batches of image pairs per class and an image-to-image InfoNCE loss
+between the pairs) and `whiten` (learned whitening from same-class pairs folded into the projection after stage 2,
 geoloc_ros.model.whitening). docs/model.md says why.
 
 Everything is resumable: `run_dir/stage1.pt` and `run_dir/stage2.pt` are rewritten atomically after every
@@ -92,6 +93,11 @@ class TrainConfig:
     # pasted at the same place (CutMix within a class, label unchanged). Meant for aligned sequences such as
     # Nordland, where it makes partly-snowed images of a place from its summer and winter frames.
     same_class_cutmix: float = 0.0
+    # not in ProGEO: when > 0, a stage-2 batch is batch_size/2 classes with two different images each (on Nordland a
+    # place's summer and winter frame), and an image-to-image InfoNCE loss (both directions, this temperature)
+    # between the two halves is added with this weight: the season pairs the test compares, as in-batch positives
+    pair_weight: float = 0.0
+    pair_temperature: float = 0.1
     # after stage 2 (not in ProGEO): learned whitening from pairs of same-class training images, folded into the
     # projection (geoloc_ros.model.whitening); reg = fraction of the mean eigenvalue added to the pair covariance
     whiten: bool = False
@@ -106,6 +112,12 @@ class TrainConfig:
 
     def to_dict(self):
         return dataclasses.asdict(self)
+
+
+def _other(images, i, rng):
+    """A random image of `images` other than `i` (`i` itself when it is the only one)."""
+    others = [j for j in images if j != i]
+    return others[rng.integers(len(others))] if others else i
 
 
 # ---- losses ----------------------------------------------------------------------------------------------------
@@ -131,6 +143,18 @@ class CosFace:
         cos = torch.nn.functional.normalize(x, dim=1) @ torch.nn.functional.normalize(weight, dim=1).t()
         one_hot = torch.zeros_like(cos).scatter_(1, labels.view(-1, 1), 1.0)
         return s * (cos - one_hot * m)
+
+
+def pair_infonce(d, temperature: float):
+    """Image-to-image InfoNCE for a batch whose second half holds another image of each class of the first half,
+    in the same order: each row's positive is its partner, the other classes of the batch are its negatives;
+    the mean of both directions."""
+    torch = _torch()
+    F = torch.nn.functional
+    a, b = F.normalize(d, dim=1).chunk(2)
+    logits = a @ b.t() / temperature
+    target = torch.arange(len(a), device=d.device)
+    return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
 
 
 def supcon_loss(a, b, labels_a, labels_b, temperature: float = 1.0):
@@ -433,6 +457,15 @@ class Trainer:
         torch = _torch()
         return torch.from_numpy(self.bank.get(idx)).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
 
+    def _draw(self, group, classes, rng):
+        """Labels and image indices of a stage-2 batch: one random image of each class (CosPlace sampling); with
+        `pair_weight`, followed by a second, different image of each class in the same order."""
+        idx = [group.images[c][rng.integers(len(group.images[c]))] for c in classes]
+        if not self.cfg.pair_weight:
+            return classes, idx
+        return np.concatenate([classes, classes]), idx + [_other(group.images[c], i, rng)
+                                                          for c, i in zip(classes, idx)]
+
     def _cutmix_plan(self, group, classes, idx, rng):
         """For `same_class_cutmix`: [(batch row, other image of the class, top, left, height, width)]."""
         p = self.cfg.same_class_cutmix
@@ -626,11 +659,11 @@ class Trainer:
             bar = _progress(range(cfg.iterations_per_epoch), f"stage 2 epoch {epoch + 1}/{cfg.epochs}",
                             enabled=self.progress)
             for _ in bar:
-                if pos + cfg.batch_size > n_cls:  # CosPlace: batches of distinct classes, reshuffled when used up
+                n_classes = cfg.batch_size // 2 if cfg.pair_weight else cfg.batch_size
+                if pos + n_classes > n_cls:  # CosPlace: batches of distinct classes, reshuffled when used up
                     order, pos = rng.permutation(n_cls), 0
-                labels_np = order[pos:pos + cfg.batch_size]
-                pos += cfg.batch_size
-                idx = [group.images[c][rng.integers(len(group.images[c]))] for c in labels_np]
+                labels_np, idx = self._draw(group, order[pos:pos + n_classes], rng)
+                pos += n_classes
                 labels = torch.as_tensor(labels_np, device=self.device)
                 x = self._batch(idx, True, self._cutmix_plan(group, labels_np, idx, rng))
                 opt.zero_grad(set_to_none=True)
@@ -643,6 +676,8 @@ class Trainer:
                         t = adapter(tf) if adapter is not None else tf
                         loss = loss + cfg.i2t_weight * F.cross_entropy(d.float() @ t.t(), labels,
                                                                        label_smoothing=cfg.label_smoothing)
+                    if cfg.pair_weight:
+                        loss = loss + cfg.pair_weight * pair_infonce(d.float(), cfg.pair_temperature)
                 if scaler is not None:
                     scaler.scale(loss).backward()
                     scaler.step(opt)
