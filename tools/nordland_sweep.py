@@ -10,7 +10,8 @@ and "Second GPU lease"):
 NAME labels the run; the JSON overrides NORDLAND_RECIPE (TrainConfig fields). DEVICE (default cuda) and THREADS
 (default 1) come from the environment. The sweep in docs/model.md started one process per line of
 tools/nordland_sweep_runs.txt on one GPU, all at once, and stopped them at a deadline; the second lease's runs
-are listed with their overrides in docs/benchmarks/nordland_sweep2_h200.json.
+are listed with their overrides in docs/benchmarks/nordland_sweep2_h200.json, the third lease's in
+docs/benchmarks/nordland_sweep3_h100.json.
 """
 
 import json
