@@ -242,15 +242,20 @@ def test_tiny_training_lowers_loss_raises_recall_and_resumes(tmp_path):
     assert load_encoder(tmp_path / "full").fingerprint == whitened.fingerprint
 
 
-@needs_nordland
-def test_same_class_cutmix_pastes_the_other_season_at_the_same_place(tmp_path):
+def _one_group_trainer(run_dir, **options):
+    """A Trainer on 20 Nordland places x 2 seasons in one CosPlace group, with the given TrainConfig options."""
     from geoloc_ros.model import nordland as N
     from geoloc_ros.model.training import Trainer, TrainConfig
 
     recs = nordland_records((10, 200))
     cfg = TrainConfig(arch="RN-pico", dim=32, image_size=[32, 64], M=10, N=2, groups_num=1, min_images_per_class=2,
-                      same_class_cutmix=1.0, device="cpu")
-    t = Trainer(cfg, recs, tmp_path, images=N.read_images(recs), progress=False)
+                      device="cpu", **options)
+    return Trainer(cfg, recs, run_dir, images=N.read_images(recs), progress=False)
+
+
+@needs_nordland
+def test_same_class_cutmix_pastes_the_other_season_at_the_same_place(tmp_path):
+    t = _one_group_trainer(tmp_path, same_class_cutmix=1.0)
     group = t.groups[0]
     classes = np.arange(len(group))
     idx = [group.images[c][0] for c in classes]
@@ -269,13 +274,9 @@ def test_same_class_cutmix_pastes_the_other_season_at_the_same_place(tmp_path):
 
 @needs_nordland
 def test_pair_batches_hold_each_place_twice_and_the_pair_loss_rewards_partners(tmp_path):
-    from geoloc_ros.model import nordland as N
-    from geoloc_ros.model.training import Trainer, TrainConfig, pair_infonce
+    from geoloc_ros.model.training import pair_infonce
 
-    recs = nordland_records((10, 200))
-    cfg = TrainConfig(arch="RN-pico", dim=32, image_size=[32, 64], M=10, N=2, groups_num=1, min_images_per_class=2,
-                      pair_weight=1.0, device="cpu")
-    t = Trainer(cfg, recs, tmp_path, images=N.read_images(recs), progress=False)
+    t = _one_group_trainer(tmp_path, pair_weight=1.0)
     group = t.groups[0]
     classes = np.arange(8)
     labels, idx = t._draw(group, classes, np.random.default_rng(0))
