@@ -2,8 +2,8 @@
 
 Trains on frames 10..16000 and tests on 16010..19200 (winter queries against the summer database, +-2 frames).
 After every stage-2 epoch it prints, and saves to OUT_DIR/NAME.json, R@1 and R@5 before and after a learned
-whitening fitted at that epoch, and R@1 of the whitened multi-scale descriptor (MSW@1; docs/model.md, "GPU sweep"
-and "Second GPU lease"):
+whitening fitted at that epoch, and R@1 of the whitened multi-scale descriptor (MSW@1; docs/model.md, "GPU sweep",
+"Second GPU lease" and "Third GPU lease"):
 
     tools/venv.sh python tools/nordland_sweep.py NAME '{"arch": "RN-x2", "epochs": 24}' [OUT_DIR]
 

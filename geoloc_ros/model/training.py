@@ -644,6 +644,7 @@ class Trainer:
             start, best, self.history = st["epoch"], st.get("best", -1.0), st.get("history", self.history)
             log.info("stage 2: resuming at epoch %d", start)
 
+        n_classes = cfg.batch_size // 2 if cfg.pair_weight else cfg.batch_size  # classes per batch
         for epoch in range(start, cfg.epochs):
             rng = _seed_epoch(cfg.seed, 2, epoch)
             scale = stage2_lr_scale(cfg, epoch)
@@ -659,7 +660,6 @@ class Trainer:
             bar = _progress(range(cfg.iterations_per_epoch), f"stage 2 epoch {epoch + 1}/{cfg.epochs}",
                             enabled=self.progress)
             for _ in bar:
-                n_classes = cfg.batch_size // 2 if cfg.pair_weight else cfg.batch_size
                 if pos + n_classes > n_cls:  # CosPlace: batches of distinct classes, reshuffled when used up
                     order, pos = rng.permutation(n_cls), 0
                 labels_np, idx = self._draw(group, order[pos:pos + n_classes], rng)
