@@ -474,10 +474,9 @@ class Trainer:
         h, w = self.size
         plan = []
         for row, (c, i) in enumerate(zip(classes, idx)):
-            others = [j for j in group.images[c] if j != i]
-            if others and rng.random() < p:
+            if len(group.images[c]) > 1 and rng.random() < p:
                 ph, pw = int(h * rng.uniform(0.3, 0.8)), int(w * rng.uniform(0.3, 0.8))
-                plan.append((row, others[rng.integers(len(others))], int(rng.integers(h - ph + 1)),
+                plan.append((row, _other(group.images[c], i, rng), int(rng.integers(h - ph + 1)),
                              int(rng.integers(w - pw + 1)), ph, pw))
         return plan
 
