@@ -406,6 +406,23 @@ def test_whitening_folds_into_the_projection(tmp_path):
     np.testing.assert_array_equal(load_encoder(tmp_path / "w.safetensors").encode(imgs), enc.encode(imgs))
 
 
+def test_whitening_folds_into_a_network_on_the_gpu():
+    """`geoloc train --whiten --device cuda` whitens the network where it trained: folding once raised a device
+    mismatch there (the fitted transform was a CPU tensor)."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA (none on this machine)")
+    from geoloc_ros.model.whitening import whiten_encoder
+
+    cpu = tiny_encoder(dim=16)
+    gpu = cpu.on("cuda", half=False)
+    rng = np.random.default_rng(1)
+    imgs = [rng.integers(0, 256, (32, 64, 3), dtype=np.uint8) for _ in range(40)]
+    whiten_encoder(cpu, imgs[:20], imgs[20:])
+    whiten_encoder(gpu, imgs[:20], imgs[20:])
+    assert gpu.device.type == "cuda"
+    np.testing.assert_allclose(gpu.encode(imgs), cpu.encode(imgs), atol=1e-3)
+
+
 # ---- the bundled encoder ---------------------------------------------------------------------------------------
 def test_bundled_encoder_loads_and_encodes():
     path = bundled_encoder_path()
