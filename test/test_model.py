@@ -388,12 +388,16 @@ def test_learned_whitening_suppresses_what_varies_within_a_place():
     assert before < 0.6 and after > 0.95, (before, after)
 
 
+def _noise_images(n):
+    rng = np.random.default_rng(1)
+    return [rng.integers(0, 256, (32, 64, 3), dtype=np.uint8) for _ in range(n)]
+
+
 def test_whitening_folds_into_the_projection(tmp_path):
     from geoloc_ros.model.whitening import fit_learned_whitening, projection_outputs, whiten_encoder
 
     enc = tiny_encoder(dim=16)
-    rng = np.random.default_rng(1)
-    imgs = [rng.integers(0, 256, (32, 64, 3), dtype=np.uint8) for _ in range(40)]
+    imgs = _noise_images(40)
     u = projection_outputs(enc, imgs)
     mu, p = fit_learned_whitening(u[:20], u[20:])
     expected = (u - mu) @ p
@@ -415,8 +419,7 @@ def test_whitening_folds_into_a_network_on_the_gpu():
 
     cpu = tiny_encoder(dim=16)
     gpu = cpu.on("cuda", half=False)
-    rng = np.random.default_rng(1)
-    imgs = [rng.integers(0, 256, (32, 64, 3), dtype=np.uint8) for _ in range(40)]
+    imgs = _noise_images(40)
     whiten_encoder(cpu, imgs[:20], imgs[20:])
     whiten_encoder(gpu, imgs[:20], imgs[20:])
     assert gpu.device.type == "cuda"

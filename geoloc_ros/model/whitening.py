@@ -67,11 +67,11 @@ def fold_into_projection(net, mu: np.ndarray, p: np.ndarray) -> None:
     layer = projection_layer(net)
     if layer.bias is None:
         raise ValueError("the projection layer has no bias to take the centring")
-    # on the layer's device: the trainer whitens a network that may still sit on the GPU
-    pt = torch.as_tensor(p.T, dtype=torch.float64, device=layer.weight.device)
+    dev = layer.weight.device  # the trainer whitens a network that may still sit on the GPU
+    pt = torch.as_tensor(p.T, dtype=torch.float64, device=dev)
     with torch.no_grad():
         new_w = pt @ layer.weight.double()
-        new_b = pt @ (layer.bias.double() - torch.as_tensor(mu, dtype=torch.float64, device=layer.weight.device))
+        new_b = pt @ (layer.bias.double() - torch.as_tensor(mu, dtype=torch.float64, device=dev))
         layer.weight.copy_(new_w.to(layer.weight.dtype))
         layer.bias.copy_(new_b.to(layer.bias.dtype))
 
