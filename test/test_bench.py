@@ -11,7 +11,7 @@ def test_bench_quick_writes_json_and_plots(tmp_path, shared_data):
 
     out = tmp_path / "bench"
     rc = main(["bench", "--quick", "--out", str(out)])
-    assert rc == 0                                        # encoder and map build measured
+    assert rc == 0                                        # encoder, map build and training measured
     enc = json.loads((out / "encoder.json").read_text())
     assert enc["status"] == "measured" and enc["quick"] is True
     m = enc["machine"]
@@ -32,6 +32,9 @@ def test_bench_quick_writes_json_and_plots(tmp_path, shared_data):
     mb = json.loads((out / "mapbuild.json").read_text())
     assert mb["status"] == "measured" and mb["result"]["backends"]["torch"]["images_per_s"] > 0
     assert (out / "mapbuild.png").is_file()
+    train = json.loads((out / "train.json").read_text())
+    assert train["status"] == "measured" and train["result"]["variants"]["fp32 NCHW"]["s_per_step"] > 0
+    assert (out / "train.png").is_file()
     # node and retrieval belong to other modules: they either ran or say why not
     for part in ("node_run", "retrieval_run"):
         rec = json.loads((out / f"{part}.json").read_text())

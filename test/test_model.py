@@ -357,6 +357,31 @@ def test_weight_average_decay_and_pairs_resume_to_the_same_weights(tmp_path):
     assert load_encoder(tmp_path / "resumed").fingerprint == saved.fingerprint
 
 
+@needs_nordland
+def test_bf16_training_where_native_else_fp32_and_resnets_train_channels_last(tmp_path):
+    """`bf16` autocasts training where the CPU has native bf16 (else the run stays fp32) and says which in the
+    checkpoint; the loss still falls, the saved encoder is an ordinary fp32 one and an interrupted run resumes to
+    the same weights. ResNets train channels-last."""
+    from geoloc_ros.model.encoder import cpu_has_bf16
+
+    options = dict(bf16=True, epochs_stage1=2, epochs=3, iterations_per_epoch=12, batch_size=16, lr=2e-3,
+                   classifiers_lr=0.05)
+    t = _one_group_trainer(tmp_path / "full", **options)
+    assert t.net.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
+    t.run()
+    losses = [h["loss"] for h in t.history if h["stage"] == 2]
+    assert losses[-1] < losses[0], losses
+    saved = load_encoder(tmp_path / "full")
+    _one_group_trainer(tmp_path / "resumed", **{**options, "epochs": 1}).run()
+    _one_group_trainer(tmp_path / "resumed", **options).run()
+    assert load_encoder(tmp_path / "resumed").fingerprint == saved.fingerprint
+    assert saved.metadata["precision"] == ("bf16" if cpu_has_bf16() else "fp32")
+    assert all(v.dtype == torch.float32 for v in saved.net.state_dict().values() if v.is_floating_point())
+    d = saved.encode([np.zeros((32, 64, 3), np.uint8), np.full((40, 70, 3), 200, np.uint8)])
+    assert d.dtype == np.float32 and np.allclose(np.linalg.norm(d, axis=1), 1, atol=1e-5)
+    assert _one_group_trainer(tmp_path / "fp32").precision == "fp32"
+
+
 def test_cosine_schedule_decays_stage2_rates_and_constant_keeps_them():
     from geoloc_ros.model.training import TrainConfig, stage2_lr_scale
 

@@ -66,7 +66,7 @@ def model_encoder(spec: str):
 
 
 def _variants(device: str, only=None) -> dict:
-    from geoloc_ros.deploy.torch_tuned import cpu_has_bf16
+    from geoloc_ros.model.encoder import cpu_has_bf16
 
     if device == "cuda":
         v = {k: dict(a) for k, a in CUDA_VARIANTS.items()}

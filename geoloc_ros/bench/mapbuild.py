@@ -11,7 +11,7 @@ import time
 
 
 def default_variants() -> dict:
-    from geoloc_ros.deploy.torch_tuned import cpu_has_bf16
+    from geoloc_ros.model.encoder import cpu_has_bf16
 
     return {"torch": {"backend": "torch"},
             "torch-tuned " + ("bf16" if cpu_has_bf16() else "fp32"):

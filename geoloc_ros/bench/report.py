@@ -104,17 +104,42 @@ def plot_encoder(result: dict, path: Path, title: str) -> Path | None:
     return path
 
 
+def train_table(result: dict) -> str:
+    if "error" in result:
+        return result["error"]
+    lines = [f"stage-2 steps of {result['recipe']}: {result['arch']} at {result['image_size'][0]}×"
+             f"{result['image_size'][1]}, batch {result['batch_size']}, {result['steps_timed']} steps timed, "
+             f"{result['threads']} threads", "", "| variant | s/step | images/s | × fp32 NCHW |", "|---|---|---|---|"]
+    for label, r in result["variants"].items():
+        if "error" in r:
+            lines.append(f"| {label} | not measured: {r['error']} | | |")
+        else:
+            lines.append(f"| {label} | {r['s_per_step']:.3f} | {r['images_per_s']:.0f} | "
+                         f"{_f(r.get('speedup_vs_fp32_nchw'), '{:.2f}')} |")
+    return "\n".join(lines)
+
+
 def plot_mapbuild(result: dict, path: Path, title: str) -> Path | None:
     if "error" in result or not result.get("backends"):
         return None
+    return plot_images_per_s({n: r["images_per_s"] for n, r in result["backends"].items()}, path, title)
+
+
+def plot_train(result: dict, path: Path, title: str) -> Path | None:
+    rates = {n: r["images_per_s"] for n, r in result.get("variants", {}).items() if "images_per_s" in r}
+    return plot_images_per_s(rates, path, title) if rates else None
+
+
+def plot_images_per_s(rates: dict, path: Path, title: str) -> Path:
+    """One bar per label: images/s."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
-    names = list(result["backends"])
-    ax.bar(names, [result["backends"][n]["images_per_s"] for n in names], color="tab:green")
+    names = list(rates)
+    ax.bar(names, [rates[n] for n in names], color="tab:green")
     ax.set_ylabel("images/s")
     ax.set_title(title, fontsize=7)
     ax.tick_params(axis="x", labelsize=7)

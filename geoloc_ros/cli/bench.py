@@ -1,4 +1,4 @@
-"""`geoloc bench [encoder|node|retrieval|mapbuild ...|all] [--quick]`: measure, print tables, write JSON + PNG.
+"""`geoloc bench [encoder|node|retrieval|mapbuild|train ...|all] [--quick]`: measure, print tables, write JSON + PNG.
 
 Each part writes ``<out>/<part>.json`` (results + the machine, versions and command that made them) and its plots
 (node and retrieval write their own ``node_latency.json`` / ``retrieval.json``; the run record beside them is
@@ -6,11 +6,11 @@ Each part writes ``<out>/<part>.json`` (results + the machine, versions and comm
 ``<out>/summary.md`` collects the tables of the parts run. Benchmarks report; nothing here asserts a figure.
 """
 
-PARTS = ("encoder", "node", "retrieval", "mapbuild")
+PARTS = ("encoder", "node", "retrieval", "mapbuild", "train")
 
 
 def add_parser(sub):
-    p = sub.add_parser("bench", help="benchmarks: encoder backends, node latency, retrieval, map build",
+    p = sub.add_parser("bench", help="benchmarks: encoder backends, node latency, retrieval, map build, training",
                        description="Measure and publish: prints tables, writes JSON + PNG under --out.")
     # (no argparse `choices`: Python 3.11 checks the empty list of a nargs="*" positional against them and fails)
     p.add_argument("parts", nargs="*", default=None, metavar="PART",
@@ -81,6 +81,15 @@ def _part_mapbuild(args, out, machine):
     return "mapbuild", r, mapbuild_table(r)
 
 
+def _part_train(args, out, machine):
+    from geoloc_ros.bench.report import plot_train, train_table
+    from geoloc_ros.bench.train_step import run_train_benchmark
+
+    r = run_train_benchmark(quick=args.quick, device=args.device)
+    plot_train(r, out / "train.png", f"stage-2 training images/s; {machine['cpu']}, {machine['cores']} cores")
+    return "train", r, train_table(r)
+
+
 def run(args):
     import time
 
@@ -105,10 +114,10 @@ def run(args):
             status = "measured"
         except Exception as e:  # noqa: BLE001 - a missing or failing part is reported, the others still run
             # node / retrieval write their own <part>.json; the wrapper beside it must not overwrite it
-            name = part if part in ("encoder", "mapbuild") else f"{part}_run"
+            name = part if part in ("encoder", "mapbuild", "train") else f"{part}_run"
             result = {"error": f"not measured: {type(e).__name__}: {e}"}
             table, status = result["error"], "not measured"
-            failed += part == "encoder" or part == "mapbuild"
+            failed += part in ("encoder", "mapbuild", "train")
         seconds = round(time.perf_counter() - t, 1)
         write_json(out / f"{name}.json", {"part": part, "status": status, "seconds": seconds,
                                           "machine": {**machine, "load_average_at_end": load_average()},

@@ -10,6 +10,7 @@ Re-running the same command resumes an interrupted run from its last finished ep
 
 from __future__ import annotations
 
+import argparse
 import json
 
 
@@ -68,6 +69,9 @@ def add_parser(sub):
     p.add_argument("--prompt", default=None, help=f"default {d.prompt!r}")
     p.add_argument("--device", default="auto")
     p.add_argument("--use-amp16", action="store_true", default=None, help="CUDA mixed precision")
+    p.add_argument("--bf16", action=argparse.BooleanOptionalAction, default=None,
+                   help="bf16 autocast where the device has native bf16 (AMX/AVX512-BF16 CPUs, recent GPUs), "
+                        "else fp32 (default: off; on with --nordland)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)

@@ -5,7 +5,8 @@ CPU: inference_mode (no autograd bookkeeping), a chosen thread count, channels-l
 where the CPU has native bf16 (AVX512-BF16 / AMX). bf16 is not the default on CPU: how well it keeps the fp32
 descriptors depends on the weights. Random networks and the first bundled encoder stayed at cosine >= 0.9998.
 The bundled encoder 09aa2e52 reached only 0.9989 on camera images, and 0.94 on near-uniform Nordland frames, where
-its validation R@1 dropped from 57.5 to 56.9 (its successor 51bd40b4: cosine >= 0.9897 there, 57.9 -> 57.7).
+its validation R@1 dropped from 57.5 to 56.9 (its successors: 51bd40b4, cosine >= 0.9897 there, 57.9 -> 57.7;
+9890b58a, trained in bf16, >= 0.9912, 58.5 -> 57.9).
 CUDA: fp16 (default) or bf16 autocast, cuDNN autotuning;
 the weights stay fp32, so the accuracy-sensitive ops (norms, pow, softmax) run in fp32 as autocast decides.
 """
@@ -21,16 +22,6 @@ from geoloc_ros.model.archs import is_resnet
 from geoloc_ros.model.encoder import resize_batch, resolve_device
 
 PRECISIONS = ("fp32", "fp16", "bf16")
-
-
-def cpu_has_bf16() -> bool:
-    """True where oneDNN has native bf16 matmuls (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower."""
-    try:
-        import torch
-
-        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except Exception:  # noqa: BLE001 - the op is private; absent means "do not rely on it"
-        return False
 
 
 class TunedTorchEncoder(DeployedEncoder):

@@ -97,6 +97,25 @@ def resolve_device(device="auto"):
     return torch.device(device)
 
 
+def cpu_has_bf16() -> bool:
+    """True where oneDNN has native bf16 matmuls (AVX512-BF16 or AMX); elsewhere bf16 is emulated and slower."""
+    try:
+        import torch
+
+        return bool(torch.backends.mkldnn.is_available() and torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except Exception:  # noqa: BLE001 - the op is private; absent means "do not rely on it"
+        return False
+
+
+def native_bf16(device) -> bool:
+    """Whether `device` (a torch.device) computes bf16 convolutions and matmuls natively."""
+    import torch
+
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    return device.type == "cpu" and cpu_has_bf16()
+
+
 class Encoder:
     """Image -> descriptor. Attributes: `dim`, `fingerprint`, `device`, `preprocess` (dict), `arch` (dict),
     `net` (the torch module), `metadata` (training metadata, dict)."""

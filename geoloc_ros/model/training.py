@@ -106,7 +106,16 @@ class TrainConfig:
     # misc
     seed: int = 0
     device: str = "auto"
-    use_amp16: bool = False
+    use_amp16: bool = False  # CUDA: fp16 autocast with a gradient scaler
+    # not in ProGEO: autocast convolutions and matmuls to bfloat16 where the device does them natively (CPUs with
+    # AMX or AVX512-BF16, CUDA GPUs with bf16); elsewhere the run stays fp32 and says so. Weights, optimiser state,
+    # losses and whitening stay fp32. On this project's 2-core AMX Xeon a stage-2 step of the Nordland recipe
+    # takes half the fp32 time (docs/benchmarks.md, "Training step")
+    bf16: bool = False
+    # ResNets train channels-last: oneDNN (CPU) and cuDNN convolutions run NHWC natively, so an NCHW network pays
+    # a layout reorder around every convolution (on the CPU the network's fp32 pass took 1.5x as long). Same
+    # arithmetic.
+    channels_last: bool = True
     skip_blank: bool = True  # drop uniform frames (recording artefacts) from training
     extra: dict = field(default_factory=dict)
 
@@ -420,6 +429,13 @@ class Trainer:
 
         self.device = resolve_device(cfg.device)
         self.amp = bool(cfg.use_amp16 and self.device.type == "cuda")
+        from geoloc_ros.model.encoder import native_bf16
+
+        self.bf16 = bool(cfg.bf16 and not self.amp and native_bf16(self.device))
+        if cfg.bf16 and not self.bf16:
+            log.warning("bf16 asked for, but %s has no native bf16 (or fp16 is on): training in %s", self.device,
+                        "fp16" if self.amp else "fp32")
+        self.precision = "fp16" if self.amp else "bf16" if self.bf16 else "fp32"
 
         # data
         from geoloc_ros.model.archs import hw
@@ -444,6 +460,11 @@ class Trainer:
         self.text = TextSide(self.clip, cfg.prompt)
         self.preprocess = make_preprocess(self.size)
         self.encoder = self._encoder_of(self.net)
+        from geoloc_ros.model.archs import is_resnet
+
+        channels_last = cfg.channels_last and is_resnet(self.arch)
+        self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
+        self.net.to(memory_format=self.memory_format)
         self.clip.to(self.device)
         if self.attnpool is not None:
             self.attnpool.to(self.device)
@@ -488,11 +509,12 @@ class Trainer:
                 x[row, :, top:top + ph, left:left + pw] = other[k, :, top:top + ph, left:left + pw]
         if train_aug:
             x = augment(x, self.cfg)
-        return (x - self._mean) / self._std
+        return ((x - self._mean) / self._std).contiguous(memory_format=self.memory_format)
 
     def _autocast(self):
         torch = _torch()
-        return torch.autocast(device_type=self.device.type, dtype=torch.float16, enabled=self.amp)
+        return torch.autocast(device_type=self.device.type, dtype=torch.float16 if self.amp else torch.bfloat16,
+                              enabled=self.amp or self.bf16)
 
     # -- stage 1
     def stage1(self):
@@ -721,8 +743,8 @@ class Trainer:
         from geoloc_ros.model.checkpoint import save_encoder
 
         training = {"recipe": "ProGEO two-stage (geoloc_ros)", "stage2_epochs_done": epoch,
-                    "config": self.cfg.to_dict(), "groups": [len(g) for g in self.groups],
-                    "train_images": len(self.records), **self.metadata}
+                    "config": self.cfg.to_dict(), "precision": self.precision,
+                    "groups": [len(g) for g in self.groups], "train_images": len(self.records), **self.metadata}
         return save_encoder(encoder, path, training=training)
 
     # -- after stage 2
