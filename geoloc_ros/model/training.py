@@ -425,12 +425,10 @@ class Trainer:
         self.progress = progress
         self.val_fn = val_fn
         self.metadata = dict(metadata or {})
-        from geoloc_ros.model.encoder import resolve_device
+        from geoloc_ros.model.encoder import native_bf16, resolve_device
 
         self.device = resolve_device(cfg.device)
         self.amp = bool(cfg.use_amp16 and self.device.type == "cuda")
-        from geoloc_ros.model.encoder import native_bf16
-
         self.bf16 = bool(cfg.bf16 and not self.amp and native_bf16(self.device))
         if cfg.bf16 and not self.bf16:
             log.warning("bf16 asked for, but %s has no native bf16 (or fp16 is on): training in %s", self.device,
@@ -438,7 +436,7 @@ class Trainer:
         self.precision = "fp16" if self.amp else "bf16" if self.bf16 else "fp32"
 
         # data
-        from geoloc_ros.model.archs import hw
+        from geoloc_ros.model.archs import hw, is_resnet
         from geoloc_ros.model.grouping import make_groups
         from geoloc_ros.model.nordland import is_blank
 
@@ -460,8 +458,6 @@ class Trainer:
         self.text = TextSide(self.clip, cfg.prompt)
         self.preprocess = make_preprocess(self.size)
         self.encoder = self._encoder_of(self.net)
-        from geoloc_ros.model.archs import is_resnet
-
         channels_last = cfg.channels_last and is_resnet(self.arch)
         self.memory_format = torch.channels_last if channels_last else torch.contiguous_format
         self.net.to(memory_format=self.memory_format)
