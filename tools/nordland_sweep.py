@@ -8,9 +8,10 @@ whitening fitted at that epoch, and R@1 of the whitened multi-scale descriptor (
     tools/venv.sh python tools/nordland_sweep.py NAME '{"arch": "RN-x2", "epochs": 24}' [OUT_DIR]
 
 NAME labels the run; the JSON overrides NORDLAND_RECIPE (TrainConfig fields). The recipe has used pair batches
-(batch 128 of 64 places x 2) since the fourth lease; the three sweeps ran on the recipe before that, so to repeat one
-of their runs add {"batch_size": 64, "pair_weight": 0} to its overrides. DEVICE (default cuda) and THREADS
-(default 1) come from the environment. The sweep in docs/model.md started one process per line of
+(batch 128 of 64 places x 2) since the fourth lease, and 24 epochs in bf16 since the CPU budget was met; the three
+sweeps ran on the recipe before both, so to repeat one of their runs add {"batch_size": 64, "pair_weight": 0,
+"bf16": false, "epochs": 16} to its overrides, keeping the run's own "epochs" where it has one. DEVICE (default
+cuda) and THREADS (default 1) come from the environment. The sweep in docs/model.md started one process per line of
 tools/nordland_sweep_runs.txt on one GPU, all at once, and stopped them at a deadline; the second lease's runs
 are listed with their overrides in docs/benchmarks/nordland_sweep2_h200.json, the third lease's in
 docs/benchmarks/nordland_sweep3_h100.json.

@@ -7,6 +7,9 @@ Each part writes ``<out>/<part>.json`` (results + the machine, versions and comm
 """
 
 PARTS = ("encoder", "node", "retrieval", "mapbuild", "train")
+# the parts this command measures itself: it writes their <part>.json, and their failure fails the run (node and
+# retrieval belong to other modules, which write their own JSON)
+OWN_PARTS = ("encoder", "mapbuild", "train")
 
 
 def add_parser(sub):
@@ -114,10 +117,10 @@ def run(args):
             status = "measured"
         except Exception as e:  # noqa: BLE001 - a missing or failing part is reported, the others still run
             # node / retrieval write their own <part>.json; the wrapper beside it must not overwrite it
-            name = part if part in ("encoder", "mapbuild", "train") else f"{part}_run"
+            name = part if part in OWN_PARTS else f"{part}_run"
             result = {"error": f"not measured: {type(e).__name__}: {e}"}
             table, status = result["error"], "not measured"
-            failed += part in ("encoder", "mapbuild", "train")
+            failed += part in OWN_PARTS
         seconds = round(time.perf_counter() - t, 1)
         write_json(out / f"{name}.json", {"part": part, "status": status, "seconds": seconds,
                                           "machine": {**machine, "load_average_at_end": load_average()},

@@ -429,11 +429,11 @@ class Trainer:
 
         self.device = resolve_device(cfg.device)
         self.amp = bool(cfg.use_amp16 and self.device.type == "cuda")
-        self.bf16 = bool(cfg.bf16 and not self.amp and native_bf16(self.device))
-        if cfg.bf16 and not self.bf16:
+        bf16 = bool(cfg.bf16 and not self.amp and native_bf16(self.device))
+        self.precision = "fp16" if self.amp else "bf16" if bf16 else "fp32"
+        if cfg.bf16 and not bf16:
             log.warning("bf16 asked for, but %s has no native bf16 (or fp16 is on): training in %s", self.device,
-                        "fp16" if self.amp else "fp32")
-        self.precision = "fp16" if self.amp else "bf16" if self.bf16 else "fp32"
+                        self.precision)
 
         # data
         from geoloc_ros.model.archs import hw, is_resnet
@@ -510,7 +510,7 @@ class Trainer:
     def _autocast(self):
         torch = _torch()
         return torch.autocast(device_type=self.device.type, dtype=torch.float16 if self.amp else torch.bfloat16,
-                              enabled=self.amp or self.bf16)
+                              enabled=self.precision != "fp32")
 
     # -- stage 1
     def stage1(self):
