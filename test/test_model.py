@@ -75,6 +75,24 @@ def test_checkpoint_round_trip_identical(tmp_path):
     assert head["training"]["note"] == "test" and head["fingerprint"] == enc.fingerprint
 
 
+def test_regional_pooling_round_trips_and_keeps_where_features_sit(tmp_path):
+    from geoloc_ros.model.training import TrainConfig, untrained_encoder
+
+    enc = untrained_encoder(TrainConfig(arch="RN-pico", image_size=[32, 64], dim=64, pool_grid=[1, 2]))
+    assert enc.net.aggregation[3].in_features == 512 * 3  # the whole map + its left and right halves
+    imgs = _images()
+    back = load_encoder(save_encoder(enc, tmp_path / "grid"), device="cpu")
+    assert back.arch["pool_grid"] == [1, 2] and back.fingerprint == enc.fingerprint
+    assert np.array_equal(back.encode(imgs), enc.encode(imgs))
+    assert back.encode([np.zeros((17, 41, 3), np.uint8)]).shape == (1, 64)
+    # a mirrored frame has the same global GeM but not the same halves: the descriptor tells them apart
+    pool = enc.net.aggregation[1]
+    fmap = torch.rand(1, 512, 2, 4) + 0.1
+    a, b = pool(fmap).flatten(), pool(fmap.flip(3)).flatten()
+    assert torch.allclose(a[:512], b[:512]) and not torch.allclose(a[512:], b[512:])
+    assert torch.allclose(a[512:1024], b[1024:]) and torch.allclose(a[1024:], b[512:1024])
+
+
 def test_fingerprint_tracks_weights_and_preprocessing():
     a, b = tiny_encoder(seed=0), tiny_encoder(seed=0)
     assert a.fingerprint == b.fingerprint
@@ -330,6 +348,25 @@ def test_horizontal_flip_mirrors_the_rows_it_draws():
     kept = [bool(torch.equal(out[i], x[i])) for i in range(64)]
     assert all(f != k for f, k in zip(flipped, kept))  # each row is either mirrored or left alone
     assert 16 < sum(flipped) < 48
+
+
+def test_histogram_swap_gives_a_frame_another_frames_grey_levels_in_its_own_layout():
+    from geoloc_ros.model.training import histogram_swap
+
+    torch.manual_seed(0)
+    x = torch.rand(64, 3, 8, 16)
+    assert torch.equal(histogram_swap(x, 0.0), x)
+    out = histogram_swap(x, 0.5)
+    swapped = 0
+    for i in range(64):
+        if torch.equal(out[i], x[i]):
+            continue
+        swapped += 1
+        levels = out[i].flatten(1).sort(1).values
+        donors = [j for j in range(64) if torch.equal(levels, x[j].flatten(1).sort(1).values)]
+        assert donors and i not in donors  # another frame's grey levels ...
+        assert torch.equal(out[i].flatten(1).argsort(1), x[i].flatten(1).argsort(1))  # ... in this frame's order
+    assert 16 < swapped < 48
 
 
 @needs_nordland

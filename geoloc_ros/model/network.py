@@ -5,6 +5,8 @@ checkpoints load directly:
 
 - ResNet backbones: feature map after ``layer4`` -> L2Norm over channels -> GeM (p=3, learnable) -> Flatten
   -> Linear(channels, dim) -> L2Norm  (``aggregation.0`` ... ``aggregation.4``; the Linear is ``aggregation.3``).
+  An architecture dict with ``pool_grid: [rows, cols]`` (not in ProGEO) pools the whole map and each cell of
+  that grid (`GeMRegions`), with the same state-dict names.
 - ViT backbones: CLIP's projected class token (``backbone(x)``) -> [Linear(embed_dim, dim) if dim differs]
   -> L2Norm. ProGEO uses the projected token as is; we always L2-normalise the output.
 
@@ -41,6 +43,24 @@ class GeM(nn.Module):
     def forward(self, x):
         p = self.p.to(x.dtype)
         return F.avg_pool2d(x.clamp(min=self.eps).pow(p), (x.size(-2), x.size(-1))).pow(1.0 / p)
+
+
+class GeMRegions(GeM):
+    """GeM over the whole feature map and over each cell of a `grid` (rows, columns) of regions, concatenated:
+    (N, C * (1 + rows * cols), 1, 1). Not in ProGEO: a camera on a vehicle sees a place from the same viewpoint
+    every time (a train on its track, a car in its lane), so where a feature sits in the frame is information that
+    GeM alone throws away. Adaptive pooling makes the regions follow the map's actual size."""
+
+    def __init__(self, grid, p: float = 3.0, eps: float = 1e-6):
+        super().__init__(p, eps)
+        self.grid = tuple(int(v) for v in grid)
+
+    def forward(self, x):
+        p = self.p.to(x.dtype)
+        xp = x.clamp(min=self.eps).pow(p)
+        whole = xp.mean(dim=(2, 3))
+        cells = F.adaptive_avg_pool2d(xp, self.grid).flatten(2).transpose(1, 2).flatten(1)  # cell-major
+        return torch.cat([whole, cells], dim=1).pow(1.0 / p)[:, :, None, None]
 
 
 class Flatten(nn.Module):
@@ -93,8 +113,11 @@ class GeoLocalizationNet(nn.Module):
             # The attention pool is CLIP's image head; descriptors use GeM instead, so it is not part of the
             # encoder (training keeps it aside for stage 1: see `detach_attnpool`).
             self.backbone.attnpool = nn.Identity()
-            self.aggregation = nn.Sequential(L2Norm(), GeM(), Flatten(), nn.Linear(feature_channels(cfg), self.dim),
-                                             L2Norm())
+            grid = cfg.get("pool_grid")  # not in ProGEO: regional GeM (GeMRegions); absent = ProGEO's GeM
+            pool = GeMRegions(grid) if grid else GeM()
+            regions = 1 + (int(grid[0]) * int(grid[1]) if grid else 0)
+            self.aggregation = nn.Sequential(L2Norm(), pool, Flatten(),
+                                             nn.Linear(feature_channels(cfg) * regions, self.dim), L2Norm())
         elif self.dim == cfg["embed_dim"]:
             self.aggregation = nn.Sequential(L2Norm())
         else:

@@ -14,10 +14,12 @@ plus an image-to-text loss: cross-entropy with label smoothing 0.1 over the logi
 iterations, one group per epoch, batches of distinct classes with one random image each (CosPlace sampling), colour
 jitter (0.7, 0.7, 0.7, 0.5) and random resized crop (scale 0.5-1) augmentation, ImageNet normalisation.
 
-Three additions, off by default: `same_class_cutmix` (stage 2 pastes a patch of another image of the same class at
-the same place), `pair_weight` (stage-2 batches of image pairs per class and an image-to-image InfoNCE loss
-between the pairs) and `whiten` (learned whitening from same-class pairs folded into the projection after stage 2,
-geoloc_ros.model.whitening). docs/model.md says why.
+Three additions, off by default, that the bundled Nordland recipe uses: `same_class_cutmix` (stage 2 pastes a
+patch of another image of the same class at the same place), `pair_weight` (stage-2 batches of image pairs per
+class and an image-to-image InfoNCE loss between the pairs) and `whiten` (learned whitening from same-class pairs
+folded into the projection after stage 2, geoloc_ros.model.whitening). Others were tried and stay available
+(`weight_decay`, `ema_decay`, `hflip`, `histogram_swap`, `pool_grid`). docs/model.md says why each is or is not
+in the recipe.
 
 Everything is resumable: `run_dir/stage1.pt` and `run_dir/stage2.pt` are rewritten atomically after every
 epoch, and each epoch's random state is derived from (seed, stage, epoch), so an interrupted run resumes with the
@@ -52,6 +54,9 @@ class TrainConfig:
     train_all_layers: bool = False  # ProGEO: freeze the first layers of a pretrained backbone
     freeze_cnn: int = 2  # ResNet: stem..layer{freeze_cnn} frozen (ProGEO --freeze_cnn 2)
     freeze_trans: int = 6  # ViT: conv1, ln_pre and the first 6 blocks frozen (ProGEO --freeze_trans 6)
+    # not in ProGEO: ResNets pool the whole feature map and each cell of this [rows, cols] grid (GeMRegions),
+    # stored in the checkpoint's architecture; None = ProGEO's single GeM
+    pool_grid: list | None = None
     # CosPlace groups (ProGEO parser.py = CosPlace defaults)
     M: float = 10
     alpha: float = 30
@@ -89,6 +94,9 @@ class TrainConfig:
     hue: float = 0.5
     random_resized_crop: float = 0.5
     hflip: float = 0.0  # not in ProGEO: probability of a horizontal flip per training image
+    # not in ProGEO: with this probability an image takes the grey-level distribution of another image of the batch
+    # (histogram matching by rank): the tone of snow, dusk or another exposure on the same scene
+    histogram_swap: float = 0.0
     # not in ProGEO: with this probability a rectangle (30-80% of each side) of another image of the same class is
     # pasted at the same place (CutMix within a class, label unchanged). Meant for aligned sequences such as
     # Nordland, where it makes partly-snowed images of a place from its summer and winter frames.
@@ -296,9 +304,26 @@ def _blend(x, other, factor):
     return (f * x + (1 - f) * other).clamp_(0.0, 1.0)
 
 
+def histogram_swap(x, p: float):
+    """With probability `p` per image, give it the grey levels of another image of the batch, channel by channel:
+    its k-th darkest pixel takes the donor's k-th darkest value (histogram matching by rank). The layout of the
+    scene stays; its tone becomes the donor's: snow's bright low contrast, dusk, another exposure."""
+    torch = _torch()
+    b = x.shape[0]
+    chosen = torch.rand(b) < p
+    if b < 2 or not bool(chosen.any()):
+        return x
+    donor = torch.randint(0, b - 1, (b,))
+    donor += (donor >= torch.arange(b)).long()  # never itself
+    flat = x.flatten(2)
+    matched = torch.empty_like(flat).scatter_(2, flat.argsort(dim=2), flat[donor.to(x.device)].sort(dim=2).values)
+    return torch.where(chosen.to(x.device).view(-1, 1, 1, 1), matched.view_as(x), x)
+
+
 def augment(x, cfg: TrainConfig):
     """Colour jitter then random resized crop, each image with its own random parameters (CosPlace's
-    DeviceAgnostic* augmentations, ProGEO's parser defaults), computed for the whole batch at once: a handful of
+    DeviceAgnostic* augmentations, ProGEO's parser defaults; before them the optional histogram swap, after them
+    the optional flip), computed for the whole batch at once: a handful of
     kernels per batch instead of a dozen per image, which is what keeps a GPU busy in stage 2.
 
     `x`: float (B, 3, H, W) in [0, 1]. Jitter follows torchvision's ColorJitter: brightness, contrast, saturation
@@ -307,6 +332,8 @@ def augment(x, cfg: TrainConfig):
     torch = _torch()
     F = torch.nn.functional
     b, _, h, w = x.shape
+    if cfg.histogram_swap:
+        x = histogram_swap(x, cfg.histogram_swap)
     ops = {"brightness": cfg.brightness, "contrast": cfg.contrast, "saturation": cfg.saturation, "hue": cfg.hue}
     ops = {k: v for k, v in ops.items() if v}
     if ops:
@@ -392,6 +419,9 @@ def init_model(cfg: TrainConfig):
 
     _seed_epoch(cfg.seed, 0, 0)
     arch = arch_config(cfg.arch, cfg.image_size)
+    if cfg.pool_grid:
+        grid = [cfg.pool_grid] * 2 if isinstance(cfg.pool_grid, int) else [int(v) for v in cfg.pool_grid]
+        arch["pool_grid"] = grid
     clip = build_clip(arch, cfg.pretrained)
     attnpool = detach_attnpool(clip.visual)
     net = GeoLocalizationNet(arch, int(cfg.dim or arch["embed_dim"]), clip.visual)
