@@ -45,6 +45,9 @@ def add_parser(sub):
                                                 "RN-nano RN-pico ViT-nano)")
     m.add_argument("--dim", type=int, default=None, help="descriptor size (default: CLIP embed_dim)")
     m.add_argument("--image-size", type=_size, default=None, help=f"N or HxW (default {d.image_size})")
+    m.add_argument("--pool-grid", dest="pool_grid", type=_size, default=None, metavar="RxC",
+                   help="ResNets: GeM over the whole map and each cell of an RxC grid, concatenated (not in "
+                        "ProGEO; default: ProGEO's single GeM)")
     m.add_argument("--pretrained", default=None, help="open_clip tag (e.g. openai) or local weights file")
     m.add_argument("--train-all-layers", action="store_true", default=None)
     m.add_argument("--freeze-cnn", type=int, default=None)
@@ -56,7 +59,7 @@ def add_parser(sub):
                       ("lr", float), ("classifiers_lr", float), ("weight_decay", float), ("ema_decay", float),
                       ("cosface_s", float), ("cosface_m", float), ("i2t_weight", float), ("label_smoothing", float),
                       ("brightness", float), ("contrast", float), ("saturation", float), ("hue", float),
-                      ("random_resized_crop", float), ("hflip", float), ("same_class_cutmix", float),
+                      ("random_resized_crop", float), ("hflip", float), ("histogram_swap", float), ("same_class_cutmix", float),
                       ("pair_weight", float), ("pair_temperature", float), ("whiten_reg", float),
                       ("whiten_max_pairs", int), ("seed", int)]:
         h.add_argument("--" + name.replace("_", "-"), dest=name, type=typ, default=None,
