@@ -6,7 +6,8 @@ where the CPU has native bf16 (AVX512-BF16 / AMX). bf16 is not the default on CP
 descriptors depends on the weights. Random networks and the first bundled encoder stayed at cosine >= 0.9998.
 The bundled encoder 09aa2e52 reached only 0.9989 on camera images, and 0.94 on near-uniform Nordland frames, where
 its validation R@1 dropped from 57.5 to 56.9 (its successors: 51bd40b4, cosine >= 0.9897 there, 57.9 -> 57.7;
-9890b58a, trained in bf16, >= 0.9912, 58.5 -> 57.9).
+9890b58a, trained in bf16, >= 0.9912, 58.5 -> 57.9;
+94c402b0, >= 0.9905, 61.5 -> 61.3).
 CUDA: fp16 (default) or bf16 autocast, cuDNN autotuning;
 the weights stay fp32, so the accuracy-sensitive ops (norms, pow, softmax) run in fp32 as autocast decides.
 """
