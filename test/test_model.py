@@ -91,6 +91,8 @@ def test_regional_pooling_round_trips_and_keeps_where_features_sit(tmp_path):
     a, b = pool(fmap).flatten(), pool(fmap.flip(3)).flatten()
     assert torch.allclose(a[:512], b[:512]) and not torch.allclose(a[512:], b[512:])
     assert torch.allclose(a[512:1024], b[1024:]) and torch.allclose(a[1024:], b[512:1024])
+    with pytest.raises(ValueError, match="ViT"):  # a ViT's descriptor is its class token: no map to pool
+        untrained_encoder(TrainConfig(arch="ViT-nano", pool_grid=[1, 2]))
 
 
 def test_fingerprint_tracks_weights_and_preprocessing():

@@ -92,7 +92,7 @@ def add_parser(sub):
 # recipes apart, and over 31 GPU runs scored there more steps and pair batches were what helped (docs/model.md,
 # "Fourth GPU lease"). bf16 autocast (native on AMX / AVX512-BF16 CPUs; fp32 elsewhere) and channels-last halve
 # the time of a step on the 2-core Xeon, which buys 24 epochs instead of 16 inside the 45-minute CPU budget
-# (38 min; docs/model.md, "Training precision"). The image-to-image loss weighs 2, not 1: of eleven changes tried on
+# (34-38 min; docs/model.md, "Training precision"). The image-to-image loss weighs 2, not 1: of eleven changes tried on
 # the validation stretch, two seeds each, it was the one that lifted R@1 (docs/model.md, "Fifth GPU lease").
 NORDLAND_RECIPE = dict(arch="RN-nano", image_size=[64, 128], M=10, N=5, groups_num=5, min_images_per_class=2,
                        epochs_stage1=100, epochs=24, iterations_per_epoch=200, batch_size=128, pair_weight=2.0,
