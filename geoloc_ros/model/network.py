@@ -16,6 +16,8 @@ projected class token (ViT), as in ProGEO's ``cosplace_network_stage1``.
 
 from __future__ import annotations
 
+import math
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -115,7 +117,7 @@ class GeoLocalizationNet(nn.Module):
             self.backbone.attnpool = nn.Identity()
             grid = cfg.get("pool_grid")  # not in ProGEO: regional GeM (GeMRegions); absent = ProGEO's GeM
             pool = GeMRegions(grid) if grid else GeM()
-            regions = 1 + (int(grid[0]) * int(grid[1]) if grid else 0)
+            regions = 1 + math.prod(pool.grid) if grid else 1
             self.aggregation = nn.Sequential(L2Norm(), pool, Flatten(),
                                              nn.Linear(feature_channels(cfg) * regions, self.dim), L2Norm())
         elif self.dim == cfg["embed_dim"]:

@@ -414,7 +414,7 @@ def _progress(iterable, desc, total=None, enabled=True):
 def init_model(cfg: TrainConfig):
     """(arch, clip without its visual tower, ResNet attention pool or None, GeoLocalizationNet), initialised
     deterministically from cfg.seed: the "untrained" starting point of a run."""
-    from geoloc_ros.model.archs import arch_config, is_resnet
+    from geoloc_ros.model.archs import arch_config, hw, is_resnet
     from geoloc_ros.model.network import GeoLocalizationNet, build_clip, detach_attnpool
 
     _seed_epoch(cfg.seed, 0, 0)
@@ -423,7 +423,7 @@ def init_model(cfg: TrainConfig):
         if not is_resnet(arch):
             raise ValueError(f"pool_grid pools a ResNet's feature map; {cfg.arch} is a ViT (its descriptor is the "
                              "class token)")
-        arch["pool_grid"] = [cfg.pool_grid] * 2 if isinstance(cfg.pool_grid, int) else [int(v) for v in cfg.pool_grid]
+        arch["pool_grid"] = list(hw(cfg.pool_grid))
     clip = build_clip(arch, cfg.pretrained)
     attnpool = detach_attnpool(clip.visual)
     net = GeoLocalizationNet(arch, int(cfg.dim or arch["embed_dim"]), clip.visual)
