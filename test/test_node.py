@@ -24,7 +24,7 @@ from geoloc_ros.mapping.bag import write_image_bag  # noqa: E402
 from geoloc_ros.mapping.builders import add_dataset, new_map_for  # noqa: E402
 from geoloc_ros.model import nordland, save_encoder  # noqa: E402
 from geoloc_ros.model.testing import tiny_encoder  # noqa: E402
-from geoloc_ros.node.replay import Harness, InProcessNode, image_message, read_bag  # noqa: E402
+from geoloc_ros.replay import Harness, InProcessNode, image_message, read_bag  # noqa: E402
 
 T0 = 1_700_000_000 * 10**9
 FAST = {"diagnostics_period_s": 0.2, "device": "cpu"}

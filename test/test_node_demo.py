@@ -10,12 +10,13 @@ import pytest
 pytest.importorskip("rclpy")
 
 from geoloc_ros.cli import main as geoloc_main  # noqa: E402
-from geoloc_ros.cli.demo import REPO_ROOT, find_bag, run_demo  # noqa: E402
+from geoloc_ros.cli.demo import find_bag, run_demo  # noqa: E402
 from geoloc_ros.datasets import read_image  # noqa: E402
 from geoloc_ros.mapping.bag import write_image_bag  # noqa: E402
 from geoloc_ros.mapping.builders import add_dataset, new_map_for  # noqa: E402
 from geoloc_ros.model import nordland, save_encoder  # noqa: E402
 from geoloc_ros.model.testing import tiny_encoder  # noqa: E402
+from geoloc_ros.resources import resource  # noqa: E402
 
 
 def test_demo_on_a_small_map(shared_data, tmp_path):
@@ -39,7 +40,7 @@ def test_demo_on_a_small_map(shared_data, tmp_path):
     assert (tmp_path / "out" / "demo.png").stat().st_size > 10_000
 
 
-BUNDLED = REPO_ROOT / "maps" / "nordland_demo"
+BUNDLED = resource("maps", "nordland_demo")
 
 
 @pytest.mark.skipif(not (BUNDLED / "manifest.json").is_file(), reason="the bundled map maps/nordland_demo is not built")

@@ -8,12 +8,12 @@ import pytest
 import yaml
 
 from geoloc_ros.datasets import read_image
+from geoloc_ros.localization.consistency import ConsistencyFilter
+from geoloc_ros.localization.fusion import UNKNOWN_VARIANCE, covariance6, fuse
 from geoloc_ros.mapping import Keyframe
 from geoloc_ros.node import params
-from geoloc_ros.node.consistency import ConsistencyFilter
-from geoloc_ros.node.fusion import UNKNOWN_VARIANCE, covariance6, fuse
 from geoloc_ros.node.images import FrameError, message_to_rgb
-from geoloc_ros.node.replay import image_message
+from geoloc_ros.replay import image_message
 
 REPO_CONFIG = params.__file__.rsplit("/geoloc_ros/", 1)[0] + "/config/vpr.yaml"
 
@@ -141,7 +141,7 @@ def test_config_file_lists_every_parameter_with_its_default():
 
 
 def test_sequence_matcher_finds_the_run_that_single_frames_miss():
-    from geoloc_ros.node.consistency import SequenceMatcher
+    from geoloc_ros.localization.consistency import SequenceMatcher
 
     rng = np.random.default_rng(0)
     places = rng.normal(size=(200, 32)).astype(np.float32)

@@ -53,7 +53,7 @@ def run_node_benchmark(encoder=None, rates=(10, 30), duration_s: float = 20.0, o
     from geoloc_ros.mapping.builders import encode_into, new_map_for
     from geoloc_ros.mapping.keyframe import keyframe_from_geoimage
     from geoloc_ros.model import save_encoder
-    from geoloc_ros.node.replay import image_message, node_process
+    from geoloc_ros.replay import image_message, node_process
 
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     out_dir = Path(out_dir)

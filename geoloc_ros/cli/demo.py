@@ -15,7 +15,8 @@ import os
 from pathlib import Path
 import time
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
+from geoloc_ros.resources import resource
+
 TOLERANCE_M = 25.0
 # The Nordland bag has one frame per 10 m, the map one keyframe per 10 m: the stream sequence matching expects.
 DEMO_PARAMS = ["consistency_mode:=sequence"]
@@ -32,7 +33,7 @@ def add_parser(sub):
     p.add_argument("--rate", type=float, default=None,
                    help="replay rate in frames/s (default: the bag's own timing, i.e. camera rate)")
     p.add_argument("--device", default="auto", help="node device: auto, cpu, cuda")
-    p.add_argument("--config", type=Path, default=REPO_ROOT / "config" / "vpr.yaml",
+    p.add_argument("--config", type=Path, default=resource("config", "vpr.yaml"),
                    help="node parameter file (default: the shipped config/vpr.yaml)")
     p.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the plot and summary.json")
     p.add_argument("--limit", type=int, default=None, help="replay only the first N frames")
@@ -53,7 +54,7 @@ def find_bag(map_dir: Path) -> Path:
 
 
 def run(args):
-    map_dir = args.map or REPO_ROOT / "maps" / "nordland_demo"
+    map_dir = args.map or resource("maps", "nordland_demo")
     if not (map_dir / "manifest.json").is_file():
         raise SystemExit(f"geoloc demo: {map_dir} is not a built map (no manifest.json); build it with `geoloc map` "
                          f"or pass --map")
@@ -66,11 +67,11 @@ def run(args):
 
 
 def run_demo(map_dir, bag, out_dir="runs/demo", rate=None, device="auto", image_topic="/camera/image_raw",
-             fix_topic="/gnss/fix", limit=None, verbose=True, config=REPO_ROOT / "config" / "vpr.yaml",
+             fix_topic="/gnss/fix", limit=None, verbose=True, config=resource("config", "vpr.yaml"),
              extra_params=None) -> dict:
     """Run the demo end to end; returns the summary dict (also written to out_dir/summary.json)."""
     import numpy as np
-    from geoloc_ros.node.replay import node_process, read_bag
+    from geoloc_ros.replay import node_process, read_bag
 
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     out_dir = Path(out_dir)

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
-SHARED_DATA = REPO_ROOT.parent / "shared" / "data"
-BUNDLED_MAP_DIR = REPO_ROOT / "maps" / "nordland_demo"
+from geoloc_ros.resources import SOURCE_ROOT, resource
+
+REPO_ROOT = SOURCE_ROOT
+SHARED_DATA = SOURCE_ROOT.parent / "shared" / "data"  # beside the clone; never installed
+BUNDLED_MAP_DIR = resource("maps", "nordland_demo")
 
 
 def tiny_encoder(dim: int = 64, image_size=(32, 64), seed: int = 0, arch: str = "RN-pico"):

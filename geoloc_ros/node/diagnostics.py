@@ -38,6 +38,7 @@ class NodeStats:
         self.dropped = 0  # replaced by a newer frame before the worker took it (newest wins)
         self.rejected = Counter()  # FrameError.kind -> count
         self.loop_closures = 0
+        self.fixes_ignored = Counter()  # NavSatFix refused as a geotag, by reason (no_fix, out_of_range, ...)
         self.input_rate, self.output_rate = RateMeter(), RateMeter()
         self.encode_ms: deque = deque(maxlen=window)
         self.search_ms: deque = deque(maxlen=window)
@@ -64,6 +65,10 @@ class NodeStats:
             self.search_ms.append(search_ms)
             self.total_ms.append(total_ms)
 
+    def on_ignored_fix(self, reason: str):
+        with self._lock:
+            self.fixes_ignored[reason] += 1
+
     def on_loop_closure(self):
         with self._lock:
             self.loop_closures += 1
@@ -81,6 +86,8 @@ class NodeStats:
                 "frames_rejected": sum(self.rejected.values()),
                 **{f"rejected_{k}": v for k, v in sorted(self.rejected.items())},
                 "loop_closures": self.loop_closures,
+                "fixes_ignored": sum(self.fixes_ignored.values()),
+                **{f"fixes_ignored_{k}": v for k, v in sorted(self.fixes_ignored.items())},
                 "input_rate_hz": self.input_rate.rate(),
                 "processed_rate_hz": self.output_rate.rate(),
                 "encode_ms_p50": self._pct(self.encode_ms, 50), "encode_ms_p95": self._pct(self.encode_ms, 95),

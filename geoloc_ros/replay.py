@@ -22,6 +22,7 @@ import time
 import numpy as np
 
 from geoloc_ros.node.images import rgb_to_image_fields
+from geoloc_ros.stamps import set_stamp, stamp_ns
 
 NODE_TOPICS = ("place_recognition", "loop_closures", "geopose", "fix", "pose")
 
@@ -46,7 +47,7 @@ def read_bag(path, image_topic="/camera/image_raw", fix_topic="/gnss/fix") -> li
             raise ValueError(f"{path}: no topic {image_topic}; the bag holds {', '.join(topics)}")
         for conn, t, raw in reader.messages(connections=conns):
             msg = reader.deserialize(raw, conn.msgtype)
-            stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec) or int(t)
+            stamp = stamp_ns(msg.header.stamp) or int(t)
             if conn.topic == image_topic:
                 images.append((stamp, to_rclpy(msg, conn.msgtype)))
             else:
@@ -75,20 +76,16 @@ def to_rclpy(msg, msgtype: str):
     return out
 
 
-def image_message(rgb: np.ndarray, stamp_ns: int, frame_id: str = "camera", encoding: str = "rgb8"):
+def image_message(rgb: np.ndarray, stamp: int, frame_id: str = "camera", encoding: str = "rgb8"):
     """An rclpy sensor_msgs/Image of `rgb`."""
     from sensor_msgs.msg import Image
 
     f = rgb_to_image_fields(rgb, encoding)
     msg = Image(height=f["height"], width=f["width"], encoding=f["encoding"], is_bigendian=0, step=f["step"])
     msg.data = array("B", f["data"].tobytes())
-    msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(int(stamp_ns), 1_000_000_000)
+    set_stamp(msg.header.stamp, stamp)
     msg.header.frame_id = frame_id
     return msg
-
-
-def stamp_ns(stamp) -> int:
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 @dataclass

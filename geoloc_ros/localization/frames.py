@@ -1,0 +1,78 @@
+"""What travels through the localizer: a `Frame` in, a `FrameResult` out, each candidate a `Candidate`.
+
+Maps are identified by `map_id` (the map's absolute directory, or SESSION_MAP_ID for the session map), never by
+their name alone: two maps both called `map` at /siteA/map and /siteB/map stay apart in consistency and fusion.
+The name is carried for the messages (PlaceCandidate.map_name)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+
+SESSION_MAP_ID = "session"  # map_id and map_name of the session map (keyframes added during this run)
+
+
+@dataclass(frozen=True)
+class Frame:
+    """One decoded camera frame and what was known when it arrived."""
+
+    camera: str  # the camera's key: its raw topic (raw and compressed topics of a camera share one history)
+    topic: str  # the topic it arrived on
+    stamp_ns: int  # header stamp; 0 when the driver left it unset
+    frame_id: str  # header frame_id, copied to the outputs
+    rgb: np.ndarray  # HxWx3 uint8
+    received_ns: int = 0  # node clock when it arrived
+    received_mono: float = 0.0  # time.monotonic() when it arrived, for the node's latency figures
+    odom: tuple | None = None  # latest odometry (x, y, z) when it arrived
+    fix: tuple | None = None  # latest valid NavSatFix (lat, lon, alt) when it arrived
+
+    @property
+    def time_ns(self) -> int:
+        """The frame's time for the session map (spacing, exclusion window, keyframe stamps): the header stamp, or
+        the receive time for stamp-less frames, so that such a stream still accumulates session keyframes."""
+        return self.stamp_ns or self.received_ns
+
+
+@dataclass
+class Candidate:
+    """One place candidate: a keyframe of a map, its similarity, and what verification said about it."""
+
+    map_id: str
+    map_name: str
+    keyframe: object  # geoloc_ros.mapping.Keyframe
+    similarity: float
+    rank: int = 0
+    verified: bool = False
+    inliers: int = 0
+
+    @property
+    def key(self) -> tuple:
+        """(map_id, Keyframe): what the consistency check compares."""
+        return self.map_id, self.keyframe
+
+
+@dataclass(frozen=True)
+class Pose:
+    """The fused position of a loop closure. x, y, z in the first geotagged map's frame (or the anchor map's own
+    frame when no map is geotagged); `wgs84` (lat, lon, alt) when the anchor map is geotagged."""
+
+    x: float
+    y: float
+    z: float
+    quaternion: tuple  # (qx, qy, qz, qw) from the fused heading
+    covariance: list  # row-major 6x6 (x, y, z, roll, pitch, yaw)
+    wgs84: tuple | None = None
+
+
+@dataclass
+class FrameResult:
+    """Everything the node needs to publish for one frame."""
+
+    frame: Frame
+    candidates: list = field(default_factory=list)  # Candidate, best first: ~/place_recognition
+    closures: list = field(default_factory=list)  # Candidate: ~/loop_closures (empty: no loop closure)
+    pose: Pose | None = None  # ~/pose, and ~/geopose + ~/fix when pose.wgs84 is set
+    encode_ms: float = 0.0  # per frame of the batch
+    search_ms: float = 0.0
+    session_keyframe: int | None = None  # id of the session keyframe this frame became, if it did

@@ -1,0 +1,147 @@
+"""The Localizer: a batch of frames in, one FrameResult per frame out. Read `process` top to bottom: encode,
+search every map (and the session map), decide loop closures (consecutive agreement or sequence matching),
+verify them, fuse a pose, and add session keyframes.
+
+A Localizer is built from one immutable Snapshot; reloading maps builds a new Localizer (handed the same
+SessionMap) and the caller swaps it in whole, so one batch always searches, checks and fuses against one set of
+maps. Consistency history starts afresh with each Localizer, as a reload resets it."""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+
+from geoloc_ros.localization.consistency import ConsistencyFilter, SequenceMatcher
+from geoloc_ros.localization.frames import SESSION_MAP_ID, Candidate, FrameResult, Pose
+from geoloc_ros.localization.fusion import covariance6, fuse
+
+CONSISTENCY_MODES = ("consecutive", "sequence")
+
+
+class Localizer:
+    def __init__(self, snapshot, session=None, verifier=None):
+        """`session`: a SessionMap or None; `verifier`: anything with `verify(frame, candidates) -> candidates`
+        (and `remember(keyframe_id, frame)` for session keyframes), or None to publish closures unverified."""
+        s = snapshot.settings
+        if s.consistency_mode not in CONSISTENCY_MODES:
+            raise ValueError(f"consistency_mode {s.consistency_mode!r}: expected consecutive or sequence")
+        self.snapshot, self.session, self.verifier = snapshot, session, verifier
+        self.consistency = ConsistencyFilter(s.consistency_k, s.consistency_radius_m, s.consistency_id_window)
+        self.sequence = SequenceMatcher(s.sequence_window, min_margin=s.sequence_min_margin) \
+            if s.consistency_mode == "sequence" else None
+
+    @property
+    def settings(self):
+        return self.snapshot.settings
+
+    def process(self, frames) -> list[FrameResult]:
+        if not frames:
+            return []
+        t0 = time.perf_counter()
+        desc = self.snapshot.encoder.encode([f.rgb for f in frames])
+        t1 = time.perf_counter()
+        candidates = self.search(desc, frames)
+        t2 = time.perf_counter()
+        encode_ms, search_ms = (t1 - t0) * 1e3 / len(frames), (t2 - t1) * 1e3 / len(frames)
+        results = []
+        for frame, d, cands in zip(frames, desc, candidates):
+            closures = self.closures(frame.camera, d, cands)
+            if closures and self.verifier is not None:
+                closures = self.verifier.verify(frame, closures)
+            pose = self.pose(closures) if closures else None
+            results.append(FrameResult(frame, cands, closures, pose, encode_ms, search_ms,
+                                       self._add_to_session(frame, d)))
+        return results
+
+    # -- search ------------------------------------------------------------------------------------------------
+    def search(self, desc, frames) -> list[list[Candidate]]:
+        """Per frame: candidates of every map and the session map, best first, at most top_k, all at least
+        min_similarity, ranked."""
+        s = self.settings
+        merged = [[] for _ in frames]
+        for m in self.snapshot.maps:
+            for i, matches in enumerate(m.db.search(desc, s.top_k)):
+                merged[i].extend(Candidate(m.id, m.name, x.keyframe, float(x.similarity)) for x in matches)
+        if self.session is not None:
+            for i, found in enumerate(self.session.search(desc, frames, s.top_k, s.session_exclusion_window_s)):
+                merged[i].extend(found)
+        out = []
+        for cands in merged:
+            kept = sorted((c for c in cands if c.similarity >= s.min_similarity), key=lambda c: -c.similarity)
+            out.append(_ranked(kept[: s.top_k]))
+        return out
+
+    # -- loop closures ----------------------------------------------------------------------------------------
+    def closures(self, camera: str, desc, cands) -> list[Candidate]:
+        """The candidates believed as loop closures for this frame of `camera` (empty: none yet)."""
+        if self.sequence is not None and self.snapshot.maps:
+            return self._sequence_closures(camera, desc, cands)
+        best = cands[0].key if cands else None
+        if not self.consistency.update(camera, best):
+            return []
+        return [_copy(c) for c in cands if self.consistency.agree(best, c.key)]
+
+    def _sequence_closures(self, camera, desc, cands):
+        """The end of the best-scoring run of map rows, then the frame's own candidates that agree with it (same
+        map, within consistency_radius_m)."""
+        self.sequence.push(camera, desc)
+        best = None
+        for m in self.snapshot.maps:
+            found = self.sequence.best(camera, m.descriptors)
+            if found is not None and (best is None or found[1] > best[1][1]):
+                best = (m, found)
+        if best is None or best[1][2] < self.sequence.min_margin:
+            return []
+        m, (row, _score, _margin) = best
+        kf = m.db.keyframe(int(m.row_ids[row]))
+        anchor = Candidate(m.id, m.name, kf, float(np.dot(desc, m.descriptors[row])))
+        picked = [anchor] + [_copy(c) for c in cands if c.map_id == m.id and c.keyframe.id != kf.id
+                             and self.consistency.agree(anchor.key, c.key)]
+        return _ranked(picked)
+
+    # -- pose -------------------------------------------------------------------------------------------------
+    def pose(self, closures) -> Pose | None:
+        """Fuse the closures of the best one's map into a position; None when that keyframe has no position."""
+        from geoloc_ros.mapping import quaternion_from_heading
+
+        s, anchor = self.settings, closures[0].map_id
+        same = [c for c in closures if c.map_id == anchor]
+        est = fuse([c.keyframe for c in same], [c.similarity for c in same], s.agreement_radius_m,
+                   s.covariance_floor_m, s.covariance_scale, s.yaw_floor_deg)
+        if est is None:
+            return None
+        frame = self._map_frame(anchor)
+        x, y = est.x, est.y
+        primary = self.snapshot.primary_frame
+        if frame is not None and primary is not None and frame != primary:  # express in the first map's frame
+            lat, lon, _ = frame.to_wgs84(x, y, 0.0)
+            x, y, _ = primary.to_local(lat, lon, 0.0)
+        wgs84 = tuple(float(v) for v in frame.to_wgs84(est.x, est.y, est.z)) if frame is not None else None
+        return Pose(float(x), float(y), float(est.z), tuple(quaternion_from_heading(est.heading)),
+                    covariance6(est), wgs84)
+
+    def _map_frame(self, map_id: str):
+        if map_id == SESSION_MAP_ID:
+            return self.session.db.frame if self.session is not None else None
+        entry = self.snapshot.entry(map_id)
+        return entry.db.frame if entry is not None else None
+
+    # -- session map ------------------------------------------------------------------------------------------
+    def _add_to_session(self, frame, desc) -> int | None:
+        if self.session is None or not self.session.wants(frame, self.settings):
+            return None
+        kid = self.session.add(frame, desc)
+        if self.verifier is not None and hasattr(self.verifier, "remember"):
+            self.verifier.remember(kid, frame)
+        return kid
+
+
+def _copy(c: Candidate) -> Candidate:
+    return Candidate(c.map_id, c.map_name, c.keyframe, c.similarity, c.rank)
+
+
+def _ranked(cands) -> list[Candidate]:
+    for rank, c in enumerate(cands):
+        c.rank = rank
+    return cands

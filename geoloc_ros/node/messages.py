@@ -1,0 +1,89 @@
+"""Messages <-> the localizer's types: camera and NavSatFix messages in, FrameResults out as ROS messages."""
+
+from __future__ import annotations
+
+import math
+
+from geographic_msgs.msg import GeoPoseWithCovarianceStamped
+from geoloc_msgs.msg import PlaceCandidate, PlaceRecognition
+from geometry_msgs.msg import PoseWithCovarianceStamped
+from sensor_msgs.msg import NavSatFix, NavSatStatus
+from std_msgs.msg import Header
+
+from geoloc_ros.localization import Frame
+from geoloc_ros.node.images import message_to_rgb
+from geoloc_ros.stamps import set_stamp, stamp_ns
+
+
+# -- inputs -----------------------------------------------------------------------------------------------------
+def to_frame(msg, camera: str, topic: str, received_ns: int, received_mono: float, blank_threshold: float,
+             odom=None, fix=None) -> Frame:
+    """A decoded Frame of an Image / CompressedImage; FrameError (with its diagnostics kind) when unusable."""
+    return Frame(camera=camera, topic=topic, stamp_ns=stamp_ns(msg.header.stamp), frame_id=msg.header.frame_id,
+                 rgb=message_to_rgb(msg, blank_threshold), received_ns=received_ns, received_mono=received_mono,
+                 odom=odom, fix=fix)
+
+
+def fix_problem(msg) -> str | None:
+    """Why a NavSatFix cannot geotag a keyframe (None: it can). Altitude may be NaN (ROS: no altitude known)."""
+    if msg.status.status < NavSatStatus.STATUS_FIX:
+        return "no_fix"
+    lat, lon, alt = float(msg.latitude), float(msg.longitude), float(msg.altitude)
+    if not (math.isfinite(lat) and math.isfinite(lon)) or math.isinf(alt):
+        return "not_finite"
+    if abs(lat) > 90.0 or abs(lon) > 180.0:
+        return "out_of_range"
+    return None
+
+
+# -- outputs ----------------------------------------------------------------------------------------------------
+def header_of(frame: Frame, frame_id: str | None = None) -> Header:
+    h = Header(frame_id=frame.frame_id if frame_id is None else frame_id)
+    set_stamp(h.stamp, frame.stamp_ns)
+    return h
+
+
+def candidate_message(c) -> PlaceCandidate:
+    k = c.keyframe
+    m = PlaceCandidate(map_name=c.map_name, keyframe_id=int(k.id), keyframe_label=k.label, rank=int(c.rank),
+                       similarity=float(c.similarity), latitude=float(k.lat), longitude=float(k.lon),
+                       altitude=float(k.alt), verified=bool(c.verified), inliers=int(c.inliers))
+    set_stamp(m.keyframe_stamp, k.stamp_ns)
+    if k.has_position:
+        m.pose.position.x, m.pose.position.y = float(k.x), float(k.y)
+        m.pose.position.z = float(k.z) if math.isfinite(k.z) else 0.0
+    m.pose.orientation.x, m.pose.orientation.y = float(k.qx), float(k.qy)
+    m.pose.orientation.z, m.pose.orientation.w = float(k.qz), float(k.qw)
+    return m
+
+
+def recognition_message(result, candidates) -> PlaceRecognition:
+    """~/place_recognition (result.candidates) or ~/loop_closures (result.closures) of one frame."""
+    return PlaceRecognition(header=header_of(result.frame), camera_topic=result.frame.topic,
+                            encode_ms=float(result.encode_ms), search_ms=float(result.search_ms),
+                            candidates=[candidate_message(c) for c in candidates])
+
+
+def pose_messages(result, map_frame: str, base_frame: str):
+    """(~/pose, ~/geopose or None, ~/fix or None) of a result with a pose; geo outputs need a geotagged map."""
+    pose, frame = result.pose, result.frame
+    qx, qy, qz, qw = pose.quaternion
+    out = PoseWithCovarianceStamped(header=header_of(frame, map_frame))
+    p = out.pose.pose
+    p.position.x, p.position.y, p.position.z = pose.x, pose.y, pose.z
+    p.orientation.x, p.orientation.y, p.orientation.z, p.orientation.w = qx, qy, qz, qw
+    out.pose.covariance = pose.covariance
+    if pose.wgs84 is None:
+        return out, None, None
+    lat, lon, alt = pose.wgs84
+    cov = pose.covariance
+    geo = GeoPoseWithCovarianceStamped(header=header_of(frame, map_frame))
+    geo.pose.pose.position.latitude, geo.pose.pose.position.longitude, geo.pose.pose.position.altitude = lat, lon, alt
+    o = geo.pose.pose.orientation
+    o.x, o.y, o.z, o.w = qx, qy, qz, qw
+    geo.pose.covariance = cov
+    fix = NavSatFix(header=header_of(frame, base_frame), latitude=lat, longitude=lon, altitude=alt)
+    fix.status.status = NavSatStatus.STATUS_FIX
+    fix.position_covariance = [cov[0], 0.0, 0.0, 0.0, cov[7], 0.0, 0.0, 0.0, cov[14]]
+    fix.position_covariance_type = NavSatFix.COVARIANCE_TYPE_DIAGONAL_KNOWN
+    return out, geo, fix

@@ -1,0 +1,35 @@
+"""Where the installed files of geoloc_ros are (config/, maps/, launch/): the package's ament index share
+directory when geoloc_ros is installed as a ROS package (colcon, or the environment script registering it),
+else the source tree this module sits in (an editable install or a plain checkout). One home for that question,
+so nothing guesses with Path(__file__).parents[...], which breaks in a non-editable install."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+
+PACKAGE = "geoloc_ros"
+SOURCE_ROOT = Path(__file__).resolve().parents[1]  # the repository root when running from a checkout
+
+
+@lru_cache(maxsize=1)
+def share_dir() -> Path | None:
+    """share/geoloc_ros from the ament index, or None when geoloc_ros is not registered there."""
+    try:
+        from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
+    except ImportError:
+        return None
+    try:
+        return Path(get_package_share_directory(PACKAGE))
+    except (PackageNotFoundError, ValueError, LookupError):
+        return None
+
+
+def resource(*parts: str) -> Path:
+    """An installed file or directory (e.g. resource("maps", "nordland_demo")): the share directory's copy when
+    it exists there, else the source tree's. The source tree's path is returned when neither exists, so the
+    caller's error names a path a developer recognises."""
+    share = share_dir()
+    if share is not None and share.joinpath(*parts).exists():
+        return share.joinpath(*parts)
+    return SOURCE_ROOT.joinpath(*parts)
