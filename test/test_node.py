@@ -378,3 +378,71 @@ def test_encoder_backends(backend, world, graph):
     assert h.wait_for(lambda: all(T0 + i in h.data.received for i in range(len(msgs))), timeout=30)
     for i, r in enumerate(world["records"][:8]):
         assert h.data.results["place_recognition"][T0 + i].candidates[0].keyframe_label == r.label
+
+
+def test_reload_map_refuses_no_map_and_survives_a_bad_manifest(world, graph, tmp_path):
+    """map_path [''] is refused with the reason; a manifest whose dim is not a number fails the call (not the
+    node); the old maps stay in use either way."""
+    import json
+    import shutil
+
+    from rclpy.parameter import Parameter
+    from std_srvs.srv import Trigger
+
+    start, h = graph
+    n = start({"map_path": [world["map"]]})
+    assert n.active, n.node.last_error
+    client = h.node.create_client(Trigger, "/geoloc_vpr/reload_map")
+    assert client.wait_for_service(timeout_sec=10)
+
+    def call():
+        fut = client.call_async(Trigger.Request())
+        assert h.wait_for(fut.done, timeout=20)
+        return fut.result()
+
+    n.node.set_parameters([Parameter("map_path", value=[""])])
+    r = call()
+    assert not r.success and "names no map" in r.message
+    shutil.copytree(world["map"], tmp_path / "map")
+    manifest = tmp_path / "map" / "manifest.json"
+    m = json.loads(manifest.read_text())
+    m["dim"] = "abc"
+    manifest.write_text(json.dumps(m))
+    n.node.set_parameters([Parameter("map_path", value=[str(tmp_path / "map")])])
+    r = call()
+    assert not r.success and r.message, r.message
+    assert [m.name for m in n.node.maps] == ["nordland_test"] and n.node.lifecycle_state == "active"
+    n.node.set_parameters([Parameter("map_path", value=[world["map"]])])
+    assert call().success
+
+
+def test_bad_navsatfix_is_ignored_and_counted(world, graph, tmp_path):
+    """Latitude 95, a NaN longitude and STATUS_NO_FIX never geotag a session keyframe; /diagnostics counts them."""
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import NavSatFix, NavSatStatus
+
+    start, h = graph
+    n = start({"map_path": [world["map"]], "session_map": True, "fix_topic": "/gnss/fix",
+               "session_min_interval_s": 0.0})
+    assert n.active, n.node.last_error
+    pub = h.node.create_publisher(NavSatFix, "/gnss/fix", qos_profile_sensor_data)
+    assert h.wait_for(lambda: pub.get_subscription_count() > 0, timeout=10)
+    bad = [NavSatFix(latitude=95.0, longitude=13.0), NavSatFix(latitude=65.0, longitude=float("nan")),
+           NavSatFix(latitude=65.0, longitude=13.0)]
+    good = NavSatFix(latitude=66.5, longitude=14.25, altitude=float("nan"))
+    for msg in bad + [good]:  # the message's default status is STATUS_UNKNOWN, refused like NO_FIX
+        msg.status.status = NavSatStatus.STATUS_FIX
+    bad[2].status.status = NavSatStatus.STATUS_NO_FIX
+    for msg in bad + [good]:
+        pub.publish(msg)
+        time.sleep(0.1)
+    assert h.wait_for(lambda: h.diag_values().get("fixes_ignored") == "3", timeout=10), h.diag_values()
+    d = h.diag_values()
+    assert (d["fixes_ignored_no_fix"], d["fixes_ignored_not_finite"], d["fixes_ignored_out_of_range"]) == \
+        ("1", "1", "1")
+    assert h.wait_for(lambda: n.node._fix is not None, timeout=5)
+    assert h.wait_for_subscriber()
+    h.publish(image_message(read_image(world["records"][0].path), T0))
+    assert h.wait_for(lambda: T0 in h.data.received, timeout=20)
+    kf = n.node.session.db.keyframe(0)
+    assert (kf.lat, kf.lon) == (66.5, 14.25) and math.isfinite(kf.x) and math.isfinite(kf.y)

@@ -25,7 +25,9 @@ def to_frame(msg, camera: str, topic: str, received_ns: int, received_mono: floa
 
 
 def fix_problem(msg) -> str | None:
-    """Why a NavSatFix cannot geotag a keyframe (None: it can). Altitude may be NaN (ROS: no altitude known)."""
+    """Why a NavSatFix cannot geotag a keyframe (None: it can): 'no_fix' (STATUS_NO_FIX, or STATUS_UNKNOWN, the
+    message's default), 'not_finite', 'out_of_range' (beyond WGS84 latitude/longitude). Altitude may be NaN (ROS:
+    no altitude known)."""
     if msg.status.status < NavSatStatus.STATUS_FIX:
         return "no_fix"
     lat, lon, alt = float(msg.latitude), float(msg.longitude), float(msg.altitude)

@@ -1,0 +1,144 @@
+"""The Localizer without ROS: consistency, sequence of frames, the session map (spacing, exclusion window,
+stamp-less frames), verification through its seam, pose fusion, and two maps that share a name. Real Nordland
+and street frames from ../shared/data, a small random encoder, real FAISS maps on disk."""
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from geoloc_ros.datasets import read_image, read_sequence
+from geoloc_ros.geodesy import to_utm
+from geoloc_ros.localization import SESSION_MAP_ID, Frame, Localizer, SessionMap, load_snapshot
+from geoloc_ros.localization.session import FeatureStore
+from geoloc_ros.localization.verification import GeometricVerifier, ImageVerifier
+from geoloc_ros.mapping.builders import add_dataset, new_map_for
+from geoloc_ros.model import nordland, save_encoder
+from geoloc_ros.model.testing import tiny_encoder
+from geoloc_ros.node import params
+
+T0 = 1_700_000_000 * 10**9
+
+
+def settings(**overrides):
+    return params.Settings(**{**params.defaults(), "device": "cpu", **overrides})
+
+
+@pytest.fixture(scope="module")
+def nordland_maps(shared_data, tmp_path_factory):
+    """Two maps both named `map`, at /siteA/map and /siteB/map: the same kind of frames, geotagged ~1,100 km
+    apart (B's records moved 10 degrees north), and the images of site B's 20 keyframes."""
+    tmp = tmp_path_factory.mktemp("localizer")
+    enc = tiny_encoder()
+    recs = nordland.split(shared_data / "nordland64", frames=(19210, 19800), seasons=("summer",))
+    recs = [r for r in recs if not nordland.is_blank(read_image(r.path))][:40]
+    checkpoint = save_encoder(enc, tmp / "encoder")
+    paths = {}
+    for site, part, dlat in (("siteA", recs[:20], 0.0), ("siteB", recs[20:], 10.0)):
+        db = new_map_for(enc, "map")
+        add_dataset(db, enc, [replace(r, lat=r.lat + dlat) for r in part], progress=False)
+        db.attach_encoder(checkpoint)
+        db.save(tmp / site / "map")
+        paths[site] = str(tmp / site / "map")
+    return {"paths": paths, "encoder": str(checkpoint), "b_records": recs[20:],
+            "b_images": [read_image(r.path) for r in recs[20:]]}
+
+
+def frame(rgb, i, stamp_ns=None, received_ns=0, camera="/cam"):
+    return Frame(camera=camera, topic=camera, stamp_ns=T0 + i * 10**9 if stamp_ns is None else stamp_ns,
+                 frame_id="camera", rgb=rgb, received_ns=received_ns)
+
+
+def metres(lat1, lon1, lat2, lon2):
+    e1, n1, zone = to_utm(lat1, lon1)
+    e2, n2, _ = to_utm(lat2, lon2, zone)
+    return float(np.hypot(e1 - e2, n1 - n2))
+
+
+def test_two_maps_with_one_name_stay_apart_in_search_consistency_and_fusion(nordland_maps):
+    m = nordland_maps
+    snap = load_snapshot(settings(map_path=[m["paths"]["siteA"], m["paths"]["siteB"]], top_k=3, consistency_k=2))
+    assert [e.name for e in snap.maps] == ["map", "map"] and snap.maps[0].id != snap.maps[1].id
+    loc = Localizer(snap)
+    results = loc.process([frame(m["b_images"][5], 0)]) + loc.process([frame(m["b_images"][6], 1)])
+    first, second = results
+    assert first.candidates[0].map_id == snap.maps[1].id and not first.closures  # k=2: one frame is not enough
+    assert second.closures and all(c.map_id == snap.maps[1].id for c in second.closures)
+    # The pose is site B's, not site A's ~1,100 km south (which keying maps by name gave).
+    rec = m["b_records"][6]
+    lat, lon, _ = second.pose.wgs84
+    assert metres(lat, lon, rec.lat + 10.0, rec.lon) < 30.0
+    assert second.pose.covariance[0] >= 25.0  # the 5 m floor
+
+
+def test_best_matches_in_two_maps_of_one_name_do_not_agree(nordland_maps):
+    """A keyframe of site A and the keyframe with the same id and local position in site B are different places."""
+    m = nordland_maps
+    snap = load_snapshot(settings(map_path=[m["paths"]["siteA"], m["paths"]["siteB"]], consistency_k=2))
+    a, b = snap.maps
+    kf_a, kf_b = a.db.keyframe(int(a.row_ids[0])), b.db.keyframe(int(b.row_ids[0]))
+    loc = Localizer(snap)
+    assert loc.consistency.agree((a.id, kf_a), (a.id, kf_a))
+    assert not loc.consistency.agree((a.id, kf_a), (b.id, kf_b))
+
+
+def test_sequence_mode_closes_loops_once_the_window_is_full(nordland_maps):
+    m = nordland_maps
+    loc = Localizer(load_snapshot(settings(map_path=[m["paths"]["siteB"]], consistency_mode="sequence",
+                                           sequence_window=4)))
+    results = [loc.process([frame(im, i)])[0] for i, im in enumerate(m["b_images"][:10])]
+    assert not any(r.closures for r in results[:3])
+    for r, rec in list(zip(results, m["b_records"]))[3:]:
+        assert r.closures and r.closures[0].keyframe.label == rec.label and r.closures[0].rank == 0
+
+
+def test_session_map_spacing_exclusion_window_and_stampless_frames(nordland_maps):
+    m = nordland_maps
+    s = settings(map_path=[""], encoder_path=m["encoder"], session_map=True, session_min_interval_s=0.5,
+                 session_exclusion_window_s=5.0, consistency_k=1)
+    snap = load_snapshot(s)
+    session = SessionMap(snap.encoder)
+    loc = Localizer(snap, session)
+    images = m["b_images"][:8]
+    # Stamp 0 (a driver that never sets it): the receive time spaces the keyframes, so they still accumulate.
+    lap1 = [loc.process([frame(im, i, stamp_ns=0, received_ns=T0 + i * 10**9)])[0] for i, im in enumerate(images)]
+    assert [r.session_keyframe is not None for r in lap1] == [True] * len(images)
+    assert all(c.keyframe.stamp_ns <= r.frame.time_ns - 5 * 10**9 for r in lap1 for c in r.candidates)
+    # Frames closer than session_min_interval_s add nothing.
+    assert loc.process([frame(images[0], 0, stamp_ns=0, received_ns=T0 + 7_200_000_000)])[0].session_keyframe is None
+    lap2 = [loc.process([frame(im, 0, stamp_ns=T0 + (100 + i) * 10**9)])[0] for i, im in enumerate(images)]
+    for i, r in enumerate(lap2):
+        best = r.candidates[0]
+        assert best.map_id == SESSION_MAP_ID and best.keyframe.stamp_ns == T0 + i * 10**9
+        assert r.closures and r.pose is None  # session keyframes without odometry or fix have no position
+
+
+def test_verification_seam_keeps_geometrically_consistent_closures(shared_data, tmp_path):
+    folder = shared_data / "toy_streets" / "database"
+    recs = read_sequence(folder, spacing=50.0, origin=(45.0, 7.0))[:4]
+    enc = tiny_encoder()
+    db = new_map_for(enc, "streets")
+    add_dataset(db, enc, recs, progress=False)
+    db.attach_encoder(save_encoder(enc, tmp_path / "enc"))
+    db.save(tmp_path / "map")
+    snap = load_snapshot(settings(map_path=[str(tmp_path / "map")], consistency_k=1, top_k=2))
+    geometric = GeometricVerifier(1000, 15)
+    with_images = Localizer(snap, verifier=ImageVerifier(geometric, str(folder)))
+    without = Localizer(snap, verifier=ImageVerifier(geometric, ""))  # map keyframes have no image to check
+    for i, r in enumerate(recs):
+        im = read_image(r.path)
+        verified = with_images.process([frame(im, i)])[0]
+        assert verified.closures[0].keyframe.label == r.label and verified.closures[0].verified
+        assert all(c.inliers >= 15 for c in verified.closures) and verified.pose is not None
+        assert not any(c.verified for c in verified.candidates)  # place_recognition stays unverified
+        refused = without.process([frame(im, i)])[0]
+        assert refused.candidates and not refused.closures and refused.pose is None
+
+
+def test_session_features_are_bounded_oldest_first():
+    store = FeatureStore(max_bytes=10_000)
+    feats = (np.zeros((100, 2), np.float32), np.zeros((100, 32), np.uint8))  # 4,000 bytes
+    for k in range(5):
+        store.put(k, feats)
+    assert store.nbytes <= 10_000 and len(store) == 2
+    assert store.get(0) is None and store.get(4) is not None
