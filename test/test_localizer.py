@@ -7,7 +7,7 @@ from dataclasses import replace
 import numpy as np
 import pytest
 
-from geoloc_ros.datasets import read_image, read_sequence
+from geoloc_ros.datasets import read_image
 from geoloc_ros.geodesy import to_utm
 from geoloc_ros.localization import SESSION_MAP_ID, Frame, Localizer, SessionMap, load_snapshot
 from geoloc_ros.localization.session import FeatureStore
@@ -113,15 +113,9 @@ def test_session_map_spacing_exclusion_window_and_stampless_frames(nordland_maps
         assert r.closures and r.pose is None  # session keyframes without odometry or fix have no position
 
 
-def test_verification_seam_keeps_geometrically_consistent_closures(shared_data, tmp_path):
-    folder = shared_data / "toy_streets" / "database"
-    recs = read_sequence(folder, spacing=50.0, origin=(45.0, 7.0))[:4]
-    enc = tiny_encoder()
-    db = new_map_for(enc, "streets")
-    add_dataset(db, enc, recs, progress=False)
-    db.attach_encoder(save_encoder(enc, tmp_path / "enc"))
-    db.save(tmp_path / "map")
-    snap = load_snapshot(settings(map_path=[str(tmp_path / "map")], consistency_k=1, top_k=2))
+def test_verification_seam_keeps_geometrically_consistent_closures(street_map):
+    folder, recs, map_dir = street_map
+    snap = load_snapshot(settings(map_path=[str(map_dir)], consistency_k=1, top_k=2))
     geometric = GeometricVerifier(1000, 15)
     with_images = Localizer(snap, verifier=ImageVerifier(geometric, str(folder)))
     without = Localizer(snap, verifier=ImageVerifier(geometric, ""))  # map keyframes have no image to check

@@ -65,6 +65,20 @@ def graph(rclpy_context):
         n.close()
 
 
+def trigger(h, service: str):
+    """A function calling the std_srvs/Trigger `service` from the harness node; returns the response."""
+    from std_srvs.srv import Trigger
+
+    client = h.node.create_client(Trigger, service)
+    assert client.wait_for_service(timeout_sec=10)
+
+    def call():
+        fut = client.call_async(Trigger.Request())
+        assert h.wait_for(fut.done, timeout=20)
+        return fut.result()
+    return call
+
+
 def metres(lat1, lon1, lat2, lon2):
     from geoloc_ros.geodesy import to_utm
 
@@ -246,8 +260,6 @@ def test_flood_at_100hz_still_answers_newest_frame(world, graph):
 
 
 def test_session_map_exclusion_window_and_services(world, graph, tmp_path):
-    from std_srvs.srv import Trigger
-
     start, h = graph
     n = start({"map_path": [""], "encoder_path": world["encoder"], "session_map": True, "session_min_interval_s": 0.5,
                "session_exclusion_window_s": 5.0, "session_map_path": str(tmp_path / "session"),
@@ -272,27 +284,18 @@ def test_session_map_exclusion_window_and_services(world, graph, tmp_path):
         assert best.similarity == pytest.approx(1.0, abs=1e-4)
     assert len(h.data.results["loop_closures"]) >= len(lap2)
 
-    client = h.node.create_client(Trigger, "/geoloc_vpr/save_session_map")
-    assert client.wait_for_service(timeout_sec=10)
-    fut = client.call_async(Trigger.Request())
-    assert h.wait_for(fut.done, timeout=20) and fut.result().success, fut.result().message
+    r = trigger(h, "/geoloc_vpr/save_session_map")()
+    assert r.success, r.message
     saved = MapDatabase.load(tmp_path / "session")
     assert len(saved) == len(n.node.session) >= len(lap1) and saved.encoder_path is not None
 
 
 def test_reload_map_service(world, graph, tmp_path):
-    from std_srvs.srv import Trigger
     from rclpy.parameter import Parameter
 
     start, h = graph
     n = start({"map_path": [world["map"]]})
-    client = h.node.create_client(Trigger, "/geoloc_vpr/reload_map")
-    assert client.wait_for_service(timeout_sec=10)
-
-    def call():
-        fut = client.call_async(Trigger.Request())
-        assert h.wait_for(fut.done, timeout=20)
-        return fut.result()
+    call = trigger(h, "/geoloc_vpr/reload_map")
 
     r = call()
     assert r.success and "40 keyframes" in r.message
@@ -324,23 +327,15 @@ def test_vpr_node_process_autostarts_and_shuts_down_cleanly(world, rclpy_context
     assert "active: listening on /camera/image_raw" in out
 
 
-def test_geometric_verification_with_map_images(shared_data, graph, tmp_path):
+def test_geometric_verification_with_map_images(street_map, graph):
     """Real street photos (~614x480): a map of them with verification_image_dir; replaying the same photos (as
     JPEG) gives verified loop closures with many RANSAC inliers."""
     import cv2
     from sensor_msgs.msg import CompressedImage
 
-    from geoloc_ros.datasets import read_sequence
-
-    folder = shared_data / "toy_streets" / "database"
-    recs = read_sequence(folder, spacing=50.0, origin=(45.0, 7.0))[:6]
-    enc = tiny_encoder()
-    db = new_map_for(enc, "streets")
-    add_dataset(db, enc, recs, progress=False)
-    db.attach_encoder(save_encoder(enc, tmp_path / "enc"))
-    db.save(tmp_path / "map")
+    folder, recs, map_dir = street_map
     start, h = graph
-    n = start({"map_path": [str(tmp_path / "map")], "verification": True, "verification_min_inliers": 15,
+    n = start({"map_path": [str(map_dir)], "verification": True, "verification_min_inliers": 15,
                "verification_image_dir": str(folder), "consistency_k": 1, "top_k": 2})
     assert n.active, n.node.last_error
     assert h.wait_for_subscriber()
@@ -387,18 +382,11 @@ def test_reload_map_refuses_no_map_and_survives_a_bad_manifest(world, graph, tmp
     import shutil
 
     from rclpy.parameter import Parameter
-    from std_srvs.srv import Trigger
 
     start, h = graph
     n = start({"map_path": [world["map"]]})
     assert n.active, n.node.last_error
-    client = h.node.create_client(Trigger, "/geoloc_vpr/reload_map")
-    assert client.wait_for_service(timeout_sec=10)
-
-    def call():
-        fut = client.call_async(Trigger.Request())
-        assert h.wait_for(fut.done, timeout=20)
-        return fut.result()
+    call = trigger(h, "/geoloc_vpr/reload_map")
 
     n.node.set_parameters([Parameter("map_path", value=[""])])
     r = call()
