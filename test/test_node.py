@@ -381,6 +381,8 @@ def test_reload_map_refuses_no_map_and_survives_a_bad_manifest(world, graph, tmp
     import json
     import shutil
 
+    from geoloc_ros.mapping.storage import manifest_bytes
+
     from rclpy.parameter import Parameter
 
     start, h = graph
@@ -395,10 +397,10 @@ def test_reload_map_refuses_no_map_and_survives_a_bad_manifest(world, graph, tmp
     manifest = tmp_path / "map" / "manifest.json"
     m = json.loads(manifest.read_text())
     m["dim"] = "abc"
-    manifest.write_text(json.dumps(m))
+    manifest.write_bytes(manifest_bytes(m))  # checksums redone: only the value is wrong
     n.node.set_parameters([Parameter("map_path", value=[str(tmp_path / "map")])])
     r = call()
-    assert not r.success and r.message, r.message
+    assert not r.success and "abc" in r.message, r.message
     assert [m.name for m in n.node.maps] == ["nordland_test"] and n.node.lifecycle_state == "active"
     n.node.set_parameters([Parameter("map_path", value=[world["map"]])])
     assert call().success
