@@ -1,16 +1,12 @@
 """The node's helpers without a ROS graph: image conversion (every accepted encoding, padded rows, refusals),
-consistency, pose fusion, parameter declarations vs config/vpr.yaml. Real images from ../shared/data."""
-
-import math
+parameter declarations vs config/vpr.yaml (consistency and fusion: test_localizer.py). Real images from
+../shared/data."""
 
 import numpy as np
 import pytest
 import yaml
 
 from geoloc_ros.datasets import read_image
-from geoloc_ros.localization.consistency import ConsistencyFilter
-from geoloc_ros.localization.fusion import UNKNOWN_VARIANCE, covariance6, fuse
-from geoloc_ros.mapping import Keyframe
 from geoloc_ros.node import params
 from geoloc_ros.node.images import FrameError, message_to_rgb
 from geoloc_ros.replay import image_message
@@ -98,38 +94,6 @@ def test_bad_frames_are_refused_with_a_kind(case, kind, frame, shared_data):
     assert e.value.kind == kind
 
 
-def kf(i, x, y, heading=math.nan):
-    return Keyframe(id=i, x=x, y=y, z=0.0, heading=heading)
-
-
-def test_consistency_needs_k_agreeing_frames():
-    f = ConsistencyFilter(k=3, radius_m=25.0)
-    assert not f.update("cam", ("m", kf(1, 0, 0)))
-    assert not f.update("cam", ("m", kf(2, 10, 0)))
-    assert f.update("cam", ("m", kf(3, 20, 0)))
-    assert not f.update("cam", ("m", kf(90, 900, 0)))  # a jump breaks the run
-    assert not f.update("cam", None)
-    assert not f.update("other", ("m", kf(3, 20, 0)))  # cameras are independent
-    f1 = ConsistencyFilter(k=1)
-    assert f1.update("cam", ("m", kf(1, 0, 0)))
-    nopos = ConsistencyFilter(k=2, id_window=2)
-    nopos.update("c", ("m", Keyframe(id=10)))
-    assert nopos.update("c", ("m", Keyframe(id=12))) and not nopos.update("c", ("m", Keyframe(id=20)))
-
-
-def test_fusion_weights_agreeing_candidates_and_floors_covariance():
-    est = fuse([kf(1, 100, 0, 90.0), kf(2, 110, 0, 90.0), kf(3, 5000, 0)], [0.9, 0.9, 0.95],
-               agreement_radius_m=30, floor_m=5, yaw_floor_deg=10)
-    assert est.used == 2 and est.x == pytest.approx(105) and est.heading == pytest.approx(90.0)
-    assert est.var_xy == pytest.approx(25.0)  # spread var (25+0)/2 = 12.5 -> floored at 5^2
-    c = covariance6(est)
-    assert c[0] == c[7] == pytest.approx(25.0) and c[21] == UNKNOWN_VARIANCE
-    assert c[35] == pytest.approx(math.radians(10) ** 2)
-    wide = fuse([kf(1, 0, 0), kf(2, 40, 0)], [0.5, 0.5], agreement_radius_m=50, floor_m=1)
-    assert wide.var_xy == pytest.approx(200.0) and wide.var_yaw == UNKNOWN_VARIANCE
-    assert fuse([Keyframe(id=1)], [0.9]) is None
-
-
 def test_config_file_lists_every_parameter_with_its_default():
     cfg = yaml.safe_load(open(REPO_CONFIG))["/**/geoloc_vpr"]["ros__parameters"]
     assert cfg == params.defaults()
@@ -138,19 +102,3 @@ def test_config_file_lists_every_parameter_with_its_default():
                      "top_k", "min_similarity", "autostart"):
         assert required in names
     assert len(names) == len(set(names))
-
-
-def test_sequence_matcher_finds_the_run_that_single_frames_miss():
-    from geoloc_ros.localization.consistency import SequenceMatcher
-
-    rng = np.random.default_rng(0)
-    places = rng.normal(size=(200, 32)).astype(np.float32)
-    places /= np.linalg.norm(places, axis=1, keepdims=True)
-    seq = SequenceMatcher(window=6, velocities=(1.0,), exclusion_rows=3)
-    assert seq.best("cam", places) is None  # not enough frames yet
-    for t in range(6):  # frames of places 100..105, each noisy enough that single-frame matching is unreliable
-        q = places[100 + t] + rng.normal(scale=0.35, size=32).astype(np.float32)
-        seq.push("cam", q / np.linalg.norm(q))
-    row, score, margin = seq.best("cam", places)
-    assert row == 105 and margin > 1.0
-    assert seq.best("other", places) is None

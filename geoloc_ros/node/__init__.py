@@ -1,3 +1,4 @@
-"""Pieces of the geoloc_vpr node that need no running ROS graph: message <-> array conversion, parameters,
-consistency, geometric verification, pose fusion and diagnostics bookkeeping. Each is small and testable alone;
-geoloc_ros/vpr_node.py wires them to rclpy."""
+"""The ROS side of the geoloc_vpr node that needs no running ROS graph: parameter declarations (params), message
+-> RGB conversion (images), messages <-> the localizer's Frame / FrameResult (messages) and the counters behind
+/diagnostics (diagnostics). The matching itself lives in geoloc_ros/localization; geoloc_ros/vpr_node.py wires
+both to rclpy."""
