@@ -102,10 +102,7 @@ class MapDatabase:
         if descriptors.dtype != np.float32 or descriptors.ndim != 2 or descriptors.shape[1] != dim:
             raise MapError(f"{folder / storage.DESCRIPTORS}: expected float32 (N, {dim}), got {descriptors.dtype} "
                            f"{descriptors.shape}")
-        try:
-            index = faiss.deserialize_index(storage.read_verified(folder, manifest, storage.INDEX))
-        except RuntimeError as e:
-            raise MapError(f"{folder / storage.INDEX}: not a readable FAISS index ({str(e).splitlines()[0]})") from None
+        index = storage.parse_faiss_index(folder / storage.INDEX, storage.read_verified(folder, manifest, storage.INDEX))
         if index.d != dim:
             raise MapError(f"{folder / storage.INDEX}: index dimension {index.d}, the manifest says {dim}")
         count = manifest["count"]

@@ -184,6 +184,26 @@ def _read_into(f, view: memoryview) -> int:
     return done
 
 
+def parse_faiss_index(path: Path, raw: np.ndarray):
+    """A FAISS index held in memory (`raw`, uint8) -> the index, read through a callback in 1 MiB pieces
+    (faiss.deserialize_index would first copy all of `raw` into a std::vector: one more copy of the index at
+    the peak of a load)."""
+    import faiss
+
+    view, pos = memoryview(raw), 0
+
+    def read(n: int) -> bytes:
+        nonlocal pos
+        chunk = view[pos:pos + n].tobytes()
+        pos += len(chunk)
+        return chunk
+
+    try:
+        return faiss.read_index(faiss.PyCallbackIOReader(read))
+    except RuntimeError as e:
+        raise MapError(f"{path}: not a readable FAISS index ({str(e).splitlines()[0]})") from None
+
+
 def parse_npy(path: Path, raw: np.ndarray) -> np.ndarray:
     """A .npy file held in memory (`raw`, uint8) -> its array, a view of `raw` (no second copy)."""
     import io
