@@ -13,8 +13,9 @@ import re
 # outside them. Parameters read at configure time are applied on the next configure (reload_map re-reads maps).
 PARAMETERS = [
     # -- what to load ---------------------------------------------------------------------------------------
-    ("map_path", [""], "Map database directories (geoloc map format); candidates from all of them are merged. "
-     "Empty: run on the session map alone (needs encoder_path).", None),
+    ("map_path", [""], "Map database directories (geoloc map format): one path (-p map_path:=/data/map) or a "
+     "list; candidates from all of them are merged. Empty: run on the session map alone (needs session_map and "
+     "encoder_path).", None),
     ("encoder_path", "", "Encoder checkpoint (file or directory). Empty: the encoder carried by the first map.",
      None),
     ("encoder_backend", "torch", "Inference backend: 'torch', or a backend of geoloc_ros.deploy.open_encoder "
