@@ -226,9 +226,10 @@ def test_map_ids_are_unique_and_kept_across_saves(tmp_path, shared_data, encoder
 
 
 def test_safe_output_dir_refuses_foreign_files(tmp_path):
-    own = ("stage1.pt", "stage2.pt", "encoder.safetensors", "config.json")
+    own = storage.TRAINING_OUTPUTS
     run = storage.safe_output_dir(tmp_path / "run", own)
     (run / "stage1.pt").write_bytes(b"1")
+    (run / "stage2.pt.tmp").write_bytes(b"2")  # a save of ours cut short
     assert storage.safe_output_dir(run, own) == run  # a previous run's own files: fine
     home = tmp_path / "home"
     before = foreign_folder(home)

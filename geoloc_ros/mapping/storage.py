@@ -18,16 +18,15 @@ import ctypes
 import ctypes.util
 import hashlib
 import json
-import math
 import os
 from pathlib import Path
 import shutil
-import sqlite3
 import tempfile
 
 import numpy as np
 
-from geoloc_ros.mapping.keyframe import FLOAT_FIELDS, KEYFRAME_FIELDS
+from geoloc_ros.mapping.errors import MapError
+from geoloc_ros.mapping.keyframe_table import read_keyframes, write_keyframes  # noqa: F401 - storage's API
 
 FORMAT = "geoloc_ros.map"
 FORMAT_VERSION = 1
@@ -37,10 +36,6 @@ DESCRIPTORS = "descriptors.npy"
 INDEX = "index.faiss"
 ENCODER = "encoder.safetensors"
 _SELF_CHECKSUM = "manifest_sha256"
-
-
-class MapError(ValueError):
-    """A map that cannot be used; the message names the file and the reason."""
 
 
 # -- targets: never write over what is not ours -------------------------------------------------------------
@@ -73,15 +68,22 @@ def refuse_foreign_target(path) -> Path:
     return target
 
 
+# What `geoloc train` writes into its --run-dir (geoloc_ros/model/training.py, cli/train.py)
+TRAINING_OUTPUTS = ("stage1.pt", "stage2.pt", "encoder.safetensors", "encoder_last.safetensors",
+                    "encoder.tmp.safetensors", "config.json")
+
+
 def safe_output_dir(path, own_names) -> Path:
     """An output folder for a writer that puts files named `own_names` into it (training: stage1.pt, ...).
     Created when absent; an existing one must hold nothing but such files (a previous run's), else MapError
-    names the foreign entries. Files are never deleted here. Returns the path."""
+    names the foreign entries. Files are never deleted here. Returns the path. For `geoloc train --run-dir`:
+    safe_output_dir(run_dir, TRAINING_OUTPUTS)."""
     folder = Path(path).expanduser()
     if folder.exists() and not folder.is_dir():
         raise MapError(f"{folder}: exists and is not a directory")
+    own = set(own_names) | {f"{n}.tmp" for n in own_names}  # NAME.tmp: an atomic write of ours cut short
     if folder.is_dir():
-        foreign = sorted(e.name for e in folder.iterdir() if e.name not in set(own_names))
+        foreign = sorted(e.name for e in folder.iterdir() if e.name not in own)
         if foreign:
             shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
             raise MapError(f"{folder}: holds files this writer did not write ({shown}); refusing to write into it. "
@@ -227,75 +229,6 @@ def describe_files(folder: Path) -> dict:
     """Size and sha256 of the map's own files (extras such as a README are not part of the map)."""
     return {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
             for p in sorted(folder.iterdir()) if p.is_file() and p.name in MAP_FILES and p.name != MANIFEST}
-
-
-# -- keyframe metadata in SQLite --------------------------------------------------------------------------------
-
-_SQL_TYPES = {"id": "INTEGER PRIMARY KEY", "label": "TEXT NOT NULL", "stamp_ns": "INTEGER NOT NULL",
-              "source": "TEXT NOT NULL", "synthetic": "INTEGER NOT NULL"}
-
-
-def write_keyframes(path: Path, columns: dict) -> None:
-    """`columns`: name -> sequence (all KEYFRAME_FIELDS), in row order. NaN is stored as NULL (SQLite has no NaN)."""
-    cols = ("row",) + KEYFRAME_FIELDS
-    schema = ", ".join(f"{c} {_SQL_TYPES.get(c, 'REAL') if c != 'row' else 'INTEGER NOT NULL UNIQUE'}" for c in cols)
-    n = len(columns["id"])
-    con = sqlite3.connect(str(path))
-    try:
-        con.execute("PRAGMA journal_mode=OFF")  # the file lives in a temporary directory until it is complete
-        con.execute(f"CREATE TABLE keyframes ({schema})")
-
-        def rows():
-            as_py = {c: (columns[c].tolist() if hasattr(columns[c], "tolist") else list(columns[c]))
-                     for c in KEYFRAME_FIELDS}
-            for r in range(n):
-                yield (r,) + tuple(_to_sql(c, as_py[c][r]) for c in KEYFRAME_FIELDS)
-
-        con.executemany(f"INSERT INTO keyframes VALUES ({', '.join('?' * len(cols))})", rows())
-        con.commit()
-    finally:
-        con.close()
-
-
-def _to_sql(column, value):
-    if column in FLOAT_FIELDS:
-        return None if value is None or math.isnan(value) else float(value)
-    if column == "synthetic":
-        return int(bool(value))
-    return value
-
-
-def read_keyframes(path: Path, data=None) -> dict:
-    """name -> numpy column (floats with NaN for NULL; label/source as object arrays), in row order. `data`: the
-    file's bytes already read (and verified), parsed in memory instead of reading `path` again."""
-    if data is None:
-        con = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
-    else:
-        con = sqlite3.connect(":memory:")
-    try:
-        if data is not None:
-            con.deserialize(bytes(data))
-        cur = con.execute(f"SELECT row, {', '.join(KEYFRAME_FIELDS)} FROM keyframes ORDER BY row")
-        data = cur.fetchall()
-    except sqlite3.DatabaseError as e:
-        raise MapError(f"{path}: not a readable keyframe database ({e})") from None
-    finally:
-        con.close()
-    rows = np.array([r[0] for r in data], dtype=np.int64)
-    if not np.array_equal(rows, np.arange(len(rows))):
-        raise MapError(f"{path}: keyframe rows are not 0..N-1")
-    cols = {}
-    for j, name in enumerate(KEYFRAME_FIELDS, start=1):
-        values = [r[j] for r in data]
-        if name in FLOAT_FIELDS:
-            cols[name] = np.array([math.nan if v is None else v for v in values], dtype=np.float64)
-        elif name in ("id", "stamp_ns"):
-            cols[name] = np.array(values, dtype=np.int64)
-        elif name == "synthetic":
-            cols[name] = np.array(values, dtype=bool)
-        else:
-            cols[name] = np.array(values, dtype=object)
-    return cols
 
 
 # -- atomic directory replacement -------------------------------------------------------------------------------
