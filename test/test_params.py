@@ -33,7 +33,7 @@ BAD_AT_STARTUP = [
     ("encoder_backend:=tensorrt", r"encoder_backend: 'tensorrt' is not one of torch"),
     ("max_image_pixels:=0", r"max_image_pixels.*out of range"),
     ("mono16_max:=70000", r"mono16_max.*out of range"),
-    ("map_path:=['']", r"map_path \[''\] names no map"),
+    ("map_path:=['']", r"no encoder: map_path \[''\] names no map"),
     ("map_path:=[1, 2]", r"map_path: expected a string or a list of strings"),
 ]
 
@@ -51,6 +51,14 @@ def test_map_path_takes_a_string_or_a_list(rclpy_context):
     assert one.map_path == ["/data/map"] and one.maps == ["/data/map"]
     two = params.read(node_with(rclpy_context, "map_path:=[/siteA/map, /siteB/map]", name="two"))
     assert two.maps == ["/siteA/map", "/siteB/map"]
+
+
+def test_an_empty_map_path_needs_a_session_map(rclpy_context):
+    node = node_with(rclpy_context, "map_path:=['']", "encoder_path:=/some/encoder.safetensors")
+    with pytest.raises(params.ParameterError, match=r"names no map and session_map is false"):
+        params.read(node)
+    assert node.set_parameters([Parameter("session_map", value=True)])[0].successful
+    assert params.read(node).maps == []
 
 
 def test_defaults_and_new_parameters(rclpy_context):

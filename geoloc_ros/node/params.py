@@ -272,11 +272,12 @@ def read(node) -> Settings:
     settings = Settings(**values)
     if not settings.image_topics:
         raise ParameterError("image_topics is empty: nothing to listen to")
+    if not settings.maps and not settings.encoder_path:
+        raise ParameterError(f"no encoder: map_path {settings.map_path!r} names no map, so encoder_path must name "
+                             f"the encoder")
     if not settings.maps and not settings.session_map:
         raise ParameterError(f"map_path {settings.map_path!r} names no map and session_map is false: nothing to "
                              f"localise against")
-    if not settings.maps and not settings.encoder_path:
-        raise ParameterError(f"map_path {settings.map_path!r} names no map, so encoder_path must name the encoder")
     return settings
 
 
