@@ -34,7 +34,8 @@ def add_parser(sub):
     b.add_argument("--rerank", type=int, default=0, help="re-score this many index candidates exactly with the "
                                                         "stored descriptors (for PQ indexes; default 0 = off)")
     b.add_argument("--no-encoder-copy", action="store_true", help="do not carry the encoder checkpoint in the map")
-    b.add_argument("--force", action="store_true", help="replace an existing map at --out")
+    b.add_argument("--force", action="store_true", help="replace an existing map at --out (only a map: any other "
+                                                        "non-empty directory is refused)")
     _encode_args(b)
     b.set_defaults(func=run_build)
 
@@ -42,7 +43,7 @@ def add_parser(sub):
     a.add_argument("map")
     a.add_argument("--encoder", help="encoder checkpoint (default: the one the map carries)")
     _source_args(a)
-    a.add_argument("--out", help="write the result here instead of over MAP")
+    a.add_argument("--out", help="write the result here instead of over MAP (new, empty, or a map)")
     _encode_args(a)
     a.set_defaults(func=run_add)
 
@@ -51,7 +52,8 @@ def add_parser(sub):
     m.add_argument("--out", required=True)
     m.add_argument("--name")
     m.add_argument("--index", help="index factory of the result (default: the first map's)")
-    m.add_argument("--force", action="store_true", help="replace an existing map at --out")
+    m.add_argument("--force", action="store_true", help="replace an existing map at --out (only a map: any other "
+                                                        "non-empty directory is refused)")
     m.set_defaults(func=run_merge)
 
     i = msub.add_parser("info", help="verify a map and describe it")
@@ -104,6 +106,8 @@ def _source_args(p):
 
 
 def _encode_args(p):
+    p.add_argument("--strict", action="store_true", help="write nothing and exit 1 when any image or frame is "
+                                                         "unreadable (default: skip them, count and list them)")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--device", default="auto", help="auto (GPU when present), cuda, cpu")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -131,17 +135,41 @@ def _load_images(args):
 
 
 def _add_source(db, encoder, args):
+    """Encode the images or bag of `args` into `db`; returns the ids added. Unreadable files or frames are
+    skipped, counted and listed on stderr (--strict: nothing is written and the command exits 1)."""
     from geoloc_ros.mapping.builders import add_bag, add_dataset
 
     if bool(args.images) == bool(args.bag):
         _fail("give exactly one of --images and --bag")
-    opts = {"batch_size": args.batch_size, "progress": not args.quiet}
+    unreadable = []
+    opts = {"batch_size": args.batch_size, "progress": not args.quiet, "unreadable": unreadable}
     if args.images:
-        return add_dataset(db, encoder, _load_images(args), source=Path(args.images).name, **opts)
-    if not args.image_topic:
-        _fail("--bag needs --image-topic")
-    return add_bag(db, encoder, args.bag, args.image_topic, args.fix_topic, args.odom_topic, args.every_metres,
-                   args.every_seconds, **opts)
+        ids = add_dataset(db, encoder, _load_images(args), source=Path(args.images).name, **opts)
+    else:
+        if not args.image_topic:
+            _fail("--bag needs --image-topic")
+        ids = add_bag(db, encoder, args.bag, args.image_topic, args.fix_topic, args.odom_topic, args.every_metres,
+                      args.every_seconds, **opts)
+    if unreadable:
+        print(f"geoloc map: skipped {len(unreadable)} unreadable image(s):", file=sys.stderr)
+        for reason in unreadable[:20]:
+            print(f"  {reason}", file=sys.stderr)
+        if len(unreadable) > 20:
+            print(f"  ... and {len(unreadable) - 20} more", file=sys.stderr)
+        if args.strict:
+            _fail(f"--strict: {len(unreadable)} unreadable image(s); nothing written")
+    return ids
+
+
+def _check_target(out) -> Path:
+    """Refuse, before any work, an output that is not absent, empty or a map of ours (it is never replaced)."""
+    from geoloc_ros.mapping import MapError
+    from geoloc_ros.mapping.storage import refuse_foreign_target
+
+    try:
+        return refuse_foreign_target(out)
+    except MapError as e:
+        _fail(str(e))
 
 
 def _load_encoder(path, device):
@@ -187,6 +215,7 @@ def run_build(args):
     out = Path(args.out)
     if out.exists() and not args.force:
         _fail(f"{out} exists; pass --force to replace it (atomically: it stays intact until the new map is complete)")
+    out = _check_target(out)
     encoder = _load_encoder(args.encoder, args.device)
     try:
         db = new_map_for(encoder, args.name or out.name, args.index, args.search_params, args.rerank)
@@ -205,10 +234,18 @@ def run_build(args):
 def run_add(args):
     from geoloc_ros.mapping import MapError
 
+    if args.out:
+        _check_target(args.out)
     db, encoder = _load_map_and_encoder(args)
     before = len(db)
+    if args.out and Path(args.out).resolve() != Path(args.map).resolve():
+        from geoloc_ros.mapping.schema import new_map_id
+
+        db.map_id = new_map_id()  # a copy that goes its own way: two directories never share an id
     try:
         ids = _add_source(db, encoder, args)
+        if not ids:
+            _fail("no keyframes added: nothing written")
         db.save(args.out or args.map)
     except MapError as e:
         _fail(str(e))
@@ -222,6 +259,7 @@ def run_merge(args):
     out = Path(args.out)
     if out.exists() and not args.force:
         _fail(f"{out} exists; pass --force to replace it")
+    out = _check_target(out)
     maps = [_load_map(p) for p in args.maps]
     try:
         merged = merge_maps(maps, name=args.name or out.name, index_factory=args.index)
@@ -257,7 +295,8 @@ def run_info(args):
         print("map frame  none (no geotags)")
     known = ~(_isnan(x) | _isnan(y))
     if known.any():
-        print(f"extent     x {x[known].min():.1f}..{x[known].max():.1f} m, y {y[known].min():.1f}..{y[known].max():.1f} m")
+        print(f"extent     x {x[known].min():.1f}..{x[known].max():.1f} m, "
+              f"y {y[known].min():.1f}..{y[known].max():.1f} m")
     if len(stamps) and (stamps > 0).any():
         s = stamps[stamps > 0]
         print(f"stamps     {s.min() / 1e9:.3f}..{s.max() / 1e9:.3f} s")

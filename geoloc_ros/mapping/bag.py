@@ -97,6 +97,7 @@ class BagKeyframes:
         self.image_topic, self.fix_topic, self.odom_topic = image_topic, fix_topic, odom_topic
         self.every_metres, self.every_seconds = every_metres, every_seconds
         self.skipped = 0
+        self.unreadable: list[str] = []  # frames that could not be decoded, with the reason (filled while iterating)
         self._reader_cls = AnyReader
         with self._open() as reader:
             self._image_conns = self._connections(reader, image_topic, IMAGE_TYPES)
@@ -195,7 +196,7 @@ class BagKeyframes:
         return self.count
 
     def __iter__(self):
-        from rosbags.image import message_to_cvimage
+        from geoloc_ros.node.images import message_to_rgb
 
         wanted = {t for t, _ in self._selected}
         stamps = dict(self._selected)
@@ -206,12 +207,11 @@ class BagKeyframes:
                 if t not in wanted:
                     continue
                 wanted.discard(t)
-                msg = reader.deserialize(raw, conn.msgtype)
                 try:
-                    image = message_to_cvimage(msg, "rgb8")
-                except Exception as e:  # noqa: BLE001 - rosbags-image raises several types
-                    raise MapError(f"{self.bag}: image at {t} ns on {self.image_topic!r} cannot be converted "
-                                   f"({e})") from None
+                    image = message_to_rgb(reader.deserialize(raw, conn.msgtype))
+                except Exception as e:  # noqa: BLE001 - a bad frame is skipped and counted, not fatal
+                    self.unreadable.append(f"{self.bag}: image at {t} ns on {self.image_topic!r}: {e}")
+                    continue
                 yield self.keyframe(stamps[t]), image
 
 
@@ -234,7 +234,8 @@ def write_image_bag(path, frames, image_topic="/camera/image_raw", fix_topic="/g
     ts = _typestore()
     T = ts.types
     Time, Header = T["builtin_interfaces/msg/Time"], T["std_msgs/msg/Header"]
-    Image, NavSatFix, NavSatStatus = T["sensor_msgs/msg/Image"], T["sensor_msgs/msg/NavSatFix"], T["sensor_msgs/msg/NavSatStatus"]
+    Image, NavSatFix = T["sensor_msgs/msg/Image"], T["sensor_msgs/msg/NavSatFix"]
+    NavSatStatus = T["sensor_msgs/msg/NavSatStatus"]
     path = Path(path)
     if path.suffix in (".mcap", ".db3"):
         import shutil

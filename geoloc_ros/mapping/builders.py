@@ -10,12 +10,16 @@ from tqdm import tqdm
 
 from geoloc_ros.mapping.database import MapDatabase
 from geoloc_ros.mapping.keyframe import Keyframe, keyframe_from_geoimage
+from geoloc_ros.mapping.storage import MapError
 
 
 def encode_into(db: MapDatabase, encoder, items: Iterable[tuple[Keyframe, object]], batch_size: int = 64,
-                total: int | None = None, desc: str = "encoding", progress: bool = True) -> list[int]:
+                total: int | None = None, desc: str = "encoding", progress: bool = True,
+                unreadable: list | None = None) -> list[int]:
     """Encode each (keyframe, image) pair, where the image is an HxWx3 uint8 RGB array or an image file path,
-    in batches of `batch_size`, and add them to `db`. Returns the ids added."""
+    in batches of `batch_size`, and add them to `db`. Returns the ids added. An image file that cannot be read
+    (corrupt, zero bytes) is skipped and its reason appended to `unreadable`; without that list it raises
+    MapError, before anything of this call is added."""
     from geoloc_ros.datasets import read_image
 
     ids, keyframes, images = [], [], []
@@ -27,8 +31,16 @@ def encode_into(db: MapDatabase, encoder, items: Iterable[tuple[Keyframe, object
             images.clear()
 
     for keyframe, image in tqdm(items, total=total, desc=desc, unit="img", disable=not progress, mininterval=1.0):
+        if isinstance(image, (str, Path)):
+            try:
+                image = read_image(image)
+            except (OSError, ValueError) as e:  # read_image names the file
+                if unreadable is None:
+                    raise MapError(str(e)) from None
+                unreadable.append(str(e))
+                continue
         keyframes.append(keyframe)
-        images.append(read_image(image) if isinstance(image, (str, Path)) else np.asarray(image))
+        images.append(np.asarray(image))
         if len(keyframes) >= batch_size:
             flush()
     flush()
@@ -48,7 +60,12 @@ def add_bag(db: MapDatabase, encoder, bag, image_topic: str, fix_topic: str | No
     from geoloc_ros.mapping.bag import bag_keyframes
 
     frames = bag_keyframes(bag, image_topic, fix_topic, odom_topic, every_metres, every_seconds)
-    return encode_into(db, encoder, frames, total=frames.count, desc=f"encoding {Path(bag).name}", **options)
+    ids = encode_into(db, encoder, frames, total=frames.count, desc=f"encoding {Path(bag).name}", **options)
+    if frames.unreadable and options.get("unreadable") is None:
+        raise MapError(frames.unreadable[0])
+    if frames.unreadable:
+        options["unreadable"].extend(frames.unreadable)
+    return ids
 
 
 def new_map_for(encoder, name: str, index_factory: str = "Flat", search_params: str | None = None,

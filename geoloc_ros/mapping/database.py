@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import asdict
 import datetime as _dt
-import json
 import math
 from pathlib import Path
 import shutil
@@ -18,8 +17,10 @@ import faiss
 import numpy as np
 
 from geoloc_ros.geodesy import MapFrame, to_utm
-from geoloc_ros.mapping import storage
+from geoloc_ros.mapping import schema, storage
+from geoloc_ros.mapping.fingerprint import carried_encoder, check_encoder, read_encoder_fingerprint
 from geoloc_ros.mapping.keyframe import FLOAT_FIELDS, KEYFRAME_FIELDS, Keyframe, Match
+from geoloc_ros.mapping.rows import Growable, as_matrix, column_dtype, normalised, rerank_exact
 from geoloc_ros.mapping.storage import MapError
 
 # A radius-filtered search scores the keyframes inside the radius exactly (faiss.knn over their stored
@@ -37,31 +38,6 @@ def default_search_params(index_factory: str) -> str:
     return ",".join(params)
 
 
-class _Growable:
-    """A numpy array that grows by doubling, so that adding one keyframe at a time stays cheap."""
-
-    def __init__(self, dtype, width: int | None = None, data=None):
-        self.width = width
-        shape = (0,) if width is None else (0, width)
-        self._buf = np.empty(shape, dtype=dtype) if data is None else data
-        self.n = len(self._buf)
-
-    def extend(self, values):
-        values = np.asarray(values, dtype=self._buf.dtype)
-        need = self.n + len(values)
-        if need > len(self._buf) or not self._buf.flags.writeable:
-            cap = max(need, 2 * len(self._buf), 16)
-            buf = np.empty((cap,) + self._buf.shape[1:], dtype=self._buf.dtype)
-            buf[:self.n] = self._buf[:self.n]
-            self._buf = buf
-        self._buf[self.n:need] = values
-        self.n = need
-
-    @property
-    def array(self) -> np.ndarray:
-        return self._buf[:self.n]
-
-
 class MapDatabase:
     """A map of keyframes. Create with `create`, open with `load`, fill with `add`, query with `search`."""
 
@@ -75,14 +51,15 @@ class MapDatabase:
         self.index_factory = index_factory
         self.search_params = default_search_params(index_factory) if search_params is None else search_params
         self.created = created or _now()
+        self.map_id = schema.new_map_id()  # `load` sets the stored one: a map keeps its id across saves
         # rerank > 0: the index proposes that many candidates and the stored (memory-mapped) descriptors score them
         # exactly, so compressed indexes (PQ) keep little in memory yet rank like exact search.
         self.rerank = int(rerank)
         self._index = index if index is not None else self._new_index()
         self._apply_search_params()
         cols = columns or {}
-        self._cols = {f: _Growable(_column_dtype(f), data=cols.get(f)) for f in KEYFRAME_FIELDS}
-        self._desc = _Growable(np.float32, self.dim, descriptors)
+        self._cols = {f: Growable(column_dtype(f), data=cols.get(f)) for f in KEYFRAME_FIELDS}
+        self._desc = Growable(np.float32, self.dim, descriptors)
         self._encoder_path = Path(encoder_path) if encoder_path else None
         self._id_order = None  # argsort of ids, rebuilt lazily after adds
         if self._index.ntotal != len(self) or self._desc.n != len(self):
@@ -101,47 +78,44 @@ class MapDatabase:
 
     @classmethod
     def load(cls, path, encoder=None) -> "MapDatabase":
-        """Open the map directory `path`, verifying the manifest, every file's size and sha256, and (when `encoder`
-        is given) that its dimension and fingerprint are those the map was built with. Raises MapError."""
+        """Open the map directory `path`, verifying the manifest (every field's type), every file's size and
+        sha256, and (when `encoder` is given) that its dimension and fingerprint are those the map was built with.
+        Descriptors, index and keyframes are read into memory once each and parsed from the verified bytes.
+        Raises MapError."""
         folder = Path(path)
         manifest = storage.read_manifest(folder)
-        storage.verify_files(folder, manifest)
-        dim, fingerprint = int(manifest["dim"]), manifest["encoder_fingerprint"]
+        schema.check_manifest(folder, manifest)
+        dim, fingerprint = manifest["dim"], manifest["encoder_fingerprint"]
         if encoder is not None:
             check_encoder(folder, dim, fingerprint, encoder)
         files = manifest["files"]
         for required in (storage.KEYFRAMES, storage.DESCRIPTORS, storage.INDEX):
             if required not in files:
                 raise MapError(f"{folder / required}: missing from the manifest")
-        encoder_path = None
-        if storage.ENCODER in files:
-            encoder_path = folder / storage.ENCODER
-            carried = read_encoder_fingerprint(encoder_path)
-            if carried != fingerprint:
-                raise MapError(f"{encoder_path}: the carried encoder's fingerprint {carried[:12]}... is not the map's "
-                               f"{fingerprint[:12]}...")
-        columns = storage.read_keyframes(folder / storage.KEYFRAMES)
-        try:
-            descriptors = np.load(folder / storage.DESCRIPTORS, mmap_mode="r", allow_pickle=False)
-        except ValueError as e:
-            raise MapError(f"{folder / storage.DESCRIPTORS}: not a readable .npy array ({e})") from None
+        parts = (storage.KEYFRAMES, storage.DESCRIPTORS, storage.INDEX)
+        storage.verify_files(folder, manifest, skip=parts)
+        encoder_path = carried_encoder(folder, files, fingerprint)
+        columns = storage.read_keyframes(folder / storage.KEYFRAMES,
+                                         storage.read_verified(folder, manifest, storage.KEYFRAMES))
+        descriptors = storage.parse_npy(folder / storage.DESCRIPTORS,
+                                        storage.read_verified(folder, manifest, storage.DESCRIPTORS))
         if descriptors.dtype != np.float32 or descriptors.ndim != 2 or descriptors.shape[1] != dim:
             raise MapError(f"{folder / storage.DESCRIPTORS}: expected float32 (N, {dim}), got {descriptors.dtype} "
                            f"{descriptors.shape}")
-        try:
-            index = faiss.read_index(str(folder / storage.INDEX))
-        except RuntimeError as e:
-            raise MapError(f"{folder / storage.INDEX}: not a readable FAISS index ({str(e).splitlines()[0]})") from None
+        index = storage.parse_faiss_index(folder / storage.INDEX,
+                                          storage.read_verified(folder, manifest, storage.INDEX))
         if index.d != dim:
             raise MapError(f"{folder / storage.INDEX}: index dimension {index.d}, the manifest says {dim}")
-        count = int(manifest["count"])
+        count = manifest["count"]
         if not (len(columns["id"]) == len(descriptors) == index.ntotal == count):
             raise MapError(f"{folder}: counts disagree (manifest {count}, keyframes {len(columns['id'])}, "
                            f"descriptors {len(descriptors)}, index {index.ntotal})")
         frame = MapFrame(**manifest["frame"]) if manifest.get("frame") else None
-        return cls(manifest["name"], dim, fingerprint, frame, manifest["index_factory"],
-                   manifest.get("search_params"), index, columns, descriptors, encoder_path, manifest.get("created"),
-                   int(manifest.get("rerank", 0)))
+        db = cls(manifest["name"], dim, fingerprint, frame, manifest["index_factory"],
+                 manifest.get("search_params"), index, columns, descriptors, encoder_path, manifest.get("created"),
+                 manifest.get("rerank", 0))
+        db.map_id = schema.map_id_of(folder, manifest)
+        return db
 
     # -- identity --------------------------------------------------------------------------------------------
     def __len__(self) -> int:
@@ -216,12 +190,12 @@ class MapDatabase:
         lat/lon/alt; the first geotagged keyframe of a map without a frame sets its origin. Keyframes with only a
         map-frame position get lat/lon from it when the map has a frame. Returns the ids."""
         keyframes = list(keyframes)
-        x = _as_matrix(descriptors, self.dim, "descriptors")
+        x = as_matrix(descriptors, self.dim, "descriptors")
         if len(x) != len(keyframes):
             raise MapError(f"{len(x)} descriptors for {len(keyframes)} keyframes")
         if not keyframes:
             return []
-        x = _normalised(x)
+        x = normalised(x)
         keyframes = self._place(keyframes)
         ids = self._assign_ids(keyframes)
         self._ensure_trained(x)
@@ -249,7 +223,8 @@ class MapDatabase:
         """Fill in the coordinate fields the map derives (UTM, map-frame pose, lat/lon) and set the frame."""
         geo = [k for k in keyframes if k.has_geotag]
         if geo and self.frame is None:
-            has_local = np.isfinite(self.column("x")).any() or any(k.has_position for k in keyframes if not k.has_geotag)
+            has_local = np.isfinite(self.column("x")).any() or \
+                any(k.has_position for k in keyframes if not k.has_geotag)
             if has_local:
                 raise MapError(f"map {self.name!r} holds positions without geotags (no map frame); cannot add "
                                f"geotagged keyframes to it")
@@ -288,14 +263,15 @@ class MapDatabase:
             self._index.train(x)
         except RuntimeError as e:
             raise MapError(f"index {self.index_factory!r} cannot be trained on {len(x)} descriptors "
-                           f"({str(e).splitlines()[0]}); use 'Flat' for small maps or add more keyframes at once") from None
+                           f"({str(e).splitlines()[0]}); use 'Flat' for small maps or add more keyframes at "
+                           f"once") from None
         self._apply_search_params()
 
     # -- search ----------------------------------------------------------------------------------------------
     def search(self, descriptors, k: int, near=None) -> list[list[Match]]:
         """For each query row, up to `k` matches, best (highest similarity) first. `near=(x, y, radius_m)` keeps
         only keyframes within that radius of (x, y) in the map frame."""
-        q = _normalised(_as_matrix(descriptors, self.dim, "query descriptors"))
+        q = normalised(as_matrix(descriptors, self.dim, "query descriptors"))
         k = int(k)
         if k <= 0 or len(self) == 0 or len(q) == 0:
             return [[] for _ in range(len(q))]
@@ -334,7 +310,7 @@ class MapDatabase:
         """Write the map to the directory `path` atomically (temporary sibling directory, fsync, rename): an
         interrupted save leaves the previous map at `path` untouched. Other entries of an existing `path` (a
         README, a recording) are kept. Returns `path`."""
-        target = Path(path)
+        target = storage.refuse_foreign_target(path)
         tmp = storage.temporary_sibling(target)
         try:
             self._write(tmp)
@@ -362,6 +338,7 @@ class MapDatabase:
             "format": storage.FORMAT,
             "format_version": storage.FORMAT_VERSION,
             "name": self.name,
+            "map_id": self.map_id,
             "created": self.created,
             "count": len(self),
             "synthetic_positions": int(synthetic.sum()),
@@ -397,74 +374,9 @@ class MapDatabase:
         other = MapDatabase.create(name or self.name, self.dim, self.fingerprint, self.frame, index_factory,
                                    search_params, self.rerank)
         other._encoder_path = self._encoder_path
+        other.map_id = self.map_id  # the same keyframes, only indexed differently
         other.add(self.descriptors, list(self.keyframes()))
         return other
-
-
-def rerank_exact(q: np.ndarray, candidates: np.ndarray, descriptors: np.ndarray, k: int):
-    """Re-score each query's candidate rows (-1 = none) exactly against `descriptors` (possibly memory-mapped);
-    returns (similarities, rows) of the best k, padded with (-inf, -1) as FAISS does."""
-    sims = np.full((len(q), k), -np.inf, dtype=np.float32)
-    rows = np.full((len(q), k), -1, dtype=np.int64)
-    for i, cand in enumerate(candidates):
-        cand = np.unique(cand[cand >= 0])  # sorted: sequential reads from a memory-mapped file
-        if len(cand) == 0:
-            continue
-        kk = min(k, len(cand))
-        s, local = faiss.knn(q[i:i + 1], np.ascontiguousarray(descriptors[cand]), kk, metric=faiss.METRIC_INNER_PRODUCT)
-        sims[i, :kk], rows[i, :kk] = s[0], cand[local[0]]
-    return sims, rows
-
-
-def check_encoder(folder, dim: int, fingerprint: str, encoder) -> None:
-    """Refuse an encoder whose descriptors do not belong in this map."""
-    if int(encoder.dim) != dim:
-        raise MapError(f"{folder}: map descriptors have dimension {dim}, the encoder produces {encoder.dim}; "
-                       f"rebuild the map with this encoder")
-    if encoder.fingerprint != fingerprint:
-        raise MapError(f"{folder}: map was built with encoder fingerprint {fingerprint[:12]}..., the given encoder's is "
-                       f"{encoder.fingerprint[:12]}... (different weights or preprocessing); rebuild the map with "
-                       f"this encoder")
-
-
-def read_encoder_fingerprint(path) -> str:
-    """The fingerprint in an encoder.safetensors header, read without loading weights (or torch)."""
-    path = Path(path)
-    try:
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            if not 0 < n < 100_000_000:
-                raise ValueError("bad header length")
-            meta = json.loads(f.read(n)).get("__metadata__", {})
-        return meta["fingerprint"]
-    except (OSError, ValueError, KeyError) as e:
-        raise MapError(f"{path}: not an encoder checkpoint with a fingerprint ({e})") from None
-
-
-def _column_dtype(field: str):
-    if field in FLOAT_FIELDS:
-        return np.float64
-    if field in ("id", "stamp_ns"):
-        return np.int64
-    if field == "synthetic":
-        return bool
-    return object
-
-
-def _as_matrix(x, dim: int, what: str) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    if x.ndim == 1:
-        x = x[None, :]
-    if x.ndim != 2 or x.shape[1] != dim:
-        raise MapError(f"{what}: expected shape (N, {dim}), got {x.shape}")
-    return x
-
-
-def _normalised(x: np.ndarray) -> np.ndarray:
-    x = np.array(x, dtype=np.float32, order="C", copy=True)
-    if len(x):
-        faiss.normalize_L2(x)
-    return x
 
 
 def _now() -> str:

@@ -14,7 +14,8 @@ def merge_maps(maps: list[MapDatabase], name: str, index_factory: str | None = N
     for m in maps[1:]:
         if m.dim != first.dim or m.fingerprint != first.fingerprint:
             raise MapError(f"map {m.name!r} was built with another encoder (dim {m.dim}, fingerprint "
-                           f"{m.fingerprint[:12]}...) than {first.name!r} (dim {first.dim}, {first.fingerprint[:12]}...)")
+                           f"{m.fingerprint[:12]}...) "
+                           f"than {first.name!r} (dim {first.dim}, {first.fingerprint[:12]}...)")
     geo = [m for m in maps if m.frame is not None]
     local = [m for m in maps if m.frame is None and (m.positions() == m.positions()).any()]
     if geo and local:

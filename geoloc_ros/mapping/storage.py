@@ -18,16 +18,15 @@ import ctypes
 import ctypes.util
 import hashlib
 import json
-import math
 import os
 from pathlib import Path
 import shutil
-import sqlite3
 import tempfile
 
 import numpy as np
 
-from geoloc_ros.mapping.keyframe import FLOAT_FIELDS, KEYFRAME_FIELDS
+from geoloc_ros.mapping.errors import MapError
+from geoloc_ros.mapping.keyframe_table import read_keyframes, write_keyframes  # noqa: F401 - storage's API
 
 FORMAT = "geoloc_ros.map"
 FORMAT_VERSION = 1
@@ -39,8 +38,58 @@ ENCODER = "encoder.safetensors"
 _SELF_CHECKSUM = "manifest_sha256"
 
 
-class MapError(ValueError):
-    """A map that cannot be used; the message names the file and the reason."""
+# -- targets: never write over what is not ours -------------------------------------------------------------
+
+def is_map_of_ours(folder: Path) -> bool:
+    """True when `folder` holds a manifest.json of this format (a map we wrote, intact or not)."""
+    try:
+        manifest = json.loads((Path(folder) / MANIFEST).read_bytes().decode("utf-8"))
+    except (OSError, UnicodeDecodeError, ValueError):
+        return False
+    return isinstance(manifest, dict) and manifest.get("format") == FORMAT
+
+
+def refuse_foreign_target(path) -> Path:
+    """A map writer's target must be absent, an empty directory, or a map of ours; anything else (a home
+    directory, a repository, a file) is refused with MapError naming it and a few of its entries, so that the
+    atomic replace of a save never swaps away files it did not write. Returns the path."""
+    target = Path(path).expanduser()
+    if not target.exists() and not target.is_symlink():
+        return target
+    if not target.is_dir():
+        raise MapError(f"{target}: exists and is not a directory; not writing a map over it")
+    if is_map_of_ours(target):
+        return target
+    entries = sorted(e.name for e in target.iterdir())
+    if entries:
+        shown = ", ".join(entries[:5]) + (", ..." if len(entries) > 5 else "")
+        raise MapError(f"{target}: not a geoloc_ros map (no {MANIFEST} of ours) and not empty ({shown}); refusing "
+                       f"to write a map over it. Choose a new or empty directory")
+    return target
+
+
+# What `geoloc train` writes into its --run-dir (geoloc_ros/model/training.py, cli/train.py)
+TRAINING_OUTPUTS = ("stage1.pt", "stage2.pt", "encoder.safetensors", "encoder_last.safetensors",
+                    "encoder.tmp.safetensors", "config.json")
+
+
+def safe_output_dir(path, own_names) -> Path:
+    """An output folder for a writer that puts files named `own_names` into it (training: stage1.pt, ...).
+    Created when absent; an existing one must hold nothing but such files (a previous run's), else MapError
+    names the foreign entries. Files are never deleted here. Returns the path. For `geoloc train --run-dir`:
+    safe_output_dir(run_dir, TRAINING_OUTPUTS)."""
+    folder = Path(path).expanduser()
+    if folder.exists() and not folder.is_dir():
+        raise MapError(f"{folder}: exists and is not a directory")
+    own = set(own_names) | {f"{n}.tmp" for n in own_names}  # NAME.tmp: an atomic write of ours cut short
+    if folder.is_dir():
+        foreign = sorted(e.name for e in folder.iterdir() if e.name not in own)
+        if foreign:
+            shown = ", ".join(foreign[:5]) + (", ..." if len(foreign) > 5 else "")
+            raise MapError(f"{folder}: holds files this writer did not write ({shown}); refusing to write into it. "
+                           f"Choose a new or empty directory")
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder
 
 
 # -- checksums and the manifest -------------------------------------------------------------------------------
@@ -84,96 +133,102 @@ def read_manifest(folder: Path) -> dict:
     if version != FORMAT_VERSION:
         raise MapError(f"{path}: map format version {version!r} is not supported (this geoloc_ros reads version "
                        f"{FORMAT_VERSION}); rebuild the map or update geoloc_ros")
-    if raw != manifest_bytes(manifest):
+    try:
+        canonical = manifest_bytes(manifest)
+    except (TypeError, ValueError) as e:  # NaN or Infinity, which canonical JSON does not allow
+        raise MapError(f"{path}: not canonical JSON ({e})") from None
+    if raw != canonical:
         raise MapError(f"{path}: checksum mismatch, the manifest was altered or truncated")
     return manifest
 
 
-def verify_files(folder: Path, manifest: dict) -> None:
-    """Every file the manifest lists exists with its recorded size and sha256."""
-    files = manifest.get("files")
-    if not isinstance(files, dict):
-        raise MapError(f"{folder / MANIFEST}: lists no files")
-    for name, expect in sorted(files.items()):
-        path = folder / name
-        if Path(name).name != name:
-            raise MapError(f"{folder / MANIFEST}: bad file name {name!r}")
-        if not path.is_file():
-            raise MapError(f"{path}: missing (the manifest lists it)")
-        size = path.stat().st_size
-        if size != expect["bytes"]:
-            raise MapError(f"{path}: {size} bytes, the manifest says {expect['bytes']} (truncated or altered)")
-        if sha256_file(path) != expect["sha256"]:
-            raise MapError(f"{path}: checksum mismatch (sha256 differs from the manifest), the file was altered")
+def verify_files(folder: Path, manifest: dict, skip=()) -> None:
+    """Every file the manifest lists (but those in `skip`, read with `read_verified`) exists with its recorded
+    size and sha256."""
+    for name in sorted(manifest["files"]):
+        if name not in skip:
+            read_verified(folder, manifest, name, keep=False)
+
+
+def read_verified(folder: Path, manifest: dict, name: str, keep: bool = True):
+    """The bytes of the map file `name` as a uint8 array, read once into memory and checked against the
+    manifest's size and sha256: what is parsed is exactly what was verified, and nothing stays memory-mapped
+    (a map file overwritten with `cp` under a running node used to kill it with SIGBUS). keep=False only checks."""
+    expect = manifest["files"][name]
+    path = folder / name
+    if Path(name).name != name:
+        raise MapError(f"{folder / MANIFEST}: bad file name {name!r}")
+    try:
+        with open(path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size != expect["bytes"]:
+                raise MapError(f"{path}: {size} bytes, the manifest says {expect['bytes']} (truncated or altered)")
+            buf = np.empty(size if keep else 0, dtype=np.uint8)
+            if keep:
+                done = _read_into(f, memoryview(buf))
+                digest = hashlib.sha256(buf).hexdigest()
+            else:
+                digest = hashlib.file_digest(f, "sha256").hexdigest()
+                done = f.tell()
+    except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+        raise MapError(f"{path}: missing (the manifest lists it)") from None
+    if done != size:
+        raise MapError(f"{path}: changed while it was read ({done} of {size} bytes)")
+    if digest != expect["sha256"]:
+        raise MapError(f"{path}: checksum mismatch (sha256 differs from the manifest), the file was altered")
+    return buf
+
+
+def _read_into(f, view: memoryview) -> int:
+    done = 0
+    while done < len(view) and (n := f.readinto(view[done:])):
+        done += n
+    return done
+
+
+def parse_faiss_index(path: Path, raw: np.ndarray):
+    """A FAISS index held in memory (`raw`, uint8) -> the index, read through a callback in 1 MiB pieces
+    (faiss.deserialize_index would first copy all of `raw` into a std::vector: one more copy of the index at
+    the peak of a load)."""
+    import faiss
+
+    view, pos = memoryview(raw), 0
+
+    def read(n: int) -> bytes:
+        nonlocal pos
+        chunk = view[pos:pos + n].tobytes()
+        pos += len(chunk)
+        return chunk
+
+    try:
+        return faiss.read_index(faiss.PyCallbackIOReader(read))
+    except RuntimeError as e:
+        raise MapError(f"{path}: not a readable FAISS index ({str(e).splitlines()[0]})") from None
+
+
+def parse_npy(path: Path, raw: np.ndarray) -> np.ndarray:
+    """A .npy file held in memory (`raw`, uint8) -> its array, a view of `raw` (no second copy)."""
+    import io
+
+    fp = io.BytesIO(raw[:4096].tobytes())
+    try:
+        version = np.lib.format.read_magic(fp)
+        reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+        shape, fortran, dtype = reader(fp)
+    except ValueError as e:
+        raise MapError(f"{path}: not a readable .npy array ({e})") from None
+    if fortran or dtype.hasobject:
+        raise MapError(f"{path}: not a C-ordered numeric .npy array")
+    body = raw[fp.tell():]
+    if body.size != int(np.prod(shape)) * dtype.itemsize:
+        raise MapError(f"{path}: {body.size} data bytes for an array of shape {shape} {dtype}")
+    return body.view(dtype).reshape(shape)
 
 
 def describe_files(folder: Path) -> dict:
     """Size and sha256 of the map's own files (extras such as a README are not part of the map)."""
     return {p.name: {"bytes": p.stat().st_size, "sha256": sha256_file(p)}
             for p in sorted(folder.iterdir()) if p.is_file() and p.name in MAP_FILES and p.name != MANIFEST}
-
-
-# -- keyframe metadata in SQLite --------------------------------------------------------------------------------
-
-_SQL_TYPES = {"id": "INTEGER PRIMARY KEY", "label": "TEXT NOT NULL", "stamp_ns": "INTEGER NOT NULL",
-              "source": "TEXT NOT NULL", "synthetic": "INTEGER NOT NULL"}
-
-
-def write_keyframes(path: Path, columns: dict) -> None:
-    """`columns`: name -> sequence (all KEYFRAME_FIELDS), in row order. NaN is stored as NULL (SQLite has no NaN)."""
-    cols = ("row",) + KEYFRAME_FIELDS
-    schema = ", ".join(f"{c} {_SQL_TYPES.get(c, 'REAL') if c != 'row' else 'INTEGER NOT NULL UNIQUE'}" for c in cols)
-    n = len(columns["id"])
-    con = sqlite3.connect(str(path))
-    try:
-        con.execute("PRAGMA journal_mode=OFF")  # the file lives in a temporary directory until it is complete
-        con.execute(f"CREATE TABLE keyframes ({schema})")
-
-        def rows():
-            as_py = {c: (columns[c].tolist() if hasattr(columns[c], "tolist") else list(columns[c]))
-                     for c in KEYFRAME_FIELDS}
-            for r in range(n):
-                yield (r,) + tuple(_to_sql(c, as_py[c][r]) for c in KEYFRAME_FIELDS)
-
-        con.executemany(f"INSERT INTO keyframes VALUES ({', '.join('?' * len(cols))})", rows())
-        con.commit()
-    finally:
-        con.close()
-
-
-def _to_sql(column, value):
-    if column in FLOAT_FIELDS:
-        return None if value is None or math.isnan(value) else float(value)
-    if column == "synthetic":
-        return int(bool(value))
-    return value
-
-
-def read_keyframes(path: Path) -> dict:
-    """name -> numpy column (floats with NaN for NULL; label/source as object arrays), in row order."""
-    con = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
-    try:
-        cur = con.execute(f"SELECT row, {', '.join(KEYFRAME_FIELDS)} FROM keyframes ORDER BY row")
-        data = cur.fetchall()
-    except sqlite3.DatabaseError as e:
-        raise MapError(f"{path}: not a readable keyframe database ({e})") from None
-    finally:
-        con.close()
-    rows = np.array([r[0] for r in data], dtype=np.int64)
-    if not np.array_equal(rows, np.arange(len(rows))):
-        raise MapError(f"{path}: keyframe rows are not 0..N-1")
-    cols = {}
-    for j, name in enumerate(KEYFRAME_FIELDS, start=1):
-        values = [r[j] for r in data]
-        if name in FLOAT_FIELDS:
-            cols[name] = np.array([math.nan if v is None else v for v in values], dtype=np.float64)
-        elif name in ("id", "stamp_ns"):
-            cols[name] = np.array(values, dtype=np.int64)
-        elif name == "synthetic":
-            cols[name] = np.array(values, dtype=bool)
-        else:
-            cols[name] = np.array(values, dtype=object)
-    return cols
 
 
 # -- atomic directory replacement -------------------------------------------------------------------------------
@@ -249,8 +304,8 @@ def carry_over_extras(old: Path, tmp: Path) -> None:
     if not old.is_dir():
         return
     for entry in old.iterdir():
-        if entry.name in MAP_FILES or entry.name.startswith("."):
-            continue
+        if entry.name in MAP_FILES:
+            continue  # hidden entries (.git, .env) are kept too: a save never drops what it did not write
         dest = tmp / entry.name
         if dest.exists():
             continue

@@ -9,6 +9,8 @@ bytes. Works on rclpy messages and on rosbags message objects alike (same field 
 
 from __future__ import annotations
 
+import struct
+
 import numpy as np
 
 # Encodings the node accepts (issue 5); anything else is refused by name rather than guessed.
@@ -17,17 +19,28 @@ BYTES_PER_CHANNEL = {"rgb8": 1, "bgr8": 1, "rgba8": 1, "bgra8": 1, "mono8": 1, "
 COMPRESSED_FORMATS = ("jpeg", "jpg", "png")
 
 
+# The node's default for its max_image_pixels parameter: above 8K (33 MP).
+MAX_IMAGE_PIXELS = 40_000_000
+
+
 class FrameError(ValueError):
     """A frame the node cannot use. `kind` is the diagnostics counter it lands in: 'encoding' (unsupported
-    encoding or format), 'corrupt' (sizes disagree, undecodable bytes), 'empty' (zero-size), 'blank' (uniform)."""
+    encoding or format), 'corrupt' (sizes disagree, undecodable bytes), 'empty' (zero-size), 'blank' (uniform),
+    'too_large' (more pixels than max_image_pixels, refused before decoding)."""
 
     def __init__(self, kind: str, message: str):
         super().__init__(message)
         self.kind = kind
 
 
-def image_to_rgb(msg) -> np.ndarray:
-    """sensor_msgs/Image -> HxWx3 uint8 RGB (a copy; the message buffer may be reused)."""
+def check_size(width: int, height: int, max_pixels: int | None, where: str = "") -> None:
+    if max_pixels and width * height > max_pixels:
+        raise FrameError("too_large", f"{where}{width}x{height} = {width * height} pixels is more than "
+                                      f"max_image_pixels {max_pixels}")
+
+
+def image_to_rgb(msg, max_pixels: int | None = MAX_IMAGE_PIXELS, mono16_max: int = 0) -> np.ndarray:
+    """sensor_msgs/Image -> HxWx3 uint8 RGB (a copy; the message buffer may be reused). mono16: see mono16_to_8."""
     from rosbags.image.image import convert_color
 
     enc = (msg.encoding or "").lower()
@@ -36,6 +49,7 @@ def image_to_rgb(msg) -> np.ndarray:
     h, w = int(msg.height), int(msg.width)
     if h == 0 or w == 0:
         raise FrameError("empty", f"zero-size image {w}x{h}")
+    check_size(w, h, max_pixels)
     channels, depth = RAW_ENCODINGS[enc], BYTES_PER_CHANNEL[enc]
     row = w * channels * depth
     step = int(msg.step)
@@ -50,13 +64,49 @@ def image_to_rgb(msg) -> np.ndarray:
     dtype = np.dtype(">u2" if msg.is_bigendian else "<u2") if depth == 2 else np.uint8
     img = np.ascontiguousarray(rows).view(dtype).reshape((h, w) if channels == 1 else (h, w, channels))
     if depth == 2:
-        img = img.astype(np.uint16, copy=False)
+        img, enc = mono16_to_8(img.astype(np.uint16, copy=False), mono16_max), "mono8"
     return np.ascontiguousarray(convert_color(img, enc, "rgb8"))
 
 
-def compressed_to_rgb(msg) -> np.ndarray:
+def mono16_to_8(img: np.ndarray, mono16_max: int = 0) -> np.ndarray:
+    """16-bit grey -> 8 bits as value * 255 / scale. `mono16_max` > 0 is the scale (4095 for a 12-bit sensor);
+    0 infers the sensor's bit depth from the frame's largest value (2**bits - 1, at least 8 bits), so 12-bit data
+    fills the 8-bit range instead of keeping only its high byte (nearly black), and 8-bit data in a 16-bit
+    container keeps its values instead of becoming 0 (refused as blank)."""
+    scale = int(mono16_max)
+    if scale <= 0:
+        bits = max(8, int(img.max()).bit_length()) if img.size else 8
+        scale = (1 << bits) - 1
+    out = np.minimum(img.astype(np.float32) * (255.0 / scale) + 0.5, 255.0)
+    return out.astype(np.uint8)
+
+
+def compressed_size(data) -> tuple[int, int, str]:
+    """(width, height, 'PNG' or 'JPEG') read from the header with Pillow's PNG/JPEG readers, which parse only the
+    header (IHDR, the JPEG SOF marker) until pixels are asked for: a small file that decodes to a huge image
+    costs nothing. (The readers are used directly: Image.open would apply Pillow's own 178 MP limit first.)"""
+    import io
+
+    from PIL import JpegImagePlugin, PngImagePlugin
+
+    data = bytes(data)
+    if data.startswith(b"\x89PNG\r\n\x1a\n"):
+        reader, kind = PngImagePlugin.PngImageFile, "PNG"
+    elif data.startswith(b"\xff\xd8"):
+        reader, kind = JpegImagePlugin.JpegImageFile, "JPEG"
+    else:
+        raise FrameError("corrupt", f"{len(data)} bytes: neither a PNG nor a JPEG signature")
+    try:
+        with reader(io.BytesIO(data)) as im:
+            return im.width, im.height, kind
+    except (OSError, SyntaxError, ValueError, struct.error) as e:
+        raise FrameError("corrupt", f"{len(data)} bytes: no readable {kind} header ({e})") from None
+
+
+def compressed_to_rgb(msg, max_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndarray:
     """sensor_msgs/CompressedImage (jpeg or png, as image_transport's compressed plugin writes it: the format
-    string may be 'jpeg', 'rgb8; jpeg compressed bgr8', ...) -> HxWx3 uint8 RGB."""
+    string may be 'jpeg', 'rgb8; jpeg compressed bgr8', ...) -> HxWx3 uint8 RGB. The size in the header is checked
+    against `max_pixels` before anything is decoded."""
     import cv2
 
     fmt = (msg.format or "").lower()
@@ -66,25 +116,42 @@ def compressed_to_rgb(msg) -> np.ndarray:
                          dtype=np.uint8)
     if data.size == 0:
         raise FrameError("empty", "compressed image with no data")
+    width, height, kind = compressed_size(data)
+    check_size(width, height, max_pixels, f"{kind} header says ")
     bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
     if bgr is None or bgr.size == 0:
         raise FrameError("corrupt", f"{data.size} bytes of {msg.format!r} could not be decoded")
     return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
 
 
-def message_to_rgb(msg, blank_threshold: float = 0.0) -> np.ndarray:
-    """Either message type -> RGB. With `blank_threshold` > 0, uniform frames (lens cap, dropped video, the blank
-    frames of the Nordland recording) are refused as 'blank': their grey levels span less than the threshold from
-    the 5th to the 95th percentile. A percentile spread, not the standard deviation, because blank frames often
-    carry a few stray bright pixels. Their descriptors match every other blank frame, so they can only mislead."""
-    img = compressed_to_rgb(msg) if hasattr(msg, "format") else image_to_rgb(msg)
-    if blank_threshold > 0.0:
-        small = img[:: max(1, img.shape[0] // 128), :: max(1, img.shape[1] // 128)]
-        lo, hi = np.percentile(small.mean(axis=2), (5, 95))
-        if hi - lo < blank_threshold:
-            raise FrameError("blank", f"blank frame (grey levels span {hi - lo:.1f} < {blank_threshold} from the "
-                                      f"5th to the 95th percentile)")
+def message_to_rgb(msg, blank_threshold: float = 0.0, max_pixels: int | None = MAX_IMAGE_PIXELS,
+                   mono16_max: int = 0) -> np.ndarray:
+    """Either message type -> RGB, refusing frames of more than `max_pixels` (None: no limit) before decoding,
+    and with `blank_threshold` > 0 blank frames (see `grey_spread`)."""
+    if hasattr(msg, "format"):
+        img = compressed_to_rgb(msg, max_pixels)
+    else:
+        img = image_to_rgb(msg, max_pixels, mono16_max)
+    if blank_threshold > 0.0 and (spread := grey_spread(img)) < blank_threshold:
+        raise FrameError("blank", f"blank frame (grey levels span {spread:.1f} < {blank_threshold} from the "
+                                  f"5th to the 95th percentile)")
     return img
+
+
+def grey_spread(img: np.ndarray) -> float:
+    """The one blank-frame rule: the span of grey levels from the 5th to the 95th percentile (on a subsample of
+    about 128x128). Uniform frames (lens cap, dropped video, the blank frames of the Nordland recording) span
+    almost nothing; a percentile spread rather than the standard deviation, because blank frames often carry a
+    few stray bright pixels. Their descriptors match every other blank frame, so they can only mislead."""
+    small = np.asarray(img)[:: max(1, img.shape[0] // 128), :: max(1, img.shape[1] // 128)]
+    grey = small.mean(axis=2) if small.ndim == 3 else small
+    lo, hi = np.percentile(grey, (5, 95))
+    return float(hi - lo)
+
+
+def is_blank(img: np.ndarray, threshold: float = 3.0) -> bool:
+    """True for a blank frame by `grey_spread` (the node's blank_threshold default is 3.0)."""
+    return grey_spread(img) < threshold
 
 
 def rgb_to_image_fields(rgb: np.ndarray, encoding: str = "rgb8") -> dict:

@@ -6,14 +6,16 @@ config/vpr.yaml lists the same names with the same defaults (test_node_units che
 from __future__ import annotations
 
 from dataclasses import dataclass
+import re
 
 # (name, default, description, (min, max) or None, read_only)
 # Ranges become FloatingPointRange / IntegerRange in the ParameterDescriptor, so `ros2 param set` refuses values
 # outside them. Parameters read at configure time are applied on the next configure (reload_map re-reads maps).
 PARAMETERS = [
     # -- what to load ---------------------------------------------------------------------------------------
-    ("map_path", [""], "Map database directories (geoloc map format); candidates from all of them are merged. "
-     "Empty: run on the session map alone (needs encoder_path).", None),
+    ("map_path", [""], "Map database directories (geoloc map format): one path (-p map_path:=/data/map) or a "
+     "list; candidates from all of them are merged. Empty: run on the session map alone (needs session_map and "
+     "encoder_path).", None),
     ("encoder_path", "", "Encoder checkpoint (file or directory). Empty: the encoder carried by the first map.",
      None),
     ("encoder_backend", "torch", "Inference backend: 'torch', or a backend of geoloc_ros.deploy.open_encoder "
@@ -28,6 +30,15 @@ PARAMETERS = [
     ("subscribe_compressed", True, "Also subscribe to <topic>/compressed for every image topic.", None),
     ("odom_topic", "", "nav_msgs/Odometry giving the poses of session keyframes (empty: no subscription).", None),
     ("fix_topic", "", "sensor_msgs/NavSatFix giving geotags of session keyframes (empty: no subscription).", None),
+    ("image_qos", "reliable", "QoS of the camera subscriptions: 'reliable' (matches reliable publishers only; "
+     "what most drivers and image_transport publish), 'sensor_data' (best effort: matches every publisher, but "
+     "best-effort frames of 640x480 and more from another process are lost with the Fast DDS of the PyPI "
+     "wheels), 'system_default'. Depth 1: the newest frame wins.", None),
+    ("max_image_pixels", 40_000_000, "Frames whose width x height (read from the message, or from the PNG/JPEG "
+     "header before decoding) exceed this are refused as 'too_large'; 40 MP is above 8K (33 MP).",
+     (1, 2_000_000_000)),
+    ("mono16_max", 0, "mono16 frames are scaled to 8 bits as value * 255 / mono16_max (4095 for 12-bit "
+     "sensors); 0 scales each frame by its own range (its 0.1st to 99.9th percentile).", (0, 65535)),
     ("blank_threshold", 3.0, "Frames whose grey levels span less than this from the 5th to the 95th percentile "
      "are refused as blank (0 disables the check).", (0.0, 255.0)),
     # -- matching ---------------------------------------------------------------------------------------------
@@ -88,6 +99,9 @@ class Settings:
     inference_threads: int
     image_topics: list
     subscribe_compressed: bool
+    image_qos: str
+    max_image_pixels: int
+    mono16_max: int
     odom_topic: str
     fix_topic: str
     blank_threshold: float
@@ -122,25 +136,169 @@ class Settings:
         return [p for p in self.map_path if p]
 
 
+# Parameters that must be one of a few words, and those that name topics.
+CHOICES = {"consistency_mode": ("consecutive", "sequence"),
+           "image_qos": ("reliable", "sensor_data", "system_default")}
+TOPICS = ("image_topics", "odom_topic", "fix_topic")
+OPTIONAL = ("odom_topic", "fix_topic")  # may be empty: no subscription
+STRING_OR_LIST = ("map_path",)  # `-p map_path:=/data/map` is one map; a list is several
+_ERRORS = "_geoloc_parameter_errors"
+
+
+class ParameterError(ValueError):
+    """A parameter value the node refuses; the message names the parameter and the reason."""
+
+
 def declare(node) -> None:
-    """Declare every parameter of PARAMETERS on `node` with its descriptor."""
+    """Declare every parameter of PARAMETERS on `node` with its descriptor, and refuse bad `ros2 param set`
+    values with the reason. A bad override given at start-up (`-p top_k:=0`, `-p top_k:=five`) does not raise
+    here: the parameter keeps its default and `read` refuses with the reason, so the node stays unconfigured
+    saying why instead of dying with a traceback."""
+    from rclpy.exceptions import InvalidParameterTypeException, InvalidParameterValueException
+
+    errors = {}
+    for name, default, description, bounds in PARAMETERS:
+        d = _descriptor(name, default, description, bounds)
+        try:
+            node.declare_parameter(name, default, d)
+        except (InvalidParameterTypeException, InvalidParameterValueException) as e:  # e.g. out of range
+            errors[name] = _startup_reason(name, e)
+            node.declare_parameter(name, default, d, ignore_override=True)
+            continue
+        try:
+            check(name, node.get_parameter(name).value)
+        except ParameterError as e:
+            errors[name] = str(e)
+    setattr(node, _ERRORS, errors)
+    node.add_on_set_parameters_callback(lambda changed: _on_set(node, changed))
+
+
+def _descriptor(name, default, description, bounds):
     from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
 
-    for name, default, description, bounds in PARAMETERS:
-        d = ParameterDescriptor(name=name, description=description)
-        if bounds is not None and isinstance(default, float):
-            d.floating_point_range = [FloatingPointRange(from_value=float(bounds[0]), to_value=float(bounds[1]))]
-        elif bounds is not None and isinstance(default, int) and not isinstance(default, bool):
-            d.integer_range = [IntegerRange(from_value=int(bounds[0]), to_value=int(bounds[1]), step=1)]
-        node.declare_parameter(name, default, d)
+    # dynamic typing: a value of the wrong type reaches `check`, which names the parameter and what it takes,
+    # instead of rclpy's "Wrong parameter type, expected '2' got '4'" (or an exception at declaration)
+    d = ParameterDescriptor(name=name, description=description, dynamic_typing=True)
+    if name in CHOICES:
+        d.additional_constraints = "one of: " + ", ".join(CHOICES[name])
+    if bounds is not None and isinstance(default, float):
+        d.floating_point_range = [FloatingPointRange(from_value=float(bounds[0]), to_value=float(bounds[1]))]
+    elif bounds is not None and isinstance(default, int) and not isinstance(default, bool):
+        d.integer_range = [IntegerRange(from_value=int(bounds[0]), to_value=int(bounds[1]), step=1)]
+    return d
+
+
+def _startup_reason(name, error) -> str:
+    return f"{name}: {str(error).rsplit(': ' + name, 1)[0]}"
+
+
+def _on_set(node, changed):
+    """`ros2 param set` (and set_parameters) of a bad value is refused with the reason."""
+    from rcl_interfaces.msg import SetParametersResult
+
+    for p in changed:
+        if p.name not in _BY_NAME:
+            continue
+        try:
+            check(p.name, p.value)
+        except ParameterError as e:
+            return SetParametersResult(successful=False, reason=str(e))
+    for p in changed:
+        getattr(node, _ERRORS, {}).pop(p.name, None)  # a good value replaces a refused start-up value
+    return SetParametersResult(successful=True)
+
+
+def check(name: str, value):
+    """`value` for parameter `name`, normalised (map_path: always a list of strings), or ParameterError."""
+    default, bounds = _BY_NAME[name]
+    if name in STRING_OR_LIST:
+        value = [value] if isinstance(value, str) else value
+    if isinstance(default, list):
+        if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
+            raise ParameterError(f"{name}: expected a string or a list of strings, got {value!r}")
+        value = [str(v) for v in value]
+    elif not _same_kind(default, value):
+        raise ParameterError(f"{name}: expected {_KIND_WORDS[type(default)]}, got {value!r}")
+    elif isinstance(default, float):
+        value = float(value)
+    if bounds is not None and not bounds[0] <= value <= bounds[1]:
+        raise ParameterError(f"{name}: {value!r} is outside {bounds[0]}..{bounds[1]}")
+    if name in CHOICES and value not in CHOICES[name]:
+        raise ParameterError(f"{name}: {value!r} is not one of {', '.join(CHOICES[name])}")
+    if name in TOPICS:
+        for topic in value if isinstance(value, list) else [value]:
+            _check_topic(name, topic)
+    if name == "device" and value not in ("auto", "cpu", "cuda") and not re.fullmatch(r"cuda:\d+", value):
+        raise ParameterError(f"device: {value!r}: expected auto, cpu, cuda or cuda:N")
+    if name == "encoder_backend":
+        from geoloc_ros.deploy.api import BACKENDS
+
+        if value not in BACKENDS:
+            raise ParameterError(f"encoder_backend: {value!r} is not one of {', '.join(BACKENDS)}")
+    return value
+
+
+_KIND_WORDS = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
+
+
+def _same_kind(default, value) -> bool:
+    if isinstance(default, bool) or isinstance(value, bool):
+        return isinstance(default, bool) and isinstance(value, bool)
+    if isinstance(default, float):
+        return isinstance(value, (int, float))
+    return isinstance(value, type(default))
+
+
+def _check_topic(name: str, topic: str) -> None:
+    from rclpy.expand_topic_name import expand_topic_name
+    from rclpy.validate_topic_name import validate_topic_name
+
+    if topic == "" and name in OPTIONAL:
+        return
+    try:
+        validate_topic_name(expand_topic_name(topic, "geoloc_vpr", "/"))
+    except Exception as e:  # noqa: BLE001 - rclpy raises ValueError or InvalidTopicNameException
+        reason = str(e).split(", at /")[0]  # drop the C source location
+        raise ParameterError(f"{name}: {topic!r} is not a valid topic name ({reason})") from None
 
 
 def read(node) -> Settings:
-    values = {name: node.get_parameter(name).value for name, *_ in PARAMETERS}
-    for name in ("map_path", "image_topics"):
-        values[name] = [str(v) for v in (values[name] or [])]
-    return Settings(**values)
+    """The node's parameters as Settings, every value checked; ParameterError (a ValueError) names the first
+    refused parameter and why. Cheap: nothing is loaded, so a bad value is refused before maps or encoder."""
+    errors = getattr(node, _ERRORS, {})
+    if errors:
+        raise ParameterError("; ".join(errors.values()))
+    values = {name: check(name, node.get_parameter(name).value) for name, *_ in PARAMETERS}
+    settings = Settings(**values)
+    if not settings.image_topics:
+        raise ParameterError("image_topics is empty: nothing to listen to")
+    if not settings.maps and not settings.encoder_path:
+        raise ParameterError(f"no encoder: map_path {settings.map_path!r} names no map, so encoder_path must name "
+                             f"the encoder")
+    if not settings.maps and not settings.session_map:
+        raise ParameterError(f"map_path {settings.map_path!r} names no map and session_map is false: nothing to "
+                             f"localise against")
+    return settings
 
 
 def defaults() -> dict:
     return {name: default for name, default, *_ in PARAMETERS}
+
+
+_BY_NAME = {name: (default, bounds) for name, default, _, bounds in PARAMETERS}
+
+
+def image_qos_profile(name: str):
+    """The rclpy QoSProfile of the camera subscriptions for an `image_qos` value. Depth 1: a frame that waits is
+    replaced by the next one (the node localises the newest frame; older ones are worth nothing)."""
+    from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
+                           qos_profile_system_default)
+
+    reliability = {"reliable": ReliabilityPolicy.RELIABLE, "sensor_data": ReliabilityPolicy.BEST_EFFORT,
+                   "system_default": None}
+    if name not in reliability:
+        raise ParameterError(f"image_qos: {name!r} is not one of {', '.join(reliability)}")
+    if reliability[name] is None:
+        return qos_profile_system_default
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=reliability[name],
+                      durability=DurabilityPolicy.VOLATILE)
