@@ -2,6 +2,7 @@
 
 - VG-benchmark folders (SF-XL, Pitts30k, Tokyo 24/7, MSLS in gmberton's tooling): the position is in the
   file name, ``@utm_east@utm_north@zone_number@zone_letter@lat@lon@pano_id@tile@heading@pitch@roll@...``.
+- A raw MSLS city side (``<city>/query`` or ``<city>/database``): ``raw.csv`` + ``images/<key>.jpg``.
 - A CSV file of ``image,lat,lon[,alt,heading]`` (a header row is optional; image paths are relative to
   the CSV file).
 - A folder of photos with GPS in their EXIF (phones, action cameras, Mapillary/OpenSfM's Lund set): read with
@@ -130,6 +131,26 @@ def read_exif_folder(folder) -> list[GeoImage]:
     return images
 
 
+def read_msls_folder(folder) -> list[GeoImage]:
+    """A raw Mapillary SLS city side (``train_val/<city>/query`` or ``.../database``): ``raw.csv`` (key, lon, lat,
+    ca = compass angle, captured_at, pano) beside ``images/<key>.jpg``; rows in the CSV's order."""
+    folder = Path(folder)
+    csv_path = folder / "raw.csv"
+    images = []
+    with open(csv_path, newline="") as f:
+        for line_no, row in enumerate(csv.DictReader(f), start=2):
+            try:
+                key, lat, lon = row["key"].strip(), float(row["lat"]), float(row["lon"])
+                heading = float(row["ca"]) if (row.get("ca") or "").strip() else NAN
+            except (KeyError, ValueError, AttributeError) as e:
+                raise ValueError(f"{csv_path}:{line_no}: expected MSLS columns key,lon,lat,ca ({e!r})") from None
+            path = folder / "images" / f"{key}.jpg"
+            east, north, zone = to_utm(lat, lon)
+            images.append(GeoImage(path, f"images/{key}.jpg", lat, lon, NAN, east, north, zone, heading, False,
+                                   len(images)))
+    return images
+
+
 def read_csv(csv_path) -> list[GeoImage]:
     csv_path = Path(csv_path)
     images = []
@@ -172,13 +193,16 @@ def read_sequence(folder, spacing: float, origin=(0.0, 0.0), heading: float = 0.
 
 
 def load_dataset(path, sequence_spacing: float | None = None, **sequence_options) -> list[GeoImage]:
-    """Read any of the layouts: a .csv file, a VG-named folder, a folder of EXIF-geotagged photos, or (with
+    """Read any of the layouts: a .csv file, a VG-named folder, a raw MSLS city side, a folder of EXIF-geotagged
+    photos, or (with
     `sequence_spacing`) a coordinate-free sequence folder."""
     path = Path(path)
     if path.is_file() and path.suffix.lower() == ".csv":
         return read_csv(path)
     if sequence_spacing is not None:
         return read_sequence(path, sequence_spacing, **sequence_options)
+    if (path / "raw.csv").is_file() and (path / "images").is_dir():
+        return read_msls_folder(path)
     images = list_images(path)
     if not images:
         raise ValueError(f"{path}: no images found")

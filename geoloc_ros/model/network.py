@@ -135,6 +135,17 @@ class GeoLocalizationNet(nn.Module):
     def forward(self, x):
         return self.aggregate(self.feature_map(x) if is_resnet(self.cfg) else self.backbone(x))
 
+    def raw_descriptor(self, x):
+        """What ProGEO's own network returns, for the VG protocol's L2 search: for a ViT head the output before
+        the final L2Norm (ProGEO searches the projected class token unnormalised); a ResNet head ends with L2Norm
+        in ProGEO as well, so it is `forward`."""
+        if is_resnet(self.cfg):
+            return self.forward(x)
+        head = self.aggregation[:-1]
+        p = next(head.parameters(), None)
+        features = self.backbone(x)
+        return head(features if p is None else features.to(p.dtype))
+
     def aggregate(self, features):
         """The aggregation, in its own precision (see `half_backbone`)."""
         p = next(self.aggregation.parameters(), None)
