@@ -124,3 +124,32 @@ def test_missing_weights_file_is_a_clear_error(tmp_path):
 
     with pytest.raises(ValueError, match="no such weights file"):
         build_encoder(arch="RN-nano", pretrained=str(tmp_path / "absent.pt"), device="cpu")
+
+
+def test_train_rn50_from_open_clip_file_on_lund_exif_photos(tmp_path, shared_data):
+    """`geoloc train --arch RN50 --dim 1024 --pretrained FILE` on the Lund street photos (positions from their EXIF
+    GPS), from an open_clip-layout RN50 file written here; tiny: 64 px, one stage-1 and one stage-2 iteration.
+    The trained encoder starts from the file: the frozen stem and layer1-2 (ProGEO --freeze_cnn 2) keep its weights."""
+    from geoloc_ros.cli import main
+    from geoloc_ros.model import load_encoder
+
+    clip = _random_clip("RN50", seed=4)
+    weights = tmp_path / "rn50.pt"
+    torch.save(clip.state_dict(), weights)
+    del clip
+    run = tmp_path / "run"
+    assert main(["train", "--train-set", str(shared_data / "geometry" / "lund_street"), "--run-dir", str(run),
+                 "--arch", "RN50", "--dim", "1024", "--pretrained", str(weights), "--image-size", "64",
+                 "--M", "30", "--N", "1", "--L", "1", "--groups-num", "1", "--min-images-per-class", "2",
+                 "--epochs-stage1", "1", "--batch-size-stage1", "8", "--epochs", "1", "--iterations-per-epoch", "1",
+                 "--batch-size", "4", "--device", "cpu", "--no-progress"]) == 0
+    enc = load_encoder(run / "encoder.safetensors", device="cpu")
+    assert enc.arch["name"] == "RN50" and enc.dim == 1024 and enc.image_size == (64, 64)
+    source = torch.load(weights, weights_only=True)
+    frozen = [k for k, _ in enc.net.named_parameters()
+              if k.startswith(("backbone.conv1.", "backbone.bn1.", "backbone.layer1.", "backbone.layer2."))]
+    assert frozen
+    for k in frozen:  # weights only: BatchNorm statistics move in train mode, as in ProGEO
+        assert torch.equal(enc.net.state_dict()[k], source["visual." + k[len("backbone."):]]), k
+    d = enc.encode([np.zeros((64, 64, 3), np.uint8)])
+    assert d.shape == (1, 1024) and np.isfinite(d).all()

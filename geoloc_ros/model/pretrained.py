@@ -85,7 +85,12 @@ def native_clip(cfg: dict):
 
 def check_shapes(model, cfg: dict, source: str):
     """The loaded visual tower must have cfg's shapes (an OpenAI file builds whatever architecture it holds)."""
-    expected = native_clip(cfg).visual.state_dict()
+    import torch
+    from open_clip.model import CLIPVisionCfg, _build_vision_tower
+
+    with torch.device("meta"):  # shapes only: no memory, no initialisation time
+        vision_cfg = CLIPVisionCfg(**{**cfg["vision_cfg"], "image_size": native_image_size(cfg)})
+        expected = _build_vision_tower(cfg["embed_dim"], vision_cfg, quick_gelu=bool(cfg.get("quick_gelu"))).state_dict()
     got = model.visual.state_dict()
     wrong = [k for k in expected if k not in got or tuple(got[k].shape) != tuple(expected[k].shape)]
     extra = [k for k in got if k not in expected]
