@@ -69,7 +69,7 @@ def test_rn50_open_clip_file_loads_exactly_and_gives_progeo_descriptor(tmp_path)
 
 def _progeo_vit_positions(pos, grid):
     """ProGEO's clip.build_model(image_size=512) resamples the ViT's positional table: bicubic, aligned corners."""
-    side = int(round((pos.shape[0] - 1) ** 0.5))
+    side = round((pos.shape[0] - 1) ** 0.5)
     img = pos[1:].T.reshape(1, -1, side, side)
     img = F.interpolate(img, size=grid, mode="bicubic", align_corners=True).reshape(pos.shape[1], -1).T
     return torch.cat([pos[:1], img], dim=0)

@@ -109,7 +109,8 @@ def test_model_convert(tmp_path, capsys):
     header = read_header(out)
     assert header["fingerprint"] in capsys.readouterr().out
     images = [np.random.default_rng(i).integers(0, 256, (40, 50, 3), dtype=np.uint8) for i in range(2)]
-    assert np.array_equal(load_encoder(out, device="cpu").encode(images), load_encoder(pth, device="cpu").encode(images))
+    converted, original = load_encoder(out, device="cpu"), load_encoder(pth, device="cpu")
+    assert np.array_equal(converted.encode(images), original.encode(images))
     before = out.read_bytes()
     with pytest.raises(SystemExit, match="exists"):
         main(["model", "convert", str(pth), str(out)])

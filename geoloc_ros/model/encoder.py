@@ -193,7 +193,7 @@ class Encoder:
         instead of stretching it to the input size (ResNets only: a ViT's positional table fixes its input)."""
         import torch
 
-        if isinstance(images, np.ndarray) and images.ndim in (2, 3) and (images.ndim == 2 or images.shape[2] in (1, 3, 4)):
+        if isinstance(images, np.ndarray) and (images.ndim == 2 or (images.ndim == 3 and images.shape[2] in (1, 3, 4))):
             images = [images]
         images = list(images)
         if not images:

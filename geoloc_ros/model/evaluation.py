@@ -121,7 +121,8 @@ def raw_pixel_descriptors(images, size=(32, 64), patch: int | None = None) -> np
         if patch:
             ph, pw = h // patch, w // patch
             blocks = g[:ph * patch, :pw * patch].reshape(ph, patch, pw, patch)
-            blocks = (blocks - blocks.mean(axis=(1, 3), keepdims=True)) / (blocks.std(axis=(1, 3), keepdims=True) + 1e-6)
+            spread = blocks.std(axis=(1, 3), keepdims=True) + 1e-6
+            blocks = (blocks - blocks.mean(axis=(1, 3), keepdims=True)) / spread
             g = np.zeros_like(g)
             g[:ph * patch, :pw * patch] = blocks.reshape(ph * patch, pw * patch)
         else:

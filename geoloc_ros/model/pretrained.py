@@ -90,7 +90,8 @@ def check_shapes(model, cfg: dict, source: str):
 
     with torch.device("meta"):  # shapes only: no memory, no initialisation time
         vision_cfg = CLIPVisionCfg(**{**cfg["vision_cfg"], "image_size": native_image_size(cfg)})
-        expected = _build_vision_tower(cfg["embed_dim"], vision_cfg, quick_gelu=bool(cfg.get("quick_gelu"))).state_dict()
+        tower = _build_vision_tower(cfg["embed_dim"], vision_cfg, quick_gelu=bool(cfg.get("quick_gelu")))
+    expected = tower.state_dict()
     got = model.visual.state_dict()
     wrong = [k for k in expected if k not in got or tuple(got[k].shape) != tuple(expected[k].shape)]
     extra = [k for k in got if k not in expected]
@@ -110,7 +111,7 @@ def resize_vit_positions(visual, size):
     patch = hw(visual.patch_size) if hasattr(visual, "patch_size") else hw(visual.conv1.kernel_size)
     grid = (size[0] // patch[0], size[1] // patch[1])
     pos = visual.positional_embedding.data
-    side = int(round((pos.shape[0] - 1) ** 0.5))
+    side = round((pos.shape[0] - 1) ** 0.5)
     if (side, side) == grid:
         return visual
     img = pos[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
