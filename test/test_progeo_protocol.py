@@ -47,7 +47,7 @@ def test_vg_protocol_matches_a_hand_count(tmp_path):
     # Top-1 = the copied image: Q1 A hit, Q2 B hit, Q3 miss (no positive), Q4 A miss -> 2/4. Top-3 = all: 3/4.
     assert vg["queries"] == 4 and vg["queries_without_positives"] == 1
     assert vg["R@1"] == pytest.approx(50.0) and vg["R@3"] == pytest.approx(75.0)
-    ours = next(iter(json.loads(out["ours"].read_text())["protocols"]["< 25 m"].values()))
+    ours = next(iter(json.loads(out["ours"].read_text())["protocols"]["25 m"].values()))
     # Ours: positives < 25 m -> Q1 has none (exactly 25 m), nor Q3: 2 queries count, Q2 hit, Q4 miss at top-1.
     assert ours["queries"] == 2 and ours["queries_without_positives"] == 2
     assert ours["R@1"] == pytest.approx(50.0) and ours["R@3"] == pytest.approx(100.0)

@@ -96,7 +96,8 @@ def run(args):
     db_img = [read_image(r.path) for r in db]
     q_img = [read_image(r.path) for r in q]
     vg = args.protocol == "vg"
-    protocols = {f"{'<=' if vg else '<'} {args.radius:g} m": E.positives_by_radius(
+    # JSON keys: "25 m" as before for ours (strictly closer), "<= 25 m" for the VG protocol
+    protocols = {f"{'<= ' if vg else ''}{args.radius:g} m": E.positives_by_radius(
         [(r.utm_east, r.utm_north) for r in db], [(r.utm_east, r.utm_north) for r in q], args.radius, inclusive=vg)}
     if args.frame_tolerance is not None:
         dbf = np.array([frame_number(r.path) for r in db])
