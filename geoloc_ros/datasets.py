@@ -1,9 +1,12 @@
-"""Geotagged image collections: the three layouts the training, evaluation and map tools read.
+"""Geotagged image collections: the layouts the training, evaluation and map tools read.
 
 - VG-benchmark folders (SF-XL, Pitts30k, Tokyo 24/7, MSLS in gmberton's tooling): the position is in the
   file name, ``@utm_east@utm_north@zone_number@zone_letter@lat@lon@pano_id@tile@heading@pitch@roll@...``.
+- A raw MSLS city side (``<city>/query`` or ``<city>/database``): ``raw.csv`` + ``images/<key>.jpg``.
 - A CSV file of ``image,lat,lon[,alt,heading]`` (a header row is optional; image paths are relative to
   the CSV file).
+- A folder of photos with GPS in their EXIF (phones, action cameras, Mapillary/OpenSfM's Lund set): read with
+  Pillow's GPS IFD; picked automatically when the names carry no VG coordinates but every image has a GPS fix.
 - A coordinate-free image sequence (Nordland-style): frames in file-name order, placed on a straight line
   ``spacing`` metres apart, as the VG tooling does. These positions are flagged ``synthetic``.
 """
@@ -77,6 +80,77 @@ def read_vg_folder(folder) -> list[GeoImage]:
     return images
 
 
+_GPS_IFD = 0x8825  # EXIF tag of the GPS sub-directory (GPSInfo)
+
+
+def exif_gps(path) -> tuple[float, float, float, float] | None:
+    """(lat, lon, alt, heading) from an image's EXIF GPS tags (NaN where a tag is absent), or None without a fix.
+    Raises ValueError naming the file when the tags are present but malformed."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as im:
+            gps = im.getexif().get_ifd(_GPS_IFD)
+    except (UnidentifiedImageError, OSError) as e:
+        raise ValueError(f"{path}: not a readable image ({e})") from None
+    if 2 not in gps or 4 not in gps:
+        return None
+    try:
+        lat = _dms(gps[2]) * (-1.0 if str(gps.get(1, "N")).upper().startswith("S") else 1.0)
+        lon = _dms(gps[4]) * (-1.0 if str(gps.get(3, "E")).upper().startswith("W") else 1.0)
+        alt = float(gps[6]) * (-1.0 if gps.get(5) in (1, b"\x01") else 1.0) if 6 in gps else NAN
+        heading = float(gps[17]) if 17 in gps else NAN  # GPSImgDirection (true or magnetic north, GPSImgDirectionRef)
+    except (TypeError, ValueError, ZeroDivisionError) as e:
+        raise ValueError(f"{path}: malformed EXIF GPS tags ({e})") from None
+    if not (-90.0 <= lat <= 90.0 and -180.0 <= lon <= 180.0):
+        raise ValueError(f"{path}: EXIF GPS position out of range (lat {lat}, lon {lon})")
+    return lat, lon, alt, heading
+
+
+def _dms(value) -> float:
+    """EXIF degrees/minutes/seconds rationals (or one number) -> decimal degrees."""
+    if isinstance(value, (tuple, list)):
+        parts = [float(v) for v in value] + [0.0, 0.0]
+        return parts[0] + parts[1] / 60.0 + parts[2] / 3600.0
+    return float(value)
+
+
+def read_exif_folder(folder) -> list[GeoImage]:
+    """Every image of `folder` (recursively, in name order) placed by its EXIF GPS fix; an image without one is an
+    error naming it (a position cannot be made up)."""
+    folder = Path(folder)
+    images = []
+    for path in list_images(folder):
+        fix = exif_gps(path)
+        if fix is None:
+            raise ValueError(f"{path}: no GPS position in its EXIF")
+        lat, lon, alt, heading = fix
+        east, north, zone = to_utm(lat, lon)
+        images.append(GeoImage(path, str(path.relative_to(folder)), lat, lon, alt, east, north, zone, heading, False,
+                               len(images)))
+    return images
+
+
+def read_msls_folder(folder) -> list[GeoImage]:
+    """A raw Mapillary SLS city side (``train_val/<city>/query`` or ``.../database``): ``raw.csv`` (key, lon, lat,
+    ca = compass angle, captured_at, pano) beside ``images/<key>.jpg``; rows in the CSV's order."""
+    folder = Path(folder)
+    csv_path = folder / "raw.csv"
+    images = []
+    with open(csv_path, newline="") as f:
+        for line_no, row in enumerate(csv.DictReader(f), start=2):
+            try:
+                key, lat, lon = row["key"].strip(), float(row["lat"]), float(row["lon"])
+                heading = float(row["ca"]) if (row.get("ca") or "").strip() else NAN
+            except (KeyError, ValueError, AttributeError) as e:
+                raise ValueError(f"{csv_path}:{line_no}: expected MSLS columns key,lon,lat,ca ({e!r})") from None
+            path = folder / "images" / f"{key}.jpg"
+            east, north, zone = to_utm(lat, lon)
+            images.append(GeoImage(path, f"images/{key}.jpg", lat, lon, NAN, east, north, zone, heading, False,
+                                   len(images)))
+    return images
+
+
 def read_csv(csv_path) -> list[GeoImage]:
     csv_path = Path(csv_path)
     images = []
@@ -119,20 +193,25 @@ def read_sequence(folder, spacing: float, origin=(0.0, 0.0), heading: float = 0.
 
 
 def load_dataset(path, sequence_spacing: float | None = None, **sequence_options) -> list[GeoImage]:
-    """Read any of the three layouts: a .csv file, a VG-named folder, or (with `sequence_spacing`) a
-    coordinate-free sequence folder."""
+    """Read any of the layouts: a .csv file, a VG-named folder, a raw MSLS city side, a folder of EXIF-geotagged
+    photos, or (with
+    `sequence_spacing`) a coordinate-free sequence folder."""
     path = Path(path)
     if path.is_file() and path.suffix.lower() == ".csv":
         return read_csv(path)
     if sequence_spacing is not None:
         return read_sequence(path, sequence_spacing, **sequence_options)
+    if (path / "raw.csv").is_file() and (path / "images").is_dir():
+        return read_msls_folder(path)
     images = list_images(path)
     if not images:
         raise ValueError(f"{path}: no images found")
     if all(is_vg_name(p.name) for p in images):
         return read_vg_folder(path)
-    raise ValueError(f"{path}: file names carry no VG-benchmark coordinates; give a CSV of image,lat,lon "
-                     f"or a sequence spacing in metres for a coordinate-free sequence")
+    if exif_gps(images[0]) is not None:
+        return read_exif_folder(path)
+    raise ValueError(f"{path}: file names carry no VG-benchmark coordinates and the images no EXIF GPS; give a CSV "
+                     f"of image,lat,lon or a sequence spacing in metres for a coordinate-free sequence")
 
 
 def positions_utm(images: list[GeoImage]) -> np.ndarray:

@@ -1,10 +1,12 @@
 """`geoloc eval`: Recall@N of an encoder (and the raw-pixel baselines) on a database / queries pair.
 
 Protocols: positives within `--radius` metres (default 25 m, the standard VPR protocol) and, for sequences,
-within `--frame-tolerance` frames (frame numbers read from the file names). FAISS exact inner-product search.
+within `--frame-tolerance` frames (frame numbers read from the file names). `--protocol ours` (default) or `vg`
+(the VG benchmark's exact rules; docs/model.md, "Evaluation").
 
     geoloc eval --encoder maps/nordland_demo --database DB --queries Q [--sequence-spacing 10] \\
         [--frames 19210:24000] [--frame-tolerance 2] [--baselines] [--json out.json]
+    geoloc eval --encoder progeo_rn50.safetensors --dataset pitts30k/images/test --protocol vg --resize native
     geoloc eval --nordland-report [--encoder maps/nordland_demo] [--json out.json]
 """
 
@@ -25,6 +27,16 @@ def add_parser(sub):
                    help="metres between frames of coordinate-free sequences (positions are synthetic)")
     p.add_argument("--frames", default=None, metavar="LO:HI",
                    help="keep only frames whose file-name number lies in LO..HI (inclusive)")
+    p.add_argument("--dataset", default=None, metavar="DIR",
+                   help="a VG-benchmark dataset folder: DIR/database and DIR/queries (SF-XL, Pitts30k, Tokyo 24/7, "
+                        "MSLS after the VG tooling); or give --database and --queries")
+    p.add_argument("--protocol", choices=("ours", "vg"), default="ours",
+                   help="ours (default): queries without a positive left out, positives < radius, inner product on "
+                        "L2-normalised descriptors; vg: the VG benchmark's (ProGEO's test.py): every query counts, "
+                        "positives <= radius, L2 search on the network's raw descriptors")
+    p.add_argument("--resize", choices=("stretch", "native"), default="stretch",
+                   help="stretch (default): every image to the encoder's input size; native: each image at its own "
+                        "resolution, as the VG benchmark feeds ResNets (ViTs cannot)")
     p.add_argument("--radius", type=float, default=25.0, help="positive radius in metres (default 25)")
     p.add_argument("--frame-tolerance", type=int, default=None,
                    help="also report the frame-tolerance protocol: positives within K frames")
@@ -57,6 +69,11 @@ def run(args):
         if args.json:
             _write_json(args.json, result)
         return 0
+    if args.dataset:
+        from pathlib import Path
+
+        args.database = args.database or str(Path(args.dataset) / "database")
+        args.queries = args.queries or str(Path(args.dataset) / "queries")
     if not (args.database and args.queries and (args.encoder or args.baselines)):
         raise SystemExit("geoloc eval: give --database, --queries and --encoder (or --baselines), "
                          "or --nordland-report")
@@ -78,8 +95,10 @@ def run(args):
     db, q = load(args.database), load(args.queries)
     db_img = [read_image(r.path) for r in db]
     q_img = [read_image(r.path) for r in q]
-    protocols = {f"{args.radius:g} m": E.positives_by_radius([(r.utm_east, r.utm_north) for r in db],
-                                                              [(r.utm_east, r.utm_north) for r in q], args.radius)}
+    vg = args.protocol == "vg"
+    # JSON keys: "25 m" as before for ours (strictly closer), "<= 25 m" for the VG protocol
+    protocols = {f"{'<= ' if vg else ''}{args.radius:g} m": E.positives_by_radius(
+        [(r.utm_east, r.utm_north) for r in db], [(r.utm_east, r.utm_north) for r in q], args.radius, inclusive=vg)}
     if args.frame_tolerance is not None:
         dbf = np.array([frame_number(r.path) for r in db])
         qf = np.array([frame_number(r.path) for r in q])
@@ -95,16 +114,24 @@ def run(args):
         from geoloc_ros.model import load_encoder
 
         enc = load_encoder(args.encoder, device=args.device)
-        methods[f"encoder {enc.arch.get('name')} ({enc.fingerprint[:8]})"] = (
-            enc.encode(db_img, batch_size=args.batch_size), enc.encode(q_img, batch_size=args.batch_size))
+        options = {"batch_size": args.batch_size, "raw": vg, "native_size": args.resize == "native"}
+        try:
+            methods[f"encoder {enc.arch.get('name')} ({enc.fingerprint[:8]})"] = (
+                enc.encode(db_img, **options), enc.encode(q_img, **options))
+        except ValueError as e:
+            raise SystemExit(f"geoloc eval: {e}")
 
     results = {"database": args.database, "queries": args.queries, "database_size": len(db), "queries_size": len(q),
+               "protocol": args.protocol, "resize": args.resize,
                "synthetic_positions": bool(any(r.synthetic for r in db + q)), "protocols": {}}
+    recall = E.vg_recall_at_n if vg else E.recall_at_n
     for pname, pos in protocols.items():
-        rows = {m: E.recall_at_n(d, qd, pos, args.ns) for m, (d, qd) in methods.items()}
+        rows = {m: recall(d, qd, pos, args.ns) for m, (d, qd) in methods.items()}
         results["protocols"][pname] = rows
-        print(f"\nRecall@N, positives within {pname}  ({len(q)} queries vs {len(db)} database images"
-              + (", synthetic positions" if results["synthetic_positions"] else "") + ")")
+        counted = len(q) if vg else len(q) - int(sum(len(p) == 0 for p in pos))
+        print(f"\nRecall@N ({args.protocol} protocol), positives within {pname}  ({counted} of {len(q)} queries "
+              f"counted, {len(db)} database images" + (", synthetic positions" if results["synthetic_positions"]
+                                                       else "") + ")")
         print(E.format_table(rows, args.ns))
     if args.json:
         _write_json(args.json, results)

@@ -241,10 +241,11 @@ def infer_progeo_arch(file, state):
         grid = round((state["backbone.positional_embedding"].shape[0] - 1) ** 0.5)
         embed = state["backbone.proj"].shape[1]
         name = {16: "ViT-B-16", 32: "ViT-B-32"}.get(patch, f"ViT-custom-p{patch}")
-        base = arch_config(name) if name in ("ViT-B-16", "ViT-B-32") else {"name": name, "text_cfg": {},
-                                                                          "quick_gelu": True}
-        cfg = {**base, "embed_dim": embed,
-               "vision_cfg": {"image_size": grid * patch, "layers": layers, "width": width, "patch_size": patch}}
+        if name in ("ViT-B-16", "ViT-B-32"):  # the same dict as build_encoder's, so fingerprints agree
+            cfg = arch_config(name, grid * patch)
+        else:
+            cfg = {"name": name, "text_cfg": {}, "quick_gelu": True, "embed_dim": embed,
+                   "vision_cfg": {"image_size": grid * patch, "layers": layers, "width": width, "patch_size": patch}}
         dim = state["aggregation.0.weight"].shape[0] if "aggregation.0.weight" in state else embed
         return cfg, dim
     if "backbone.layer1.0.conv1.weight" in state:  # ModifiedResNet
@@ -253,13 +254,13 @@ def infer_progeo_arch(file, state):
         embed = state["backbone.attnpool.c_proj.weight"].shape[0] if "backbone.attnpool.c_proj.weight" in state \
             else width * 32
         name = {(3, 4, 6, 3): "RN50", (3, 4, 23, 3): "RN101"}.get(tuple(counts), "RN-custom")
-        base = arch_config(name) if name in ("RN50", "RN101") else {"name": name, "text_cfg": {}, "quick_gelu": True}
-        if "backbone.attnpool.positional_embedding" in state:
-            side = round((state["backbone.attnpool.positional_embedding"].shape[0] - 1) ** 0.5)
-            pool_size = side * 32
+        # The attention pool (stage 1 only) is not part of the encoder, so its native grid does not matter here:
+        # the architecture records the input ProGEO feeds (512), as build_encoder(arch="RN50") does.
+        if name in ("RN50", "RN101"):
+            cfg = arch_config(name, PROGEO_IMAGE_SIZE)
         else:
-            pool_size = PROGEO_IMAGE_SIZE
-        cfg = {**base, "embed_dim": embed, "vision_cfg": {"image_size": pool_size, "layers": counts, "width": width}}
+            cfg = {"name": name, "text_cfg": {}, "quick_gelu": True, "embed_dim": embed,
+                   "vision_cfg": {"image_size": PROGEO_IMAGE_SIZE, "layers": counts, "width": width}}
         if "aggregation.3.weight" not in state:
             raise CheckpointError(f"{file}: ResNet ProGEO checkpoint without its aggregation layer "
                                   f"'aggregation.3.weight'")

@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 
-from geoloc_ros.model.archs import arch_config, hw
+from geoloc_ros.model.archs import arch_config, hw, is_resnet
 
 # ProGEO normalises with the ImageNet statistics (train_clip_stage2.py: T.Normalize(mean=[0.485, 0.456, 0.406],
 # std=[0.229, 0.224, 0.225])), not CLIP's own.
@@ -171,38 +171,58 @@ class Encoder:
         return self._fp_cache[1]
 
     # -- encoding ---------------------------------------------------------------------------------------------
-    def to_tensor(self, images):
-        """List of numpy images -> normalised float tensor (N, 3, H, W) on the encoder's device."""
+    def to_tensor(self, images, size=None):
+        """List of numpy images -> normalised float tensor (N, 3, H, W) on the encoder's device, resized to `size`
+        (H, W; default the encoder's input size)."""
         import torch
 
-        batch = resize_batch(images, self.image_size)
+        batch = resize_batch(images, tuple(size or self.image_size))
         x = torch.from_numpy(batch).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
         mean = torch.tensor(self.preprocess["mean"], dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         std = torch.tensor(self.preprocess["std"], dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
         x = (x - mean) / std
         return x.half() if self.half else x
 
-    def encode(self, images, batch_size: int | None = None) -> np.ndarray:
+    def encode(self, images, batch_size: int | None = None, raw: bool = False,
+               native_size: bool = False) -> np.ndarray:
         """List of HxWx3 uint8 RGB arrays (any size; grey HxW / HxWx1 and RGBA accepted) -> float32 (N, dim),
-        rows L2-normalised. A single array (HxW or HxWxC) is treated as a list of one."""
+        rows L2-normalised. A single array (HxW or HxWxC) is treated as a list of one.
+
+        For the VG benchmark's protocol: `raw` returns what ProGEO's network outputs (a ViT's projected class token
+        unnormalised; see GeoLocalizationNet.raw_descriptor); `native_size` feeds each image at its own resolution
+        instead of stretching it to the input size (ResNets only: a ViT's positional table fixes its input)."""
         import torch
 
-        if isinstance(images, np.ndarray) and images.ndim in (2, 3) and (images.ndim == 2 or images.shape[2] in (1, 3, 4)):
+        if isinstance(images, np.ndarray) and (images.ndim == 2 or (images.ndim == 3 and images.shape[2] in (1, 3, 4))):
             images = [images]
         images = list(images)
         if not images:
             return np.zeros((0, self.dim), dtype=np.float32)
+        if native_size and not is_resnet(self.arch):
+            raise ValueError(f"native-size input needs a ResNet backbone; {self.arch.get('name')} is a ViT whose "
+                             f"positional table fixes the input at {self.image_size[0]}x{self.image_size[1]}")
         bs = batch_size or self.batch_size
         was_training = self.net.training
         self.net.eval()
-        out = []
+        out = np.empty((len(images), self.dim), dtype=np.float32)
         with torch.inference_mode():
-            for i in range(0, len(images), bs):
-                d = self.net(self.to_tensor(images[i:i + bs])).float()
-                out.append(torch.nn.functional.normalize(d, dim=1).cpu().numpy())
+            for size, idx in self._batches(images, bs, native_size):
+                x = self.to_tensor([images[i] for i in idx], size)
+                d = (self.net.raw_descriptor(x) if raw else self.net(x)).float()
+                out[idx] = (d if raw else torch.nn.functional.normalize(d, dim=1)).cpu().numpy()
         if was_training:
             self.net.train()
-        return np.ascontiguousarray(np.concatenate(out, axis=0), dtype=np.float32)
+        return out
+
+    def _batches(self, images, batch_size, native_size):
+        """(size, indices) batches: all at the input size, or grouped by each image's own size."""
+        if not native_size:
+            return [(None, list(range(i, min(i + batch_size, len(images)))))
+                    for i in range(0, len(images), batch_size)]
+        groups = {}
+        for i, img in enumerate(images):
+            groups.setdefault(tuple(np.asarray(img).shape[:2]), []).append(i)
+        return [(size, idx[j:j + batch_size]) for size, idx in groups.items() for j in range(0, len(idx), batch_size)]
 
     __call__ = encode
 

@@ -1,7 +1,9 @@
 """Recall@N evaluation with FAISS: the 25 m positive-radius protocol and the frame-tolerance protocol.
 
-Recall@N = fraction of queries (with at least one positive in the database) whose N nearest database
-descriptors (inner product on L2-normalised descriptors, faiss.IndexFlatIP) contain a positive.
+Ours (`recall_at_n`): fraction of queries (with at least one positive in the database) whose N nearest database
+descriptors (inner product on L2-normalised descriptors, faiss.IndexFlatIP) contain a positive; positives closer
+than 25 m. The VG benchmark's (`vg_recall_at_n` with ``positives_by_radius(..., inclusive=True)``): every query in
+the denominator, positives at <= 25 m, L2 search on the raw descriptors (docs/model.md, "Evaluation").
 """
 
 from __future__ import annotations
@@ -12,17 +14,25 @@ DEFAULT_NS = (1, 5, 10, 20)
 POSITIVE_RADIUS_M = 25.0  # the standard VPR protocol (ProGEO/CosPlace --positive_dist_threshold 25)
 
 
-def positives_by_radius(db_xy, q_xy, radius=POSITIVE_RADIUS_M) -> list[np.ndarray]:
-    """Per query, the database indices within `radius` metres (UTM easting/northing, same zone)."""
+def positives_by_radius(db_xy, q_xy, radius=POSITIVE_RADIUS_M, inclusive: bool = False) -> list[np.ndarray]:
+    """Per query, the database indices closer than `radius` metres (UTM easting/northing, same zone); with
+    `inclusive`, also those at exactly `radius` (the VG benchmark's sklearn radius_neighbors counts <= radius).
+    FAISS finds the candidates in float32 with a margin; the decision is taken on float64 distances."""
     import faiss
 
-    db_xy = np.asarray(db_xy, dtype=np.float64)
-    q_xy = np.asarray(q_xy, dtype=np.float64)
+    db_xy = np.asarray(db_xy, dtype=np.float64).reshape(-1, 2)
+    q_xy = np.asarray(q_xy, dtype=np.float64).reshape(-1, 2)
     origin = db_xy.mean(axis=0) if len(db_xy) else np.zeros(2)
     index = faiss.IndexFlatL2(2)
     index.add(np.ascontiguousarray(db_xy - origin, dtype=np.float32))
-    lims, _, ids = index.range_search(np.ascontiguousarray(q_xy - origin, dtype=np.float32), float(radius) ** 2)
-    return [np.sort(ids[lims[i]:lims[i + 1]]).astype(np.int64) for i in range(len(q_xy))]
+    margin = float(radius) + 1.0 + 1e-6 * float(radius)
+    lims, _, ids = index.range_search(np.ascontiguousarray(q_xy - origin, dtype=np.float32), margin ** 2)
+    out = []
+    for i in range(len(q_xy)):
+        cand = ids[lims[i]:lims[i + 1]].astype(np.int64)
+        d = np.sqrt(((db_xy[cand] - q_xy[i]) ** 2).sum(axis=1))
+        out.append(np.sort(cand[d <= radius if inclusive else d < radius]))
+    return out
 
 
 def positives_by_frame(db_frames, q_frames, tolerance: int) -> list[np.ndarray]:
@@ -69,6 +79,29 @@ def recall_at_n(db_desc, q_desc, positives, ns=DEFAULT_NS) -> dict:
     return result
 
 
+def vg_recall_at_n(db_desc, q_desc, positives, ns=DEFAULT_NS) -> dict:
+    """The VG benchmark's Recall@N (ProGEO's and CosPlace's test.py, gmberton/VPR-methods-evaluation): exact L2
+    search (faiss.IndexFlatL2) on the descriptors as given, and every query in the denominator, so a query with no
+    positive in the database counts as a miss. Same keys as `recall_at_n`; "queries" counts all queries."""
+    import faiss
+
+    ns = tuple(int(n) for n in ns)
+    db_desc = np.ascontiguousarray(db_desc, dtype=np.float32)
+    q_desc = np.ascontiguousarray(q_desc, dtype=np.float32)
+    n_without = int(sum(len(p) == 0 for p in positives))
+    result = {"queries": int(len(q_desc)), "queries_without_positives": n_without, "database": int(len(db_desc))}
+    if not len(q_desc) or not len(db_desc):
+        result.update({f"R@{n}": float("nan") for n in ns})
+        return result
+    index = faiss.IndexFlatL2(db_desc.shape[1])
+    index.add(db_desc)
+    _, pred = index.search(q_desc, min(max(ns), len(db_desc)))
+    for n in ns:
+        hits = [np.isin(row[:n], p).any() for row, p in zip(pred, positives)]
+        result[f"R@{n}"] = float(100.0 * np.mean(hits))
+    return result
+
+
 # ---- the classic raw-pixel baselines ---------------------------------------------------------------------------
 def raw_pixel_descriptors(images, size=(32, 64), patch: int | None = None) -> np.ndarray:
     """Normalised raw pixels: grey, resized to `size` (H, W), zero-mean / unit-variance (whole image, or per
@@ -88,7 +121,8 @@ def raw_pixel_descriptors(images, size=(32, 64), patch: int | None = None) -> np
         if patch:
             ph, pw = h // patch, w // patch
             blocks = g[:ph * patch, :pw * patch].reshape(ph, patch, pw, patch)
-            blocks = (blocks - blocks.mean(axis=(1, 3), keepdims=True)) / (blocks.std(axis=(1, 3), keepdims=True) + 1e-6)
+            spread = blocks.std(axis=(1, 3), keepdims=True) + 1e-6
+            blocks = (blocks - blocks.mean(axis=(1, 3), keepdims=True)) / spread
             g = np.zeros_like(g)
             g[:ph * patch, :pw * patch] = blocks.reshape(ph * patch, pw * patch)
         else:

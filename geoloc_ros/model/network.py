@@ -73,24 +73,24 @@ class Flatten(nn.Module):
 def build_clip(cfg: dict, pretrained: str | None = None):
     """An open_clip CLIP model (visual + text towers) for the architecture dict `cfg`.
 
-    `pretrained`: None (random init), an open_clip pretrained tag (e.g. "openai"; downloads unless cached) or a
-    local checkpoint file path, only for the open_clip-named backbones.
+    `pretrained`: None (random init), an open_clip pretrained tag (e.g. "openai"; downloads unless cached), a local
+    file in open_clip's layout or one of OpenAI's original files (see `geoloc_ros.model.pretrained`). A ResNet's
+    attention pool is built at the backbone's native size (what pretrained weights have; 7x7 for ProGEO's RN50 /
+    RN101) and adapted to the actual feature map at run time (`attnpool_any_size`); a ViT is built for cfg's input.
     """
-    import open_clip
     from open_clip.model import CLIP
 
+    if pretrained:
+        from geoloc_ros.model.pretrained import load_pretrained_clip
+
+        return load_pretrained_clip(cfg, pretrained)
     vision_cfg = dict(cfg["vision_cfg"])
     if is_resnet(cfg):
-        # ModifiedResNet takes one int; the attention pool's positional embedding is resized to the actual
-        # grid at run time (see `attnpool_any_size`), so non-square inputs work.
-        vision_cfg["image_size"] = max(hw(vision_cfg["image_size"]))
-    if pretrained:
-        model = open_clip.create_model(cfg["name"], pretrained=pretrained, force_quick_gelu=cfg.get("quick_gelu"),
-                                       force_image_size=vision_cfg["image_size"])
-    else:
-        model = CLIP(embed_dim=cfg["embed_dim"], vision_cfg=vision_cfg, text_cfg=dict(cfg["text_cfg"]),
-                     quick_gelu=bool(cfg.get("quick_gelu", False)))
-    return model
+        from geoloc_ros.model.pretrained import native_image_size
+
+        vision_cfg["image_size"] = native_image_size(cfg)
+    return CLIP(embed_dim=cfg["embed_dim"], vision_cfg=vision_cfg, text_cfg=dict(cfg["text_cfg"]),
+                quick_gelu=bool(cfg.get("quick_gelu", False)))
 
 
 def build_visual(cfg: dict):
@@ -134,6 +134,17 @@ class GeoLocalizationNet(nn.Module):
 
     def forward(self, x):
         return self.aggregate(self.feature_map(x) if is_resnet(self.cfg) else self.backbone(x))
+
+    def raw_descriptor(self, x):
+        """What ProGEO's own network returns, for the VG protocol's L2 search: for a ViT head the output before
+        the final L2Norm (ProGEO searches the projected class token unnormalised); a ResNet head ends with L2Norm
+        in ProGEO as well, so it is `forward`."""
+        if is_resnet(self.cfg):
+            return self.forward(x)
+        head = self.aggregation[:-1]
+        p = next(head.parameters(), None)
+        features = self.backbone(x)
+        return head(features if p is None else features.to(p.dtype))
 
     def aggregate(self, features):
         """The aggregation, in its own precision (see `half_backbone`)."""
