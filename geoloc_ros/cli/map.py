@@ -16,6 +16,8 @@ import math
 from pathlib import Path
 import sys
 
+from geoloc_ros.cli import map_features
+
 
 def add_parser(sub):
     p = sub.add_parser("map", help="build, extend, merge, inspect and query map databases",
@@ -35,6 +37,7 @@ def add_parser(sub):
                                                         "stored descriptors (for PQ indexes; default 0 = off)")
     b.add_argument("--no-encoder-copy", action="store_true", help="do not carry the encoder checkpoint in the map")
     b.add_argument("--force", action="store_true", help="replace an existing map at --out")
+    map_features.add_args(b)
     _encode_args(b)
     b.set_defaults(func=run_build)
 
@@ -135,7 +138,8 @@ def _add_source(db, encoder, args):
 
     if bool(args.images) == bool(args.bag):
         _fail("give exactly one of --images and --bag")
-    opts = {"batch_size": args.batch_size, "progress": not args.quiet}
+    opts = {"batch_size": args.batch_size, "progress": not args.quiet,
+            "camera_for": map_features.prepare(db, args)}
     if args.images:
         return add_dataset(db, encoder, _load_images(args), source=Path(args.images).name, **opts)
     if not args.image_topic:
