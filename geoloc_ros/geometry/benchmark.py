@@ -20,7 +20,7 @@ import numpy as np
 from scipy.spatial.transform import Rotation
 
 from geoloc_ros.geometry.camera import PinholeCamera
-from geoloc_ros.geometry.features import DETECTORS, available_detectors, detect
+from geoloc_ros.geometry.features import DEFAULT_MAX_KEYPOINTS, DETECTORS, available_detectors, detect
 from geoloc_ros.geometry.relative_pose import verify_candidate
 
 KITTI_CAMERA = PinholeCamera(707.0912, 707.0912, 601.8873, 183.1104, 1226, 370)
@@ -115,13 +115,13 @@ def rgbd_cases(data: Path):
                read_rgb(folder / "color" / f"{b}.png"), RGBD_CAMERA, db, np.linalg.inv(poses[a]) @ poses[b])
 
 
-def run_pairs(cases, detector: str, timings: list) -> list[dict]:
+def run_pairs(cases, detector: str, timings: list, max_keypoints: int = DEFAULT_MAX_KEYPOINTS) -> list[dict]:
     rows = []
     for name, ia, ca, da, ib, cb, db, T_true in cases:
         t0 = time.perf_counter()
-        fa = detect(ia, detector, depth=da)
+        fa = detect(ia, detector, max_keypoints, depth=da)
         t1 = time.perf_counter()
-        fb = detect(ib, detector, depth=db)
+        fb = detect(ib, detector, max_keypoints, depth=db)
         timings.extend([(t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3])
         r = verify_candidate(fa, ca, fb, cb)
         row = {"pair": name, "kind": r.kind, "inliers": r.inliers, "matches": r.matches,
@@ -133,13 +133,13 @@ def run_pairs(cases, detector: str, timings: list) -> list[dict]:
     return rows
 
 
-def feature_sizes(data: Path, detector: str, timings: list) -> list[int]:
+def feature_sizes(data: Path, detector: str, timings: list, max_keypoints: int = DEFAULT_MAX_KEYPOINTS) -> list[int]:
     """Blob bytes of every toy_streets image (and times detection into `timings`)."""
     sizes = []
     for path in sorted((data / "toy_streets").rglob("*.jpg")):
         img = read_rgb(path)
         t0 = time.perf_counter()
-        f = detect(img, detector)
+        f = detect(img, detector, max_keypoints)
         timings.append((time.perf_counter() - t0) * 1e3)
         sizes.append(len(f.to_bytes()))
     return sizes
@@ -201,21 +201,23 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m geoloc_ros.geometry.benchmark", description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=default_data(), help="the shared data folder (default ../shared/data)")
     p.add_argument("--detectors", default=",".join(DETECTORS))
+    p.add_argument("--max-keypoints", type=int, default=DEFAULT_MAX_KEYPOINTS)
     p.add_argument("--json", type=Path, help="also write every figure here")
     args = p.parse_args(argv)
     import cv2
 
     cv2.setRNGSeed(0)  # RANSAC sampling: the same figures on every run of one machine
-    print(f"CPU: {cpu_name()}; OpenCV {cv2.__version__}; timings share the CPU with whatever else runs\n")
+    print(f"CPU: {cpu_name()}; OpenCV {cv2.__version__}; at most {args.max_keypoints} keypoints per image; timings "
+          f"share the CPU with whatever else runs\n")
     results, summaries = {}, []
     for det in args.detectors.split(","):
         if det not in available_detectors():
             print(f"## {det}\n\nnot in this OpenCV build ({cv2.__version__}); skipped\n")
             continue
         timings = []
-        kitti = run_pairs(kitti_cases(args.data), det, timings)
-        rgbd = run_pairs(rgbd_cases(args.data), det, timings)
-        sizes = feature_sizes(args.data, det, timings)
+        kitti = run_pairs(kitti_cases(args.data), det, timings, args.max_keypoints)
+        rgbd = run_pairs(rgbd_cases(args.data), det, timings, args.max_keypoints)
+        sizes = feature_sizes(args.data, det, timings, args.max_keypoints)
         results[det] = {"kitti": kitti, "rgbd": rgbd}
         summaries.append(summary(det, kitti, rgbd, timings, sizes))
         print(f"## {det}\n\n{pair_table(kitti + rgbd)}\n")

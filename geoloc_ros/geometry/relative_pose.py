@@ -144,7 +144,7 @@ def _direction(fa, cam_a, fb, cam_b, pairs, min_inliers):
                                    threshold=RANSAC_PIXELS / focal, maxIters=5000)
     if E is None or mask is None or E.shape != (3, 3):
         return RelativePose(inliers=0)
-    n, R, t, mask = cv2.recoverPose(E, xa, xb, eye, mask=mask.copy())
+    _, R, t, mask = cv2.recoverPose(E, xa, xb, eye, mask=mask.copy())
     inl = np.flatnonzero(mask.reshape(-1) > 0)
     if len(inl) < min_inliers:
         return RelativePose(inliers=int(len(inl)))
