@@ -13,6 +13,18 @@ DIRECTION_BAR_DEG = 5.0
 METRIC_BAR_M = 0.10
 
 
+def test_calibration_yaml(tmp_path):
+    path = tmp_path / "cam.yaml"
+    path.write_text("image_width: 640\nimage_height: 480\ncamera_name: front\ncamera_matrix:\n  rows: 3\n  cols: 3\n"
+                    "  data: [518.0, 0.0, 325.5, 0.0, 519.0, 253.5, 0.0, 0.0, 1.0]\ndistortion_model: plumb_bob\n"
+                    "distortion_coefficients:\n  rows: 1\n  cols: 5\n  data: [0.1, -0.2, 0.0, 0.0, 0.05]\n")
+    cam = PinholeCamera.from_calibration_yaml(path)
+    assert cam == PinholeCamera(518.0, 519.0, 325.5, 253.5, 640, 480, (0.1, -0.2, 0.0, 0.0, 0.05))
+    path.write_text("camera_matrix: 3\n")
+    with pytest.raises(ValueError, match="not a ROS camera_info YAML"):
+        PinholeCamera.from_calibration_yaml(path)
+
+
 def test_camera_model_conversions(shared_data):
     cv2 = pytest.importorskip("cv2")
     cam = PinholeCamera(500.0, 510.0, 320.0, 240.0, 640, 480, (0.1, -0.05, 0.001, 0.002, 0.01))

@@ -67,7 +67,8 @@ def write_kitti_bag(path, shared_data):
     ts = get_typestore(Stores.ROS2_KILTED)
     T = ts.types
     Time, Header = T["builtin_interfaces/msg/Time"], T["std_msgs/msg/Header"]
-    Image, CameraInfo, RoI = T["sensor_msgs/msg/Image"], T["sensor_msgs/msg/CameraInfo"], T["sensor_msgs/msg/RegionOfInterest"]
+    Image, CameraInfo = T["sensor_msgs/msg/Image"], T["sensor_msgs/msg/CameraInfo"]
+    RoI = T["sensor_msgs/msg/RegionOfInterest"]
     NavSatFix, NavSatStatus = T["sensor_msgs/msg/NavSatFix"], T["sensor_msgs/msg/NavSatStatus"]
     t0 = 1_700_000_000 * 10**9
     cam = bench.KITTI_CAMERA.to_camera_info()
@@ -130,3 +131,23 @@ def test_corrupted_feature_files_are_refused(tmp_path, shared_data, encoder_file
     path.unlink()
     with pytest.raises(MapError, match=f"{name}: missing"):
         MapDatabase.load(out)
+
+
+def test_merge_keeps_local_features(tmp_path, shared_data, encoder_file):
+    folder = str(shared_data / "toy_streets" / "queries")
+    a = build(encoder_file, tmp_path / "a", "--images", folder, "--sequence-spacing", "5", "--range", "0:2",
+              "--camera", "400,400,255.5,255.5")
+    b = build(encoder_file, tmp_path / "b", "--images", folder, "--sequence-spacing", "5", "--range", "2:4",
+              "--camera", "300,300,255.5,255.5")
+    geoloc(["map", "merge", str(tmp_path / "a"), str(tmp_path / "b"), "--out", str(tmp_path / "ab")])
+    merged = MapDatabase.load(tmp_path / "ab")
+    assert len(merged.local_features) == 4
+    for kid, (source, old) in enumerate([(a, 0), (a, 1), (b, 0), (b, 1)]):
+        features, camera = merged.local_features.get(kid)
+        want, want_camera = source.local_features.get(old)
+        assert np.array_equal(features.keypoints, want.keypoints) and camera == want_camera
+    orb = build(encoder_file, tmp_path / "orb", "--images", folder, "--sequence-spacing", "5", "--range", "4:5",
+                "--local-features", "orb")
+    assert orb.local_features.get(0)[1] is None  # toy_streets JPEGs carry no EXIF focal length
+    with pytest.raises(SystemExit, match="different detectors"):
+        geoloc(["map", "merge", str(tmp_path / "a"), str(tmp_path / "orb"), "--out", str(tmp_path / "bad")])

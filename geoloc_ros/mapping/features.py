@@ -162,6 +162,28 @@ def attach_on_load(db, folder: Path, manifest: dict) -> None:
     db.local_features = LocalFeatureStore.read(folder, entry, db.column("id"))
 
 
+def merged_store(maps, new_ids) -> LocalFeatureStore | None:
+    """The local features of `maps` under the ids `new_ids` the merged map gave their keyframes (in map order,
+    row order within a map); None when no map has any. Maps must share the detector."""
+    stores = [m.local_features for m in maps if m.local_features is not None]
+    if not stores:
+        return None
+    if len({(s.detector, s.max_keypoints) for s in stores}) > 1:
+        raise MapError("cannot merge maps whose local features come from different detectors or keypoint caps: "
+                       + ", ".join(f"{m.name!r}: {m.local_features.detector}/{m.local_features.max_keypoints}"
+                                   for m in maps if m.local_features is not None))
+    out = LocalFeatureStore(stores[0].detector, stores[0].max_keypoints)
+    offset = 0
+    for m in maps:
+        ids = m.column("id").tolist()
+        if m.local_features is not None:
+            for old, new in zip(ids, new_ids[offset:offset + len(ids)]):
+                if old in m.local_features:
+                    out.add(new, *m.local_features.get(old))
+        offset += len(ids)
+    return out
+
+
 def bag_cameras(bag, image_topic: str, info_topic: str | None = None):
     """(topic read, [(stamp_ns, PinholeCamera)] sorted by stamp) from sensor_msgs/CameraInfo in a rosbag2. Without
     `info_topic`, image_transport's sibling `<namespace>/camera_info` is tried first, then
