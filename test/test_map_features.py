@@ -2,6 +2,7 @@
 length, --camera) and from a rosbag2 recording with sensor_msgs/CameraInfo written here with rosbags; the files
 are checksummed like every map file, and the stored features verify a candidate without the raw images."""
 
+import contextlib
 import json
 
 import numpy as np
@@ -58,59 +59,88 @@ def test_camera_option_orb_and_no_features(tmp_path, shared_data, encoder_file):
         build(encoder_file, tmp_path / "bad", "--images", folder, "--sequence-spacing", "5", "--camera", "1,2")
 
 
-def write_kitti_bag(path, shared_data):
-    """KITTI 06 colour frames 12, 13, 14, 17 at 10 Hz (their frame numbers), NavSatFix beside them, and one
-    latched-style CameraInfo on /kitti/camera_info (image_transport's sibling of /kitti/image_raw)."""
+def camera_info(ts, camera, header):
+    """A rosbags sensor_msgs/CameraInfo filled by PinholeCamera.to_camera_info."""
+    fields = camera.to_camera_info()
+    return ts.types["sensor_msgs/msg/CameraInfo"](
+        header=header, height=fields["height"], width=fields["width"], distortion_model=fields["distortion_model"],
+        d=np.array(fields["d"]), k=np.array(fields["k"]), r=np.array(fields["r"]), p=np.array(fields["p"]),
+        binning_x=0, binning_y=0,
+        roi=ts.types["sensor_msgs/msg/RegionOfInterest"](x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
+
+
+T0 = 1_700_000_000 * 10**9
+
+
+@contextlib.contextmanager
+def camera_bag(path, camera, frame_id, info_topic, topics):
+    """A rosbags writer with one CameraInfo of `camera` at T0 on `info_topic`; yields (write(topic, t, msg),
+    typestore types, header(t)) for the other `topics` ({topic: message type})."""
     from rosbags.rosbag2 import Writer
     from rosbags.typesys import Stores, get_typestore
 
     ts = get_typestore(Stores.ROS2_KILTED)
     T = ts.types
-    Time, Header = T["builtin_interfaces/msg/Time"], T["std_msgs/msg/Header"]
-    Image, CameraInfo = T["sensor_msgs/msg/Image"], T["sensor_msgs/msg/CameraInfo"]
-    RoI = T["sensor_msgs/msg/RegionOfInterest"]
-    NavSatFix, NavSatStatus = T["sensor_msgs/msg/NavSatFix"], T["sensor_msgs/msg/NavSatStatus"]
-    t0 = 1_700_000_000 * 10**9
-    cam = bench.KITTI_CAMERA.to_camera_info()
 
     def header(t):
-        return Header(stamp=Time(sec=t // 10**9, nanosec=t % 10**9), frame_id="kitti_left")
+        return T["std_msgs/msg/Header"](stamp=T["builtin_interfaces/msg/Time"](sec=t // 10**9, nanosec=t % 10**9),
+                                        frame_id=frame_id)
 
     with Writer(path, version=9) as w:
-        info_conn = w.add_connection("/kitti/camera_info", CameraInfo.__msgtype__, typestore=ts)
-        img_conn = w.add_connection("/kitti/image_raw", Image.__msgtype__, typestore=ts)
-        fix_conn = w.add_connection("/fix", NavSatFix.__msgtype__, typestore=ts)
-        info = CameraInfo(header=header(t0), height=cam["height"], width=cam["width"],
-                          distortion_model=cam["distortion_model"], d=np.array(cam["d"]), k=np.array(cam["k"]),
-                          r=np.array(cam["r"]), p=np.array(cam["p"]), binning_x=0, binning_y=0,
-                          roi=RoI(x_offset=0, y_offset=0, height=0, width=0, do_rectify=False))
-        w.write(info_conn, t0, ts.serialize_cdr(info, CameraInfo.__msgtype__))
+        conns = {topic: w.add_connection(topic, msgtype, typestore=ts)
+                 for topic, msgtype in {info_topic: "sensor_msgs/msg/CameraInfo", **topics}.items()}
+
+        def write(topic, t, msg):
+            w.write(conns[topic], t, ts.serialize_cdr(msg, conns[topic].msgtype))
+
+        write(info_topic, T0, camera_info(ts, camera, header(T0)))
+        yield write, T, header
+
+
+def image_msg(T, header, array, encoding):
+    h, w = array.shape[:2]
+    return T["sensor_msgs/msg/Image"](header=header, height=h, width=w, encoding=encoding, is_bigendian=0,
+                                      step=array.strides[0],
+                                      data=np.ascontiguousarray(array).reshape(-1).view(np.uint8))
+
+
+def write_kitti_bag(path, shared_data):
+    """KITTI 06 colour frames 12, 13, 14, 17 at 10 Hz (their frame numbers), NavSatFix beside them, and one
+    CameraInfo on /kitti/camera_info (image_transport's sibling of /kitti/image_raw)."""
+    topics = {"/kitti/image_raw": "sensor_msgs/msg/Image", "/fix": "sensor_msgs/msg/NavSatFix"}
+    with camera_bag(path, bench.KITTI_CAMERA, "kitti_left", "/kitti/camera_info", topics) as (write, T, header):
         for frame in (12, 13, 14, 17):
-            t = t0 + (frame - 12) * 100_000_000
+            t = T0 + (frame - 12) * 100_000_000
             rgb = bench.read_rgb(shared_data / "geometry" / "kitti06" / f"kitti06-{frame}-color.png")
-            msg = Image(header=header(t), height=rgb.shape[0], width=rgb.shape[1], encoding="rgb8", is_bigendian=0,
-                        step=rgb.shape[1] * 3, data=rgb.reshape(-1))
-            w.write(img_conn, t, ts.serialize_cdr(msg, Image.__msgtype__))
+            write("/kitti/image_raw", t, image_msg(T, header(t), rgb, "rgb8"))
         for j in range(-1, 8):
-            t = t0 + j * 100_000_000
-            fix = NavSatFix(header=header(t), status=NavSatStatus(status=0, service=1), latitude=49.0 + j * 1e-5,
-                            longitude=8.4, altitude=110.0, position_covariance=np.zeros(9), position_covariance_type=0)
-            w.write(fix_conn, t, ts.serialize_cdr(fix, NavSatFix.__msgtype__))
+            t = T0 + j * 100_000_000
+            fix = T["sensor_msgs/msg/NavSatFix"](
+                header=header(t), status=T["sensor_msgs/msg/NavSatStatus"](status=0, service=1),
+                latitude=49.0 + j * 1e-5, longitude=8.4, altitude=110.0, position_covariance=np.zeros(9),
+                position_covariance_type=0)
+            write("/fix", t, fix)
+
+
+def verify_stored(db, id_a, id_b, T_true, camera):
+    """verify_candidate on two keyframes' stored features and cameras (which must be `camera`): (result, errors)."""
+    import cv2
+
+    (fa, ca), (fb, cb) = db.local_features.get(id_a), db.local_features.get(id_b)
+    assert ca == cb == camera
+    cv2.setRNGSeed(0)
+    r = verify_candidate(fa, ca, fb, cb)
+    return r, bench.errors(r.T_ab, T_true)
 
 
 def test_bag_map_takes_camera_info_and_verifies_from_stored_features(tmp_path, shared_data, encoder_file):
-    cv2 = pytest.importorskip("cv2")
     bag = tmp_path / "kitti"
     write_kitti_bag(bag, shared_data)
     db = build(encoder_file, tmp_path / "kmap", "--bag", str(bag), "--image-topic", "/kitti/image_raw",
                "--fix-topic", "/fix")
     assert len(db) == len(db.local_features) == 4
-    (fa, ca), (fb, cb) = db.local_features.get(0), db.local_features.get(1)
-    assert ca == cb == bench.KITTI_CAMERA
-    cv2.setRNGSeed(0)
-    r = verify_candidate(fa, ca, fb, cb)
     poses = bench.kitti_poses(shared_data / "geometry" / "kitti06")
-    e = bench.errors(r.T_ab, np.linalg.inv(poses["12"]) @ poses["13"])
+    r, e = verify_stored(db, 0, 1, np.linalg.inv(poses["12"]) @ poses["13"], bench.KITTI_CAMERA)
     assert r.kind == "direction" and e["rotation_deg"] <= 1.0 and e["direction_deg"] <= 5.0
 
 
@@ -151,3 +181,30 @@ def test_merge_keeps_local_features(tmp_path, shared_data, encoder_file):
     assert orb.local_features.get(0)[1] is None  # toy_streets JPEGs carry no EXIF focal length
     with pytest.raises(SystemExit, match="different detectors"):
         geoloc(["map", "merge", str(tmp_path / "a"), str(tmp_path / "orb"), "--out", str(tmp_path / "bad")])
+
+
+def write_rgbd_bag(path, shared_data):
+    """The RGB-D desk frames 1-5 as rgb8 colour and 16UC1 depth (millimetres, 5 ms later) at 1 Hz, one CameraInfo."""
+    folder = shared_data / "geometry" / "rgbd_desk"
+    topics = {"/rgbd/image_raw": "sensor_msgs/msg/Image", "/rgbd/depth": "sensor_msgs/msg/Image"}
+    with camera_bag(path, bench.RGBD_CAMERA, "rgbd", "/rgbd/camera_info", topics) as (write, T, header):
+        for n in range(1, 6):
+            t = T0 + n * 10**9
+            write("/rgbd/image_raw", t, image_msg(T, header(t), bench.read_rgb(folder / "color" / f"{n}.png"), "rgb8"))
+            depth = bench.read_depth(folder / "depth" / f"{n}.pgm")
+            write("/rgbd/depth", t + 5_000_000, image_msg(T, header(t + 5_000_000), depth, "16UC1"))
+
+
+def test_bag_map_with_depth_gives_metric_verification(tmp_path, shared_data, encoder_file):
+    bag = tmp_path / "rgbd"
+    write_rgbd_bag(bag, shared_data)
+    db = build(encoder_file, tmp_path / "dmap", "--bag", str(bag), "--image-topic", "/rgbd/image_raw",
+               "--depth-topic", "/rgbd/depth")
+    assert len(db.local_features) == 5
+    assert all(db.local_features.get(k)[0].has_depth for k in range(5))
+    poses = bench.rgbd_poses(shared_data / "geometry" / "rgbd_desk")
+    r, e = verify_stored(db, 1, 2, np.linalg.inv(poses[2]) @ poses[3], bench.RGBD_CAMERA)
+    assert r.kind == "metric" and e["translation_m"] <= 0.10 and e["rotation_deg"] <= 1.0
+    with pytest.raises(SystemExit, match="no depth topic"):
+        build(encoder_file, tmp_path / "bad", "--bag", str(bag), "--image-topic", "/rgbd/image_raw",
+              "--depth-topic", "/nope")

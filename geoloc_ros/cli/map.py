@@ -138,8 +138,7 @@ def _add_source(db, encoder, args):
 
     if bool(args.images) == bool(args.bag):
         _fail("give exactly one of --images and --bag")
-    opts = {"batch_size": args.batch_size, "progress": not args.quiet,
-            "camera_for": map_features.prepare(db, args)}
+    opts = {"batch_size": args.batch_size, "progress": not args.quiet, **map_features.prepare(db, args)}
     if args.images:
         return add_dataset(db, encoder, _load_images(args), source=Path(args.images).name, **opts)
     if not args.image_topic:

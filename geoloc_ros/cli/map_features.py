@@ -23,11 +23,13 @@ def add_args(p):
     g.add_argument("--camera", metavar="FX,FY,CX,CY[,K1,K2,P1,P2[,K3]]", help="one camera model for every image")
     g.add_argument("--calibration", metavar="FILE.yaml", help="a ROS camera_info YAML file for every image")
     g.add_argument("--camera-info-topic", help="CameraInfo topic of a bag (default: found from --image-topic)")
+    g.add_argument("--depth-topic", help="a bag's depth image topic aligned with --image-topic (16UC1 mm or 32FC1 m): "
+                                         "keypoint depth is stored with the features")
 
 
-def prepare(db, args):
-    """Give a new map its LocalFeatureStore (per the options) and return the camera lookup for its images, or
-    None when the map keeps no local features."""
+def prepare(db, args) -> dict:
+    """Give a new map its LocalFeatureStore (per the options) and return the builder options for its images:
+    camera_for (the camera lookup) and depth_for (the depth lookup); empty when the map keeps no local features."""
     from geoloc_ros.geometry.features import available_detectors
     from geoloc_ros.mapping.features import LocalFeatureStore
 
@@ -39,13 +41,24 @@ def prepare(db, args):
             raise SystemExit("geoloc map: --max-keypoints must be positive")
         db.local_features = LocalFeatureStore(detector, args.max_keypoints)
     if db.local_features is None:
-        return None
+        return {}
+    depth_topic = getattr(args, "depth_topic", None)
+    if depth_topic and not getattr(args, "bag", None):
+        raise SystemExit("geoloc map: --depth-topic needs --bag")
     fixed = _fixed_camera(args)
     if fixed is not None:
-        return lambda keyframe, image: fixed
-    if getattr(args, "bag", None):
-        return _bag_lookup(args)
-    return _exif_lookup()
+        def camera_for(keyframe, image):
+            return fixed
+    elif getattr(args, "bag", None):
+        camera_for = _bag_lookup(args)
+    else:
+        camera_for = _exif_lookup()
+    options = {"camera_for": camera_for}
+    if depth_topic:
+        from geoloc_ros.mapping.features import BagDepth
+
+        options["depth_for"] = BagDepth(args.bag, depth_topic)
+    return options
 
 
 def _fixed_camera(args):

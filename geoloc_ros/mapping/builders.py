@@ -14,29 +14,32 @@ from geoloc_ros.mapping.keyframe import Keyframe, keyframe_from_geoimage
 
 def encode_into(db: MapDatabase, encoder, items: Iterable[tuple[Keyframe, object]], batch_size: int = 64,
                 total: int | None = None, desc: str = "encoding", progress: bool = True,
-                camera_for=None) -> list[int]:
+                camera_for=None, depth_for=None) -> list[int]:
     """Encode each (keyframe, image) pair, where the image is an HxWx3 uint8 RGB array or an image file path,
     in batches of `batch_size`, and add them to `db`. Returns the ids added. When `db.local_features` is set,
-    each keyframe's local features are stored too, with the camera model `camera_for(keyframe, image)` gives."""
+    each keyframe's local features are stored too, with the camera model `camera_for(keyframe, image)` gives and
+    the keypoint depth from the aligned depth image `depth_for(keyframe)` gives (None: no depth)."""
     from geoloc_ros.datasets import read_image
 
-    ids, keyframes, images, cameras = [], [], [], []
+    ids, keyframes, images, cameras, depths = [], [], [], [], []
 
     def flush():
         if keyframes:
             added = db.add(encoder.encode(images, batch_size=batch_size), keyframes)
             if db.local_features is not None:
-                for kid, image, camera in zip(added, images, cameras):
-                    db.local_features.add_image(kid, image, camera)
+                for kid, image, camera, depth in zip(added, images, cameras, depths):
+                    db.local_features.add_image(kid, image, camera, depth)
             ids.extend(added)
             keyframes.clear()
             images.clear()
             cameras.clear()
+            depths.clear()
 
     for keyframe, image in tqdm(items, total=total, desc=desc, unit="img", disable=not progress, mininterval=1.0):
         keyframes.append(keyframe)
-        cameras.append(camera_for(keyframe, image) if camera_for is not None and db.local_features is not None
-                       else None)
+        keep = db.local_features is not None
+        cameras.append(camera_for(keyframe, image) if keep and camera_for is not None else None)
+        depths.append(depth_for(keyframe) if keep and depth_for is not None else None)
         images.append(read_image(image) if isinstance(image, (str, Path)) else np.asarray(image))
         if len(keyframes) >= batch_size:
             flush()

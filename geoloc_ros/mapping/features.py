@@ -53,7 +53,10 @@ class LocalFeatureStore:
 
     def add_image(self, keyframe_id: int, image, camera: PinholeCamera | None, depth=None) -> Features:
         """Detect the features of `image` (HxWx3 RGB or HxW uint8) and store them with `camera`."""
-        features = detect(image, self.detector, self.max_keypoints, depth)
+        try:
+            features = detect(image, self.detector, self.max_keypoints, depth)
+        except ValueError as e:
+            raise MapError(f"keyframe {keyframe_id}: {e}") from None
         if camera is not None and camera.width is None:
             w, h = features.image_size
             camera = PinholeCamera(camera.fx, camera.fy, camera.cx, camera.cy, w, h, camera.distortion)
@@ -215,6 +218,45 @@ def bag_cameras(bag, image_topic: str, info_topic: str | None = None):
     if info_topic:
         raise MapError(f"{bag}: no topic {info_topic!r}")
     return None, []
+
+
+class BagDepth:
+    """`depth_for(keyframe)` over a bag's depth topic (sensor_msgs/Image 16UC1 millimetres or 32FC1 metres, aligned
+    with the colour image): the depth image whose header stamp is within `tolerance_ns` of the keyframe's, else
+    None. Keyframes come in stamp order, so the depth messages are read once, alongside (a merge join)."""
+
+    def __init__(self, bag, topic: str, tolerance_ns: int = 20_000_000):
+        self.bag, self.topic, self.tolerance_ns = Path(bag), topic, int(tolerance_ns)
+        self._messages = self._read()
+        self._current = None
+
+    def _read(self):
+        from rosbags.highlevel import AnyReader
+        from rosbags.image import message_to_cvimage
+        from rosbags.typesys import Stores, get_typestore
+
+        with AnyReader([self.bag], default_typestore=get_typestore(Stores.ROS2_KILTED)) as reader:
+            conns = [c for c in reader.connections if c.topic == self.topic]
+            if not conns:
+                raise MapError(f"{self.bag}: no depth topic {self.topic!r}")
+            if any(c.msgtype != "sensor_msgs/msg/Image" for c in conns):
+                raise MapError(f"{self.bag}: depth topic {self.topic!r} is not sensor_msgs/msg/Image")
+            for conn, t, raw in reader.messages(connections=conns):
+                msg = reader.deserialize(raw, conn.msgtype)
+                if msg.encoding not in ("16UC1", "mono16", "32FC1"):
+                    raise MapError(f"{self.bag}: depth topic {self.topic!r} has encoding {msg.encoding!r}, expected "
+                                   f"16UC1 (millimetres) or 32FC1 (metres)")
+                stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+                yield stamp or int(t), message_to_cvimage(msg)
+
+    def __call__(self, keyframe):
+        stamp = keyframe.stamp_ns
+        while self._current is None or self._current[0] < stamp - self.tolerance_ns:
+            self._current = next(self._messages, None)
+            if self._current is None:
+                self._messages = iter(())
+                return None
+        return self._current[1] if abs(self._current[0] - stamp) <= self.tolerance_ns else None
 
 
 def camera_at(models, stamp_ns: int) -> PinholeCamera | None:
