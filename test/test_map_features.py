@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from geoloc_ros.cli import main as geoloc
-from geoloc_ros.geometry import PinholeCamera, verify_candidate
+from geoloc_ros.geometry import PinholeCamera, relative_pose, verify_candidate
 from geoloc_ros.geometry import benchmark as bench
 from geoloc_ros.mapping import MapDatabase, MapError
 from geoloc_ros.mapping.storage import CAMERAS, LOCAL_FEATURES
@@ -123,13 +123,13 @@ def write_kitti_bag(path, shared_data):
 
 
 def verify_stored(db, id_a, id_b, T_true, camera):
-    """verify_candidate on two keyframes' stored features and cameras (which must be `camera`): (result, errors)."""
+    """relative_pose of two keyframes' stored features and cameras (which must be `camera`): (result, errors)."""
     import cv2
 
     (fa, ca), (fb, cb) = db.local_features.get(id_a), db.local_features.get(id_b)
     assert ca == cb == camera
     cv2.setRNGSeed(0)
-    r = verify_candidate(fa, ca, fb, cb)
+    r = relative_pose(fa, ca, fb, cb)
     return r, bench.errors(r.T_ab, T_true)
 
 

@@ -21,7 +21,7 @@ from scipy.spatial.transform import Rotation
 
 from geoloc_ros.geometry.camera import PinholeCamera
 from geoloc_ros.geometry.features import DEFAULT_MAX_KEYPOINTS, DETECTORS, available_detectors, detect
-from geoloc_ros.geometry.relative_pose import verify_candidate
+from geoloc_ros.geometry.relative_pose import solve
 
 KITTI_CAMERA = PinholeCamera(707.0912, 707.0912, 601.8873, 183.1104, 1226, 370)
 KITTI_BASELINE_M = 379.8145 / 707.0912
@@ -123,7 +123,7 @@ def run_pairs(cases, detector: str, timings: list, max_keypoints: int = DEFAULT_
         t1 = time.perf_counter()
         fb = detect(ib, detector, max_keypoints, depth=db)
         timings.extend([(t1 - t0) * 1e3, (time.perf_counter() - t1) * 1e3])
-        r = verify_candidate(fa, ca, fb, cb)
+        r = solve(fa, ca, fb, cb)
         row = {"pair": name, "kind": r.kind, "inliers": r.inliers, "matches": r.matches,
                **errors(r.T_ab, T_true), "sigma_rotation_deg": float(np.degrees(np.sqrt(np.trace(r.covariance[3:,
                                                                                     3:]) / 3)))}

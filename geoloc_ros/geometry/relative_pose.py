@@ -24,8 +24,8 @@ from geoloc_ros.geometry.features import DEFAULT_DETECTOR, Features, detect, mat
 KINDS = ("metric", "direction", "none")
 DEFAULT_MIN_INLIERS = 15
 RANSAC_PIXELS = 2.0
-# The variance (m^2) given to the translation of a "direction" result and to every axis of a "none" result:
-# a back end that adds the factor anyway learns nothing from those axes.
+# The variance (m^2) given to the translation of a "direction" result: a back end that adds the factor anyway
+# learns nothing from those axes. A "none" result has zero covariance and identity, as PlaceCandidate defines it.
 UNKNOWN_VARIANCE = 1e6
 
 
@@ -34,7 +34,7 @@ class RelativePose:
     T_ab: np.ndarray = field(default_factory=lambda: np.eye(4))
     kind: str = "none"
     inliers: int = 0
-    covariance: np.ndarray = field(default_factory=lambda: np.eye(6) * UNKNOWN_VARIANCE)
+    covariance: np.ndarray = field(default_factory=lambda: np.zeros((6, 6)))
     matches: int = 0
 
     @property
@@ -49,24 +49,32 @@ class RelativePose:
 def relative_pose(image_a, cam_a: PinholeCamera, image_b, cam_b: PinholeCamera, depth_a=None, depth_b=None,
                   min_inliers: int = DEFAULT_MIN_INLIERS, detector: str = DEFAULT_DETECTOR) -> RelativePose:
     """`image_a`/`image_b`: HxW or HxWx3 uint8 images, or precomputed `Features` (their depth, if any, is used;
-    with images, `depth_a`/`depth_b` are depth images aligned to them: uint16 mm or float metres).
-    T_ab maps points of b's optical frame into a's: x_a = T_ab @ x_b."""
-    fa = _features(image_a, depth_a, detector)
-    fb = _features(image_b, depth_b, detector)
-    return verify_candidate(fa, cam_a, fb, cam_b, min_inliers)
+    with images, `depth_a`/`depth_b` are depth images aligned to them: uint16 mm or float metres). An image beside
+    precomputed Features is detected with their detector. T_ab maps points of b's optical frame into a's:
+    x_a = T_ab @ x_b."""
+    given = next((f.detector for f in (image_a, image_b) if isinstance(f, Features)), detector)
+    fa = _features(image_a, depth_a, given)
+    fb = _features(image_b, depth_b, given)
+    return solve(fa, cam_a, fb, cam_b, min_inliers)
 
 
 def verify_candidate(query_features: Features, query_camera: PinholeCamera, keyframe_features: Features,
                      keyframe_camera: PinholeCamera, min_inliers: int = DEFAULT_MIN_INLIERS) -> RelativePose:
-    """The geometric check of a place candidate: `relative_pose` of the query camera (a) ... to the keyframe
-    camera (b): T_ab is the keyframe camera in the query camera's frame."""
-    fa, fb = query_features, keyframe_features
+    """The geometric check of a place candidate, the way geoloc_msgs/PlaceCandidate.relative_pose reads: T_ab is
+    the query camera's pose in the keyframe camera's optical frame (a = keyframe, b = query: p_k = T_ab @ p_q)."""
+    return solve(keyframe_features, keyframe_camera, query_features, query_camera, min_inliers)
+
+
+def solve(fa: Features, cam_a: PinholeCamera, fb: Features, cam_b: PinholeCamera,
+          min_inliers: int = DEFAULT_MIN_INLIERS) -> RelativePose:
+    """The pose of camera b in camera a's frame from two sets of features: metric with depth on either side,
+    else direction, else none."""
     pairs = match(fa, fb)
     result = None
     if fa.has_depth or fb.has_depth:
-        result = _best_metric(fa, query_camera, fb, keyframe_camera, pairs, min_inliers)
+        result = _best_metric(fa, cam_a, fb, cam_b, pairs, min_inliers)
     if result is None:
-        result = _direction(fa, query_camera, fb, keyframe_camera, pairs, min_inliers)
+        result = _direction(fa, cam_a, fb, cam_b, pairs, min_inliers)
     result.matches = len(pairs)
     return result
 
