@@ -12,7 +12,7 @@ from sensor_msgs.msg import CompressedImage
 
 from geoloc_ros.datasets import read_image
 from geoloc_ros.node.images import FrameError, compressed_size, is_blank, message_to_rgb
-from geoloc_ros.node.replay import image_message
+from geoloc_ros.replay import image_message
 
 SIDE = 30000  # 30000 x 30000 = 900 MP: 2.7 GB as RGB once decoded
 

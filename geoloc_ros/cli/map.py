@@ -16,6 +16,8 @@ import math
 from pathlib import Path
 import sys
 
+from geoloc_ros.cli import map_features
+
 
 def add_parser(sub):
     p = sub.add_parser("map", help="build, extend, merge, inspect and query map databases",
@@ -36,6 +38,7 @@ def add_parser(sub):
     b.add_argument("--no-encoder-copy", action="store_true", help="do not carry the encoder checkpoint in the map")
     b.add_argument("--force", action="store_true", help="replace an existing map at --out (only a map: any other "
                                                         "non-empty directory is refused)")
+    map_features.add_args(b)
     _encode_args(b)
     b.set_defaults(func=run_build)
 
@@ -142,7 +145,8 @@ def _add_source(db, encoder, args):
     if bool(args.images) == bool(args.bag):
         _fail("give exactly one of --images and --bag")
     unreadable = []
-    opts = {"batch_size": args.batch_size, "progress": not args.quiet, "unreadable": unreadable}
+    opts = {"batch_size": args.batch_size, "progress": not args.quiet, "unreadable": unreadable,
+            **map_features.prepare(db, args)}
     if args.images:
         ids = add_dataset(db, encoder, _load_images(args), source=Path(args.images).name, **opts)
     else:

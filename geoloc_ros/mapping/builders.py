@@ -15,31 +15,44 @@ from geoloc_ros.mapping.storage import MapError
 
 def encode_into(db: MapDatabase, encoder, items: Iterable[tuple[Keyframe, object]], batch_size: int = 64,
                 total: int | None = None, desc: str = "encoding", progress: bool = True,
-                unreadable: list | None = None) -> list[int]:
+                unreadable: list | None = None, camera_for=None, depth_for=None) -> list[int]:
     """Encode each (keyframe, image) pair, where the image is an HxWx3 uint8 RGB array or an image file path,
     in batches of `batch_size`, and add them to `db`. Returns the ids added. An image file that cannot be read
     (corrupt, zero bytes) is skipped and its reason appended to `unreadable`; without that list it raises
-    MapError, before anything of this call is added."""
+    MapError, before anything of this call is added. When `db.local_features` is set, each keyframe's local
+    features are stored too, with the camera model `camera_for(keyframe, image)` gives (image as given: a path
+    keeps its EXIF) and the keypoint depth from the aligned depth image `depth_for(keyframe)` gives (None: no
+    depth)."""
     from geoloc_ros.datasets import read_image
 
-    ids, keyframes, images = [], [], []
+    ids, keyframes, images, cameras, depths = [], [], [], [], []
 
     def flush():
         if keyframes:
-            ids.extend(db.add(encoder.encode(images, batch_size=batch_size), keyframes))
+            added = db.add(encoder.encode(images, batch_size=batch_size), keyframes)
+            if db.local_features is not None:
+                for kid, image, camera, depth in zip(added, images, cameras, depths):
+                    db.local_features.add_image(kid, image, camera, depth)
+            ids.extend(added)
             keyframes.clear()
             images.clear()
+            cameras.clear()
+            depths.clear()
 
-    for keyframe, image in tqdm(items, total=total, desc=desc, unit="img", disable=not progress, mininterval=1.0):
-        if isinstance(image, (str, Path)):
+    for keyframe, source in tqdm(items, total=total, desc=desc, unit="img", disable=not progress, mininterval=1.0):
+        image = source
+        if isinstance(source, (str, Path)):
             try:
-                image = read_image(image)
+                image = read_image(source)
             except (OSError, ValueError) as e:  # read_image names the file
                 if unreadable is None:
                     raise MapError(str(e)) from None
                 unreadable.append(str(e))
                 continue
         keyframes.append(keyframe)
+        keep = db.local_features is not None
+        cameras.append(camera_for(keyframe, source) if keep and camera_for is not None else None)
+        depths.append(depth_for(keyframe) if keep and depth_for is not None else None)
         images.append(np.asarray(image))
         if len(keyframes) >= batch_size:
             flush()

@@ -62,6 +62,7 @@ class MapDatabase:
         self._desc = Growable(np.float32, self.dim, descriptors)
         self._encoder_path = Path(encoder_path) if encoder_path else None
         self._id_order = None  # argsort of ids, rebuilt lazily after adds
+        self.local_features = None  # a mapping.features.LocalFeatureStore when the map keeps local features
         if self._index.ntotal != len(self) or self._desc.n != len(self):
             raise MapError(f"map {self.name!r}: index has {self._index.ntotal} rows, descriptors {self._desc.n}, "
                            f"keyframes {len(self)}")
@@ -115,6 +116,9 @@ class MapDatabase:
                  manifest.get("search_params"), index, columns, descriptors, encoder_path, manifest.get("created"),
                  manifest.get("rerank", 0))
         db.map_id = schema.map_id_of(folder, manifest)
+        from geoloc_ros.mapping.features import attach_on_load
+
+        attach_on_load(db, folder, manifest)
         return db
 
     # -- identity --------------------------------------------------------------------------------------------
@@ -330,11 +334,14 @@ class MapDatabase:
         faiss.write_index(self._index, str(folder / storage.INDEX))
         if self._encoder_path is not None:
             shutil.copyfile(self._encoder_path, folder / storage.ENCODER)
+        if self.local_features is not None:
+            self.local_features.write(folder)
         (folder / storage.MANIFEST).write_bytes(storage.manifest_bytes(self.manifest(storage.describe_files(folder))))
 
     def manifest(self, files: dict | None = None) -> dict:
         synthetic = self.column("synthetic")
-        return {
+        extra = {"local_features": self.local_features.manifest_entry()} if self.local_features is not None else {}
+        return {**extra,
             "format": storage.FORMAT,
             "format_version": storage.FORMAT_VERSION,
             "name": self.name,
@@ -375,6 +382,7 @@ class MapDatabase:
                                    search_params, self.rerank)
         other._encoder_path = self._encoder_path
         other.map_id = self.map_id  # the same keyframes, only indexed differently
+        other.local_features = self.local_features.copy() if self.local_features is not None else None
         other.add(self.descriptors, list(self.keyframes()))
         return other
 

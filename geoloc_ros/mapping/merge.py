@@ -37,5 +37,8 @@ def merge_maps(maps: list[MapDatabase], name: str, index_factory: str | None = N
             # Geotagged keyframes get x/y/z again from lat/lon in the merged frame; ids are renumbered.
             keyframes.append(k.replace(id=-1) if m.frame is None else
                              k.replace(id=-1, x=float("nan"), y=float("nan"), z=float("nan")))
-    merged.add(descriptors, keyframes)
+    new_ids = merged.add(descriptors, keyframes)
+    from geoloc_ros.mapping.features import merged_store
+
+    merged.local_features = merged_store(maps, new_ids)
     return merged

@@ -6,6 +6,7 @@
     MAP/descriptors.npy      float32 (N, dim), L2-normalised, in row order
     MAP/index.faiss          the FAISS index over those rows (inner product)
     MAP/encoder.safetensors  optional: the encoder checkpoint the map was built with
+    MAP/features.npz, MAP/cameras.json  optional: keyframes' local features and camera models (mapping/features.py)
 
 A map is written into a temporary sibling directory, every file and the directory are fsynced, and the
 directory is then renamed over the old one (swapped atomically where the kernel offers renameat2), so a crash
@@ -35,6 +36,8 @@ KEYFRAMES = "keyframes.sqlite"
 DESCRIPTORS = "descriptors.npy"
 INDEX = "index.faiss"
 ENCODER = "encoder.safetensors"
+LOCAL_FEATURES = "features.npz"  # optional: per-keyframe local features (mapping/features.py)
+CAMERAS = "cameras.json"  # optional: the keyframes' camera models (mapping/features.py)
 _SELF_CHECKSUM = "manifest_sha256"
 
 
@@ -295,7 +298,7 @@ def _renameat2_exchange(a: Path, b: Path) -> bool:
     return False  # e.g. EINVAL on filesystems without exchange support: fall back
 
 
-MAP_FILES = (MANIFEST, KEYFRAMES, DESCRIPTORS, INDEX, ENCODER)
+MAP_FILES = (MANIFEST, KEYFRAMES, DESCRIPTORS, INDEX, ENCODER, LOCAL_FEATURES, CAMERAS)
 
 
 def carry_over_extras(old: Path, tmp: Path) -> None:
