@@ -3,9 +3,8 @@ between pose nodes even hours later."""
 
 from __future__ import annotations
 
-import numpy as np
-
 import gtsam
+import numpy as np
 
 
 class OdometryHistory:
