@@ -83,7 +83,7 @@ class PoseGraphNode(Node):
             made = self.graph.add_odometry(stamp_ns(msg.header.stamp), pose, msg.pose.covariance)
         except ValueError as e:
             self.counts["odometry_refused"] += 1
-            self.get_logger().warn(f"odometry refused: {e}", throttle_duration_sec=5.0)
+            self.get_logger().warning(f"odometry refused: {e}", throttle_duration_sec=5.0)
             return
         if not self._odom_frame:
             self._odom_frame = msg.header.frame_id or "odom"
@@ -99,7 +99,7 @@ class PoseGraphNode(Node):
                 verdict = self._closure(query, c)
             except ValueError as e:
                 verdict = "refused"
-                self.get_logger().warn(f"candidate {c.map_name}/{c.keyframe_id} refused: {e}",
+                self.get_logger().warning(f"candidate {c.map_name}/{c.keyframe_id} refused: {e}",
                                        throttle_duration_sec=5.0)
             self.counts[f"closure_{verdict}"] += 1
             self._changed = True
