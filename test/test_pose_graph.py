@@ -187,3 +187,20 @@ def test_config_yaml_matches_the_declared_parameters():
     with open(REPO / "config" / "pose_graph.yaml") as f:
         doc = yaml.safe_load(f)
     assert doc["/**/geoloc_pose_graph"]["ros__parameters"] == defaults()
+
+
+def test_slam_launch_file_starts_both_executables_with_the_remapping():
+    """launch_ros is not importable on the development machines: the launch file's source is checked against
+    setup.py (as test_launch does for vpr.launch.py)."""
+    import ast
+
+    source = (REPO / "launch" / "slam.launch.py").read_text()
+    calls = [n for n in ast.walk(ast.parse(source)) if isinstance(n, ast.Call) and isinstance(n.func, ast.Name)]
+    nodes = {c.func.id: {k.arg: k.value for k in c.keywords} for c in calls if c.func.id in ("LifecycleNode", "Node")}
+    assert ast.literal_eval(nodes["LifecycleNode"]["executable"]) == "vpr_node"
+    assert ast.literal_eval(nodes["Node"]["executable"]) == "pose_graph_node"
+    assert ast.literal_eval(nodes["Node"]["name"]) == "geoloc_pose_graph"
+    assert "(\"loop_closures\", \"geoloc_vpr/loop_closures\")" in ast.unparse(nodes["Node"]["remappings"]).replace(
+        "'", '"')
+    setup = (REPO / "setup.py").read_text()
+    assert '"pose_graph_node = geoloc_ros.slam.pose_graph_node:main"' in setup
