@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gtsam
 
+from geoloc_ros.ros_params import declare_table
 from geoloc_ros.slam import noise
 from geoloc_ros.slam.graph import GraphSettings
 
@@ -66,16 +67,8 @@ PARAMETERS = [
 
 
 def declare(node) -> None:
-    """Declare every parameter of PARAMETERS on `node` with its descriptor."""
-    from rcl_interfaces.msg import FloatingPointRange, IntegerRange, ParameterDescriptor
-
-    for name, default, description, bounds in PARAMETERS:
-        d = ParameterDescriptor(name=name, description=description)
-        if bounds is not None and isinstance(default, float):
-            d.floating_point_range = [FloatingPointRange(from_value=float(bounds[0]), to_value=float(bounds[1]))]
-        elif bounds is not None and isinstance(default, int) and not isinstance(default, bool):
-            d.integer_range = [IntegerRange(from_value=int(bounds[0]), to_value=int(bounds[1]), step=1)]
-        node.declare_parameter(name, default, d)
+    """Declare every parameter of PARAMETERS on `node` with its descriptor (range and description)."""
+    declare_table(node, PARAMETERS)
 
 
 def read(node) -> dict:
