@@ -13,6 +13,7 @@ import pytest
 
 rclpy = pytest.importorskip("rclpy")
 
+from diagnostic_msgs.msg import DiagnosticArray  # noqa: E402
 from nav_msgs.msg import Odometry, Path  # noqa: E402
 from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy  # noqa: E402
 from tf2_msgs.msg import TFMessage  # noqa: E402
@@ -80,6 +81,9 @@ class Backend:
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         self.test.create_subscription(Path, "/geoloc_pose_graph/path", self.paths.append, latched)
         self.test.create_subscription(TFMessage, "/tf", self.tfs.append, reliable)
+        self.diagnostics = []
+        self.test.create_subscription(DiagnosticArray, "/diagnostics", lambda m: self.diagnostics.extend(
+            {kv.key: kv.value for kv in st.values} for st in m.status if st.name.startswith("geoloc_pose_graph")), 10)
         self.executor = SingleThreadedExecutor(context=context)
         self.executor.add_node(self.node)
         self.executor.add_node(self.test)
@@ -147,7 +151,7 @@ def test_closures_over_dds_correct_the_path_and_tf(rclpy_context, tmp_path):
             b.lc_pub.publish(closure_message(T0 + (LAP_S + t) * 10**9, T0 + t * 10**9))
         b.lc_pub.publish(closure_message(T0 + (LAP_S + 30) * 10**9, T0 + 80 * 10**9))  # a wrong one, ~95 m off
         assert wait_for(lambda: b.node.graph.accepted + b.node.graph.rejected == 16, 30)
-        assert b.node.graph.rejected == 1
+        assert b.node.graph.rejected == 1, dict(b.node.counts)
         n = len(b.node.graph)
         assert wait_for(lambda: b.paths and len(b.paths[-1].poses) == n and b.node._changed is False, 10)
         path = b.paths[-1]
@@ -160,6 +164,13 @@ def test_closures_over_dds_correct_the_path_and_tf(rclpy_context, tmp_path):
         raw = {s: p.translation() for s, p in odom}
         est_gap, odom_gap = lap_gaps(stamps, est, raw, range(0, 60, 4))
         assert est_gap < 0.25 * odom_gap
+
+        def diagnosed():
+            d = b.diagnostics[-1] if b.diagnostics else {}
+            return d.get("closures_accepted") == "15" and d.get("closures_rejected") == "1" and d
+        assert wait_for(diagnosed, 10)
+        d = diagnosed()
+        assert d["poses"] == str(n) and float(d["last_optimise_ms"]) > 0 and d["closure_rejected"] == "1"
 
         assert wait_for(lambda: b.tfs, 10)
         t = b.tfs[-1].transforms[0]
@@ -236,3 +247,39 @@ def test_vpr_node_closures_reach_the_pose_graph_at_their_stamps(frames, rclpy_co
         b.close()
         h.close()
         vpr.close()
+
+
+def test_gps_fixes_and_prior_map_candidates_share_the_map_frame(rclpy_context):
+    """The node's conversions, called directly on a real rclpy node: fixes are projected into the map frame
+    whose origin a geotagged prior-map candidate defines, and place the trajectory there."""
+    from sensor_msgs.msg import NavSatFix
+
+    from geoloc_ros.geodesy import MapFrame
+
+    node = PoseGraphNode(context=rclpy_context, parameter_overrides=[rclpy.parameter.Parameter("use_fix", value=True)])
+    try:
+        frame = MapFrame.at(66.0, 14.0)  # the prior map's frame, unknown to the node
+        odom = drifting_odometry(40.0)
+        for stamp, pose in odom[:5]:
+            node._on_odom(odometry_message(stamp, pose))
+        c = PlaceCandidate(map_name="nordland_summer", keyframe_id=7)
+        c.latitude, c.longitude, c.altitude = frame.to_wgs84(1000.0, 2000.0, 0.0)
+        c.pose.position.x, c.pose.position.y = 1000.0, 2000.0
+        msg = closure_message(odom[4][0], 0)
+        msg.candidates = [c]
+        node._on_closures(msg)
+        assert node._origin.to_local(c.latitude, c.longitude)[:2] == pytest.approx((1000.0, 2000.0), abs=1e-3)
+        for stamp, pose in odom[5:]:
+            node._on_odom(odometry_message(stamp, pose))
+            if (stamp - T0) % (2 * 10**9) == 0:  # a fix every 2 s where the robot really is, 1000 m / 2000 m off
+                x, y, _ = truth_pose((stamp - T0) / 1e9).translation()
+                fix = NavSatFix(status=NavSatFix().status)
+                fix.header.stamp.sec, fix.header.stamp.nanosec = divmod(stamp, 10**9)
+                fix.latitude, fix.longitude, fix.altitude = frame.to_wgs84(1000.0 + x, 2000.0 + y, 0.0)
+                node._on_fix(fix)
+        assert node.graph.aligned and node.counts["gps_accepted"] >= 10
+        last = node.graph.poses()[-1][1].translation()
+        want = truth_pose(40.0).translation() + [1000.0, 2000.0, 0.0]
+        assert np.linalg.norm(last[:2] - want[:2]) < 5.0
+    finally:
+        node.destroy_node()

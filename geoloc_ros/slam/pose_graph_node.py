@@ -39,6 +39,9 @@ CLOSURE_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 # The path is a state: reliable, and kept for late joiners such as RViz.
 PATH_QOS = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
 TF_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
+# Odometry best effort (it matches reliable and best-effort publishers alike, and poses are absolute, so a lost
+# message costs nothing) with a deep queue, so a burst at 50-100 Hz is not dropped while iSAM2 runs a closure.
+ODOM_QOS = QoSProfile(depth=200, reliability=ReliabilityPolicy.BEST_EFFORT)
 
 
 def stamp_ns(stamp) -> int:
@@ -58,9 +61,7 @@ class PoseGraphNode(Node):
         self._path_pub = self.create_publisher(Path, "~/path", PATH_QOS)
         self._tf_pub = self.create_publisher(TFMessage, "/tf", TF_QOS)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        # Odometry as sensor data: best effort matches reliable and best-effort publishers alike, and a lost
-        # message only means the next one starts the step (poses are absolute in odom).
-        self.create_subscription(Odometry, "odom", self._on_odom, qos_profile_sensor_data)
+        self.create_subscription(Odometry, "odom", self._on_odom, ODOM_QOS)
         self.create_subscription(PlaceRecognition, "loop_closures", self._on_closures, CLOSURE_QOS)
         if self.p["use_fix"]:
             self.create_subscription(NavSatFix, "fix", self._on_fix, qos_profile_sensor_data)
