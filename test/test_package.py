@@ -20,6 +20,7 @@ ROSDEP_KEYS = {
     "launch": "launch", "launch_ros": "launch_ros", "ament_index_python": "ament_index_python",
     "numpy": "python3-numpy", "cv2": "python3-opencv", "pyproj": "python3-pyproj", "tqdm": "python3-tqdm",
     "matplotlib": "python3-matplotlib", "yaml": "python3-yaml", "scipy": "python3-scipy", "tf2_msgs": "tf2_msgs",
+    "PIL": "python3-pil",
 }
 # Python module -> pip distribution (pinned in requirements.txt): no rosdep key on every distro.
 PIP_ONLY = {
