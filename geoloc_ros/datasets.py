@@ -151,21 +151,43 @@ def read_msls_folder(folder) -> list[GeoImage]:
     return images
 
 
+# Header names of CSV columns that hold text (docs/language.md), never read as alt / heading.
+TEXT_COLUMNS = ("address", "caption")
+
+
+def _optional_columns(header) -> tuple[int | None, int | None]:
+    """Positions of alt and heading: columns 3 and 4, or, with a header row, the columns named so (a header
+    image,lat,lon,address has neither)."""
+    if header is None:
+        return 3, 4
+    names = [h.strip().lower() for h in header]
+
+    def find(aliases, position):
+        named = [i for i, n in enumerate(names) if n in aliases]
+        if named:
+            return named[0]
+        known = set(TEXT_COLUMNS) | {"alt", "altitude", "heading"}
+        return position if position < len(names) and names[position] not in known else None
+    return find(("alt", "altitude"), 3), find(("heading",), 4)
+
+
 def read_csv(csv_path) -> list[GeoImage]:
     csv_path = Path(csv_path)
     images = []
+    alt_col, heading_col = 3, 4
     with open(csv_path, newline="") as f:
         for line_no, row in enumerate(csv.reader(f), start=1):
             if not row or row[0].lstrip().startswith("#"):
                 continue
             if line_no == 1 and not _is_number(row[1] if len(row) > 1 else ""):
+                alt_col, heading_col = _optional_columns(row)
                 continue  # header row
             if len(row) < 3:
                 raise ValueError(f"{csv_path}:{line_no}: expected image,lat,lon[,alt,heading], got {row}")
             try:
                 lat, lon = float(row[1]), float(row[2])
-                alt = float(row[3]) if len(row) > 3 and row[3].strip() else NAN
-                heading = float(row[4]) if len(row) > 4 and row[4].strip() else NAN
+                alt = _optional_float(row, alt_col)
+                heading = _optional_float(row, heading_col)
             except ValueError as e:
                 raise ValueError(f"{csv_path}:{line_no}: {e}") from None
             east, north, zone = to_utm(lat, lon)
@@ -222,6 +244,10 @@ def positions_utm(images: list[GeoImage]) -> np.ndarray:
 def subset(images: list[GeoImage], keep) -> list[GeoImage]:
     """The images for which keep(image) is true, re-indexed in order."""
     return [replace(g, index=i) for i, g in enumerate(x for x in images if keep(x))]
+
+
+def _optional_float(row, column: int | None) -> float:
+    return float(row[column]) if column is not None and len(row) > column and row[column].strip() else NAN
 
 
 def _is_number(text: str) -> bool:

@@ -5,7 +5,7 @@
     geoloc map add MAP --images ...|--bag ...          append keyframes (encoder: the one the map carries)
     geoloc map merge --out MAP MAP1 MAP2 ...
     geoloc map info MAP
-    geoloc map query MAP IMAGE... [-k 5]
+    geoloc map query MAP IMAGE... [-k 5]    |    geoloc map query MAP --text "words" [-k 5]
     geoloc map bag --images DIR --sequence-spacing M --out BAG   write an image sequence as a rosbag2 replay
 """
 
@@ -16,7 +16,7 @@ import math
 from pathlib import Path
 import sys
 
-from geoloc_ros.cli import map_features
+from geoloc_ros.cli import map_features, map_text
 
 
 def add_parser(sub):
@@ -39,6 +39,7 @@ def add_parser(sub):
     b.add_argument("--force", action="store_true", help="replace an existing map at --out (only a map: any other "
                                                         "non-empty directory is refused)")
     map_features.add_args(b)
+    map_text.add_args(b)
     _encode_args(b)
     b.set_defaults(func=run_build)
 
@@ -46,6 +47,7 @@ def add_parser(sub):
     a.add_argument("map")
     a.add_argument("--encoder", help="encoder checkpoint (default: the one the map carries)")
     _source_args(a)
+    map_text.add_args(a)
     a.add_argument("--out", help="write the result here instead of over MAP (new, empty, or a map)")
     _encode_args(a)
     a.set_defaults(func=run_add)
@@ -64,9 +66,11 @@ def add_parser(sub):
     i.add_argument("--json", action="store_true", help="print the manifest as JSON")
     i.set_defaults(func=run_info)
 
-    q = msub.add_parser("query", help="look images up in a map")
+    q = msub.add_parser("query", help="look images (or, with --text, words) up in a map")
     q.add_argument("map")
-    q.add_argument("images", nargs="+")
+    q.add_argument("images", nargs="*")
+    q.add_argument("--text", help="find places from words: the encoder's CLIP text tower when it carries one, "
+                                  "else a full-text match on stored address/caption text (docs/language.md)")
     q.add_argument("-k", type=int, default=5, help="candidates per image (default 5)")
     q.add_argument("--encoder", help="encoder checkpoint (default: the one the map carries)")
     q.add_argument("--near", help="X,Y,RADIUS: only keyframes within RADIUS metres of (X, Y) in the map frame")
@@ -146,7 +150,7 @@ def _add_source(db, encoder, args):
         _fail("give exactly one of --images and --bag")
     unreadable = []
     opts = {"batch_size": args.batch_size, "progress": not args.quiet, "unreadable": unreadable,
-            **map_features.prepare(db, args)}
+            **map_features.prepare(db, args), **map_text.prepare(args)}
     if args.images:
         ids = add_dataset(db, encoder, _load_images(args), source=Path(args.images).name, **opts)
     else:
@@ -317,6 +321,10 @@ def _isnan(a):
 def run_query(args):
     from geoloc_ros.datasets import read_image
 
+    if bool(args.text) == bool(args.images):
+        _fail("give images or --text, not both and not neither")
+    if args.text:
+        return map_text.run_text_query(args, _load_map(args.map), _load_encoder)
     db, encoder = _load_map_and_encoder(args)
     near = tuple(float(v) for v in args.near.split(",")) if args.near else None
     try:

@@ -15,14 +15,14 @@ from geoloc_ros.mapping.storage import MapError
 
 def encode_into(db: MapDatabase, encoder, items: Iterable[tuple[Keyframe, object]], batch_size: int = 64,
                 total: int | None = None, desc: str = "encoding", progress: bool = True,
-                unreadable: list | None = None, camera_for=None, depth_for=None) -> list[int]:
+                unreadable: list | None = None, camera_for=None, depth_for=None, annotate=None) -> list[int]:
     """Encode each (keyframe, image) pair, where the image is an HxWx3 uint8 RGB array or an image file path,
     in batches of `batch_size`, and add them to `db`. Returns the ids added. An image file that cannot be read
     (corrupt, zero bytes) is skipped and its reason appended to `unreadable`; without that list it raises
     MapError, before anything of this call is added. When `db.local_features` is set, each keyframe's local
     features are stored too, with the camera model `camera_for(keyframe, image)` gives (image as given: a path
     keeps its EXIF) and the keypoint depth from the aligned depth image `depth_for(keyframe)` gives (None: no
-    depth)."""
+    depth). `annotate(keyframe) -> keyframe` sets address / caption text (geoloc_ros.language.annotate)."""
     from geoloc_ros.datasets import read_image
 
     ids, keyframes, images, cameras, depths = [], [], [], [], []
@@ -49,7 +49,7 @@ def encode_into(db: MapDatabase, encoder, items: Iterable[tuple[Keyframe, object
                     raise MapError(str(e)) from None
                 unreadable.append(str(e))
                 continue
-        keyframes.append(keyframe)
+        keyframes.append(annotate(keyframe) if annotate is not None else keyframe)
         keep = db.local_features is not None
         cameras.append(camera_for(keyframe, source) if keep and camera_for is not None else None)
         depths.append(depth_for(keyframe) if keep and depth_for is not None else None)

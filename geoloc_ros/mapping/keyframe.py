@@ -16,6 +16,7 @@ class Keyframe:
     map frame (metres; x east, y north, z up). `heading`: degrees clockwise from north. `qx..qw`: orientation in the
     map frame; the identity when the heading is unknown. `synthetic`: the position was made up (e.g. frames of a
     coordinate-free sequence placed on a line), not measured. `id` < 0 asks `MapDatabase.add` to assign one.
+    `address` / `caption`: optional text about the place (docs/language.md); "" when the map has none.
     """
 
     id: int = -1
@@ -36,6 +37,8 @@ class Keyframe:
     qw: float = 1.0
     source: str = ""
     synthetic: bool = False
+    address: str = ""
+    caption: str = ""
 
     @property
     def has_geotag(self) -> bool:
@@ -50,6 +53,8 @@ class Keyframe:
 
 
 KEYFRAME_FIELDS = tuple(f.name for f in fields(Keyframe))
+# Text columns added after the first maps were written: a keyframes.sqlite without them reads as "" (no format bump)
+TEXT_FIELDS = ("address", "caption")
 FLOAT_FIELDS = tuple(f.name for f in fields(Keyframe) if f.type == "float")
 
 

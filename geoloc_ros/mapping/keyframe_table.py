@@ -10,11 +10,12 @@ import sqlite3
 import numpy as np
 
 from geoloc_ros.mapping.errors import MapError
-from geoloc_ros.mapping.keyframe import FLOAT_FIELDS, KEYFRAME_FIELDS
+from geoloc_ros.mapping.keyframe import FLOAT_FIELDS, KEYFRAME_FIELDS, TEXT_FIELDS
 
 
 _SQL_TYPES = {"id": "INTEGER PRIMARY KEY", "label": "TEXT NOT NULL", "stamp_ns": "INTEGER NOT NULL",
-              "source": "TEXT NOT NULL", "synthetic": "INTEGER NOT NULL"}
+              "source": "TEXT NOT NULL", "synthetic": "INTEGER NOT NULL",
+              **{c: "TEXT NOT NULL DEFAULT ''" for c in TEXT_FIELDS}}
 
 
 def write_keyframes(path: Path, columns: dict) -> None:
@@ -57,7 +58,10 @@ def read_keyframes(path: Path, data=None) -> dict:
     try:
         if data is not None:
             con.deserialize(bytes(data))
-        cur = con.execute(f"SELECT row, {', '.join(KEYFRAME_FIELDS)} FROM keyframes ORDER BY row")
+        present = {r[1] for r in con.execute("PRAGMA table_info(keyframes)")}
+        # maps written before the text columns existed have none: they read as '' (docs/language.md)
+        selected = [c if c in present or c not in TEXT_FIELDS else "''" for c in KEYFRAME_FIELDS]
+        cur = con.execute(f"SELECT row, {', '.join(selected)} FROM keyframes ORDER BY row")
         data = cur.fetchall()
     except sqlite3.DatabaseError as e:
         raise MapError(f"{path}: not a readable keyframe database ({e})") from None

@@ -7,6 +7,7 @@
     MAP/index.faiss          the FAISS index over those rows (inner product)
     MAP/encoder.safetensors  optional: the encoder checkpoint the map was built with
     MAP/features.npz, MAP/cameras.json  optional: keyframes' local features and camera models (mapping/features.py)
+    MAP/text_tower.safetensors  optional: the encoder's CLIP text tower (language/text_tower.py)
 
 A map is written into a temporary sibling directory, every file and the directory are fsynced, and the
 directory is then renamed over the old one (swapped atomically where the kernel offers renameat2), so a crash
@@ -38,6 +39,7 @@ INDEX = "index.faiss"
 ENCODER = "encoder.safetensors"
 LOCAL_FEATURES = "features.npz"  # optional: per-keyframe local features (mapping/features.py)
 CAMERAS = "cameras.json"  # optional: the keyframes' camera models (mapping/features.py)
+TEXT_TOWER = "text_tower.safetensors"  # optional: the encoder's CLIP text tower (language/text_tower.py)
 _SELF_CHECKSUM = "manifest_sha256"
 
 
@@ -298,7 +300,7 @@ def _renameat2_exchange(a: Path, b: Path) -> bool:
     return False  # e.g. EINVAL on filesystems without exchange support: fall back
 
 
-MAP_FILES = (MANIFEST, KEYFRAMES, DESCRIPTORS, INDEX, ENCODER, LOCAL_FEATURES, CAMERAS)
+MAP_FILES = (MANIFEST, KEYFRAMES, DESCRIPTORS, INDEX, ENCODER, LOCAL_FEATURES, CAMERAS, TEXT_TOWER)
 
 
 def carry_over_extras(old: Path, tmp: Path) -> None:
