@@ -224,7 +224,7 @@ class InProcessNode:
     """A VprNode in `context`, spun by its own executor thread (tests and the benchmark): start, use, close."""
 
     def __init__(self, context, parameters: dict, autostart: bool = True):
-        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.executors import MultiThreadedExecutor
         from rclpy.parameter import Parameter
 
         from geoloc_ros.vpr_node import VprNode, start
@@ -232,7 +232,7 @@ class InProcessNode:
         overrides = [Parameter(k, value=v) for k, v in {"autostart": autostart, **parameters}.items()]
         self.node = VprNode(context=context, parameter_overrides=overrides)
         self.active = start(self.node) if autostart else False
-        self.executor = SingleThreadedExecutor(context=context)
+        self.executor = MultiThreadedExecutor(context=context)  # as vpr_node's main: services in their own groups
         self.executor.add_node(self.node)
         self._running = True
         self._thread = threading.Thread(target=self._spin, daemon=True)

@@ -42,6 +42,7 @@ from geoloc_ros.localization.snapshot import describe_encoder, load_maps
 from geoloc_ros.node import messages, params
 from geoloc_ros.node.diagnostics import NodeStats
 from geoloc_ros.node.images import FrameError
+from geoloc_ros.node.language_services import LanguageServices
 
 NODE_NAME = "geoloc_vpr"
 SESSION_MAP_NAME = SESSION_MAP_ID
@@ -90,6 +91,7 @@ class VprNode(LifecycleNode):
                                              self.publish_diagnostics)
         self.create_service(Trigger, "~/reload_map", self._on_reload_map)
         self.create_service(Trigger, "~/save_session_map", self._on_save_session_map)
+        self.language = LanguageServices(self)  # ~/address, ~/find_place, ~/geolocate (docs/language.md)
 
     # -- what the localizer holds (read-only views, for diagnostics and tests) -------------------------------
     @property
@@ -269,6 +271,7 @@ class VprNode(LifecycleNode):
     def _publish(self, result):
         """~/place_recognition always; ~/loop_closures and the pose outputs when the frame closed a loop."""
         self._pubs["pr"].publish(messages.recognition_message(result, result.candidates))
+        self.language.on_result(result)
         if not result.closures:
             return
         self._pubs["lc"].publish(messages.recognition_message(result, result.closures))
@@ -342,7 +345,8 @@ class VprNode(LifecycleNode):
             st.level, st.message = DiagnosticStatus.OK, f"active, {snap['processed_rate_hz']:.1f} frames/s"
         values = {"state": state, "device": str(getattr(encoder, "device", "none")),
                   "maps": ", ".join(m.name for m in maps), "map_keyframes": sum(len(m) for m in maps),
-                  "session_keyframes": len(session) if session is not None else 0, **snap}
+                  "session_keyframes": len(session) if session is not None else 0, **snap,
+                  **self.language.diagnostics()}
         st.values = [KeyValue(key=k, value=f"{v:.3f}" if isinstance(v, float) else str(v)) for k, v in values.items()]
         arr = DiagnosticArray(status=[st])
         arr.header.stamp = self.get_clock().now().to_msg()
@@ -365,14 +369,16 @@ def start(node: VprNode) -> bool:
 
 
 def main(args=None):
-    from rclpy.executors import ExternalShutdownException
+    from rclpy.executors import ExternalShutdownException, MultiThreadedExecutor
 
     rclpy.init(args=args)
     node = VprNode()
     try:
         if node.get_parameter("autostart").value:
             start(node)  # on failure the node stays unconfigured; a lifecycle manager may retry
-        rclpy.spin(node)
+        # Several threads: ~/geolocate may wait on a model server in its own callback group while the camera
+        # callbacks (default group, still one at a time) go on.
+        rclpy.spin(node, executor=MultiThreadedExecutor())
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

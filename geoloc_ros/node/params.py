@@ -83,6 +83,20 @@ PARAMETERS = [
     ("yaw_floor_deg", 10.0, "Yaw standard deviation never reported below this (degrees); unknown headings "
      "report a yaw variance of 1e6.", (0.0, 180.0)),
     ("diagnostics_period_s", 1.0, "Period of /diagnostics messages.", (0.05, 60.0)),
+    # -- places in words (docs/language.md) -------------------------------------------------------------------
+    ("lmm_url", "", "~/geolocate: an OpenAI-compatible chat-completions endpoint (http://host:8000/v1/chat/"
+     "completions, or its base) serving a multimodal model for the Img2Loc prompt; empty: retrieval estimate "
+     "only.", None),
+    ("lmm_model", "", "The model name sent to lmm_url (empty: the server's default).", None),
+    ("lmm_timeout_s", 30.0, "Seconds to wait for one answer of lmm_url.", (0.1, 600.0)),
+    ("lmm_retries", 1, "Further attempts after a timeout, a connection error or HTTP 429/5xx.", (0, 10)),
+    ("geolocate_k", 5, "~/geolocate: nearest and farthest keyframes retrieved (each).", (1, 100)),
+    ("geolocate_reference_map", "", "~/geolocate: a large geotagged reference map (same encoder) searched "
+     "besides map_path (empty: none).", None),
+    ("geolocate_region_min_m", 5000.0, "A model answer farther than max(2 x the neighbours' spread, this) from "
+     "the retrieval estimate is refused (metres).", (0.0, 20_000_000.0)),
+    ("geolocate_lmm_sigma_m", 25000.0, "Position standard deviation reported with an accepted model answer "
+     "(metres).", (1.0, 20_000_000.0)),
     ("autostart", True, "Configure and activate on start (set false under a lifecycle manager).", None),
 ]
 
@@ -129,6 +143,14 @@ class Settings:
     covariance_scale: float
     yaw_floor_deg: float
     diagnostics_period_s: float
+    lmm_url: str
+    lmm_model: str
+    lmm_timeout_s: float
+    lmm_retries: int
+    geolocate_k: int
+    geolocate_reference_map: str
+    geolocate_region_min_m: float
+    geolocate_lmm_sigma_m: float
     autostart: bool
 
     @property
