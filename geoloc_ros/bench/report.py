@@ -38,7 +38,7 @@ def encoder_table(result: dict) -> str:
     for m in result["models"]:
         h, w = m["input"]
         for label, r in m["variants"].items():
-            row = [f"{m['model']} ({h}×{w})", label]
+            row = [f"{m['model']} ({h}×{w})", f"**auto (default): {r['chose']}**" if r.get("chose") else label]
             if "error" in r:
                 lines.append("| " + " | ".join(row + [f"not measured: {r['error'][:80]}"] +
                                                [""] * (len(head) - 3)) + " |")
