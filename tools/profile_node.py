@@ -75,7 +75,7 @@ def median_ms(fn, repeats: int = 30) -> float:
     return round(1000 * float(np.median(times)), 3)
 
 
-def steps(encoder) -> dict:
+def steps(encoder, sizes=tuple(SIZES), kinds=("raw", "jpeg")) -> dict:
     from rclpy.serialization import deserialize_message, serialize_message
 
     from geoloc_ros.frames import image_view
@@ -83,9 +83,11 @@ def steps(encoder) -> dict:
     from geoloc_msgs.msg import PlaceCandidate, PlaceRecognition
 
     out = {}
-    for size, (h, w) in SIZES.items():
-        rgb = camera_frame(h, w)
+    for size in sizes:
+        rgb = camera_frame(*SIZES[size])
         for kind, msg in messages(rgb).items():
+            if kind not in kinds:
+                continue
             wire = serialize_message(msg)
             row = {"wire_bytes": len(wire),
                    "deserialize_ms": median_ms(lambda: deserialize_message(wire, type(msg))),
@@ -125,7 +127,7 @@ def classify(stack: str) -> str:
     return "other"
 
 
-def pyspy_profile(encoder_path, seconds: float, out: Path, frames) -> dict:
+def pyspy_profile(encoder_path, seconds: float, out: Path, frames, backend: str = "auto") -> dict:
     """Run vpr_node, feed it `frames` (rclpy messages) at 10 Hz, and sample it with py-spy meanwhile."""
     from geoloc_ros.node.replay import node_process
 
@@ -134,7 +136,7 @@ def pyspy_profile(encoder_path, seconds: float, out: Path, frames) -> dict:
         return {"error": "py-spy is not installed (pip install py-spy)"}
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     raw = out / "pyspy_raw.txt"
-    params = [f"map_path:=['{encoder_path}']", "device:=cpu"]
+    params = [f"map_path:=['{encoder_path}']", "device:=cpu", f"encoder_backend:={backend}"]
     with node_process(params, out / "vpr_node.log", name="geoloc_profile") as h:
         if not h.wait_for_subscriber(timeout=120):
             return {"error": f"vpr_node did not start; see {out / 'vpr_node.log'}"}
@@ -158,29 +160,122 @@ def pyspy_profile(encoder_path, seconds: float, out: Path, frames) -> dict:
             "e2e_ms_p50": round(float(np.median(lat)), 2) if len(lat) else None}
 
 
+ECHO = """
+import sys, rclpy
+from rclpy.qos import qos_profile_sensor_data
+from sensor_msgs.msg import CompressedImage, Image
+from std_msgs.msg import Header
+from geoloc_ros.frames import image_view
+rclpy.init()
+node = rclpy.create_node("geoloc_echo")
+pub = node.create_publisher(Header, "/geoloc_echo/out", 10)
+def on(msg):
+    if hasattr(msg, "encoding"):
+        image_view(msg)
+    pub.publish(msg.header)
+node.create_subscription(Image, "/geoloc_echo/in", on, qos_profile_sensor_data)
+node.create_subscription(CompressedImage, "/geoloc_echo/in/compressed", on, qos_profile_sensor_data)
+if sys.argv[1] == "events":
+    from rclpy.experimental import EventsExecutor
+    ex = EventsExecutor()
+else:
+    from rclpy.executors import SingleThreadedExecutor
+    ex = SingleThreadedExecutor()
+ex.add_node(node)
+try:
+    ex.spin()
+except KeyboardInterrupt:
+    pass
+"""
+
+
+def echo_latency(executor: str, frames, rate_hz: float = 10.0) -> dict:
+    """Round trip through DDS to a subscriber process that only takes the frame (viewing its pixels) and answers
+    with its header: what transport, deserialisation and the executor cost, with no encoder in the way."""
+    import rclpy
+    from rclpy.context import Context
+    from rclpy.executors import SingleThreadedExecutor
+    from rclpy.qos import qos_profile_sensor_data
+    from sensor_msgs.msg import CompressedImage, Image
+    from std_msgs.msg import Header
+
+    proc = subprocess.Popen([sys.executable, "-c", ECHO, executor])
+    ctx = Context()
+    rclpy.init(context=ctx)
+    node = rclpy.create_node("geoloc_echo_player", context=ctx)
+    got, sent = {}, {}
+    node.create_subscription(Header, "/geoloc_echo/out", lambda m: got.setdefault(m.stamp.sec, time.perf_counter()),
+                             10)
+    compressed = hasattr(frames[0], "format")
+    pub = node.create_publisher(CompressedImage if compressed else Image,
+                                "/geoloc_echo/in" + ("/compressed" if compressed else ""), qos_profile_sensor_data)
+    ex = SingleThreadedExecutor(context=ctx)
+    ex.add_node(node)
+    try:
+        deadline = time.monotonic() + 60
+        while pub.get_subscription_count() == 0 and time.monotonic() < deadline:
+            ex.spin_once(timeout_sec=0.05)
+        t0 = time.perf_counter()
+        for i, msg in enumerate(frames):
+            while time.perf_counter() < t0 + i / rate_hz:
+                ex.spin_once(timeout_sec=0.002)
+            sent[msg.header.stamp.sec] = time.perf_counter()
+            pub.publish(msg)
+        end = time.monotonic() + 2
+        while time.monotonic() < end:
+            ex.spin_once(timeout_sec=0.05)
+    finally:
+        proc.send_signal(2)
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:     # EventsExecutor's spin does not always return on SIGINT
+            proc.kill()
+            proc.wait()
+        ex.shutdown()
+        node.destroy_node()
+        ctx.try_shutdown()
+    lat = [1000 * (got[k] - sent[k]) for k in sent if k in got and k > 5]     # the first 5 warm up discovery
+    return {"executor": executor, "answered": len(lat), "sent": len(frames) - 5,
+            "round_trip_ms_p50": round(float(np.median(lat)), 2) if lat else None,
+            "round_trip_ms_p95": round(float(np.percentile(lat, 95)), 2) if lat else None}
+
+
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--seconds", type=float, default=20.0)
     ap.add_argument("--out", default="runs/profile_node")
     ap.add_argument("--no-pyspy", action="store_true")
+    ap.add_argument("--no-echo", action="store_true")
+    ap.add_argument("--no-steps", action="store_true")
     ap.add_argument("--sizes", nargs="+", default=["640x480", "1280x720"])
+    ap.add_argument("--backend", default="auto", help="the node's encoder_backend, and the encoder of part 1")
+    ap.add_argument("--kinds", nargs="+", default=["raw", "jpeg"])
     args = ap.parse_args(argv)
     import rclpy  # noqa: F401 - the message modules need rclpy importable
 
     from geoloc_ros.bench.machine import machine_info
-    from geoloc_ros.model import load_encoder
+    from geoloc_ros.deploy import open_encoder
     from geoloc_ros.model.testing import bundled_encoder_path
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    encoder = load_encoder(bundled_encoder_path(), device="cpu")
-    result = {"machine": machine_info(), "steps": steps(encoder), "node": {}}
+    encoder = open_encoder(bundled_encoder_path(), backend=args.backend, device="cpu", half=False)
+    result = {"machine": machine_info(), "backend": args.backend, "encoder": repr(encoder),
+              "steps": {} if args.no_steps else steps(encoder, args.sizes, args.kinds), "node": {}, "echo": {}}
     print(json.dumps(result["steps"], indent=1))
+    if not args.no_echo:
+        for size in args.sizes:
+            for kind in args.kinds:
+                for executor in ("single-threaded", "events"):
+                    r = echo_latency(executor, stream(size, kind, 105))
+                    result["echo"][f"{size} {kind} {executor}"] = r
+                    print(size, kind, r)
     if not args.no_pyspy:
         map_dir = bundled_encoder_path().parent
         for size in args.sizes:
-            for kind in ("raw", "jpeg"):
-                r = pyspy_profile(map_dir, args.seconds, out, stream(size, kind, int(10 * args.seconds) + 5))
+            for kind in args.kinds:
+                r = pyspy_profile(map_dir, args.seconds, out, stream(size, kind, int(10 * args.seconds) + 5),
+                                  args.backend)
                 result["node"][f"{size} {kind}"] = r
                 print(size, kind, json.dumps(r, indent=1))
     (out / "profile_node.json").write_text(json.dumps(result, indent=1) + "\n")

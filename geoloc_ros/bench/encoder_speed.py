@@ -152,7 +152,7 @@ def bench_model(spec: str, device: str = "cpu", batches=(1, 16), repeats: dict |
         n_rep = repeats.get(b, 2)
         b1 = rows.get("torch", {}).get("runs", {}).get("1")
         if b > 1 and b1 and b1["ms_per_image"] * b > 15000:
-            n_rep = 1                              # a batch takes > 15 s (ViT-B-16 at 512): one round keeps the suite short
+            n_rep = 1             # a batch takes > 15 s (ViT-B-16 at 512): one round keeps the suite short
         for _ in range(n_rep):
             for label, enc in encs.items():
                 cur, _ = rss_bytes()
