@@ -103,13 +103,13 @@ class LaunchedNode:
         """The key/values of the node's next /diagnostics status, read with `ros2 topic echo --once`."""
         out = ros2("topic", "echo", "--once", *NO_DAEMON, "/diagnostics", "diagnostic_msgs/msg/DiagnosticArray",
                    timeout=timeout)
-        return dict(re.findall(r"key: (\S+)\n\s*value: (.*)", out))
+        return {k: v.strip("'\"") for k, v in re.findall(r"key: (\S+)\n\s*value: (.*)", out)}
 
     def wait_for_diagnostic(self, key: str, value: str, timeout: float = 30):
         deadline, seen = time.monotonic() + timeout, {}
         while time.monotonic() < deadline:
             seen = self.diagnostic_values(timeout=timeout)
-            if seen.get(key, "").strip("'\"") == value:
+            if seen.get(key) == value:
                 return
         raise AssertionError(f"/diagnostics never said {key}={value!r}; last: {seen}")
 
