@@ -50,7 +50,8 @@ class LaunchedNode:
     reports `wait_for`; on exit SIGINT, then SIGKILL of its process group after 30 s."""
 
     def __init__(self, ros2_args, name: str, log: Path, wait_for: str = "active", timeout: float = 120):
-        self.args, self.name, self.log, self.wait_for, self.timeout = list(ros2_args), name, Path(log), wait_for, timeout
+        self.args, self.name, self.log = list(ros2_args), name, Path(log)
+        self.wait_for, self.timeout = wait_for, timeout
         self.process = None
 
     def __enter__(self):
