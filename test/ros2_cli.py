@@ -23,8 +23,10 @@ def launch_tools_missing() -> str:
         import launch_ros  # noqa: F401
         import ros2cli  # noqa: F401
     except ImportError as e:
-        return (f"the ROS 2 launch system / CLI is not installed ({e}): tools/venv.sh installs it from "
-                "../shared/vendor/ros2, which this checkout does not have beside it")
+        vendor = Path(__file__).resolve().parents[2] / "shared" / "vendor" / "ros2"
+        why = ("this environment was built without it: rerun tools/venv.sh" if vendor.is_dir() else
+               f"tools/venv.sh installs it from {vendor}, which is missing")
+        return f"the ROS 2 launch system / CLI is not installed ({e}); {why}"
     from ament_index_python.packages import PackageNotFoundError, get_package_share_directory
 
     try:
@@ -105,14 +107,6 @@ class LaunchedNode:
         out = ros2("topic", "echo", "--once", *NO_DAEMON, "/diagnostics", "diagnostic_msgs/msg/DiagnosticArray",
                    timeout=timeout)
         return {k: v.strip("'\"") for k, v in re.findall(r"key: (\S+)\n\s*value: (.*)", out)}
-
-    def wait_for_diagnostic(self, key: str, value: str, timeout: float = 30):
-        deadline, seen = time.monotonic() + timeout, {}
-        while time.monotonic() < deadline:
-            seen = self.diagnostic_values(timeout=timeout)
-            if seen.get(key) == value:
-                return
-        raise AssertionError(f"/diagnostics never said {key}={value!r}; last: {seen}")
 
     def __exit__(self, *exc):
         if self.process is not None and self.process.poll() is None:

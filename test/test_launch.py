@@ -87,12 +87,11 @@ def test_param_set_and_reload_map(launched, tmp_path):
     assert "Set parameter successful" in out, out
     out = ros2("service", "call", f"{launched.name}/reload_map", "std_srvs/srv/Trigger", timeout=120)
     assert "success=True" in out and out.count("nordland_demo (480 keyframes)") == 2, out
-    launched.wait_for_diagnostic("map_keyframes", "960")
 
     missing = tmp_path / "no_such_map"
     ros2("param", "set", launched.name, "map_path", f"['{missing}']", *NO_DAEMON)
     out = ros2("service", "call", f"{launched.name}/reload_map", "std_srvs/srv/Trigger", timeout=120)
     assert "success=False" in out and "keeping the old maps" in out and str(missing) in out, out
-    after = launched.diagnostic_values()
+    after = launched.diagnostic_values()  # still active, on the two maps of the successful reload
     assert after["state"] == "active" and after["map_keyframes"] == "960", after
 
