@@ -28,6 +28,8 @@ PIP_ONLY = {
     "rosbags": "rosbags", "rosbags_image": "rosbags-image", "safetensors": "safetensors", "onnx": "onnx",
     "onnxruntime": "onnxruntime", "gtsam": "gtsam", "evo": "evo",
 }
+# Python module -> why it is neither pinned nor a rosdep key: optional, imported only where it is used.
+OPTIONAL = {"tensorrt": "CUDA machines only (tensorrt-cu12/-cu13 wheels); deploy/tensorrt_backend.py"}
 
 
 def imported_modules(paths):
@@ -71,7 +73,7 @@ def test_every_import_is_declared():
     pip_names = requirement_names()
     undeclared = []
     for module, where in sorted(imported_modules(product_sources()).items()):
-        if module in sys.stdlib_module_names or module in {"geoloc_ros", "setuptools"}:
+        if module in sys.stdlib_module_names or module in {"geoloc_ros", "setuptools"} or module in OPTIONAL:
             continue
         if module in ROSDEP_KEYS:
             if ROSDEP_KEYS[module] not in exec_depends:
