@@ -4,6 +4,7 @@ that decodes to 30000x30000."""
 import os
 from pathlib import Path
 import struct
+import tempfile
 import zlib
 
 import pytest
@@ -16,6 +17,9 @@ PNG_BOMB_SIDE = 30000  # the issue's PNG: 30000 x 30000 = 900 MP, 2.7 GB as RGB 
 # and discovery stays on this machine.
 os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+# Artefacts of backend "auto" (ONNX exports, checks) go to a cache of this run, not into maps/ of the checkout or
+# the user's ~/.cache (geoloc_ros/deploy/cache.py); tests of the cache itself unset it.
+os.environ.setdefault("GEOLOC_CACHE", tempfile.mkdtemp(prefix="geoloc_test_cache_"))
 
 
 @pytest.fixture(scope="session")
