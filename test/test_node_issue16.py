@@ -136,3 +136,54 @@ def test_stamp_zero_frames_accumulate_session_keyframes(street_map, graph):
         h.publish(image_message(read_image(r.path), 0))  # a driver that never stamps its frames
         time.sleep(0.6)
     assert h.wait_for(lambda: len(n.node.session) == 3, timeout=20), len(n.node.session)
+
+
+def trigger(h, service: str):
+    from std_srvs.srv import Trigger
+
+    client = h.node.create_client(Trigger, service)
+    assert client.wait_for_service(timeout_sec=10)
+    fut = client.call_async(Trigger.Request())
+    assert h.wait_for(fut.done, timeout=20)
+    return fut.result()
+
+
+def test_save_session_map_to_a_home_directory_is_refused_and_keeps_every_file(street_map, graph, tmp_path,
+                                                                                monkeypatch):
+    home = tmp_path / "home"
+    (home / ".ssh").mkdir(parents=True)
+    (home / ".ssh" / "id_ed25519").write_text("key")
+    (home / ".profile").write_text("profile")
+    monkeypatch.setenv("HOME", str(home))  # the in-process node expands '~' with it
+    start, h = graph
+    n = start({"map_path": [str(street_map[2])], "session_map": True, "session_map_path": "~"})
+    assert h.wait_for_subscriber()
+    h.publish(image_message(read_image(street_map[1][0].path), T0))
+    assert h.wait_for(lambda: len(n.node.session) == 1, timeout=20)
+    r = trigger(h, "/geoloc_vpr/save_session_map")
+    assert not r.success and "not a geoloc_ros map" in r.message and str(home) in r.message, r.message
+    assert (home / ".ssh" / "id_ed25519").read_text() == "key" and (home / ".profile").read_text() == "profile"
+    assert sorted(p.name for p in home.iterdir()) == [".profile", ".ssh"]
+
+
+def test_map_files_overwritten_under_the_running_node(street_map, graph, tmp_path):
+    """`cp` over the map's files while the node runs (here: every file truncated and rewritten shorter, what
+    killed a node holding memory-mapped descriptors with SIGBUS): the node goes on answering from the map it
+    loaded."""
+    import shutil
+
+    folder, recs, map_dir = street_map
+    live = tmp_path / "live_map"
+    shutil.copytree(map_dir, live)
+    start, h = graph
+    n = start({"map_path": [str(live)]})
+    assert h.wait_for_subscriber()
+    for f in live.iterdir():
+        if f.is_file():
+            f.write_bytes(b"overwritten")
+    for i, r in enumerate(recs[:2]):
+        h.publish(image_message(read_image(r.path), T0 + i))
+        time.sleep(0.3)
+    assert h.wait_for(lambda: T0 + 1 in h.data.received, timeout=20)
+    assert h.data.results["place_recognition"][T0 + 1].candidates[0].keyframe_label == recs[1].label
+    assert n.node.lifecycle_state == "active"
