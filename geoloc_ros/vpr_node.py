@@ -11,10 +11,9 @@ Lifecycle: configure loads the encoder and the maps into a Snapshot and builds t
 starts the worker; deactivate stops both; cleanup destroys the publishers and releases the encoder (and the GPU
 memory it held). With `autostart` (default) the node configures and activates itself.
 
-Threading: subscription callbacks only park the newest message per camera (an older one still waiting is dropped
-and counted) and wake the worker thread; decoding, encoding (batched across cameras), search and publishing run in
-the worker, so the executor never blocks and the node never falls behind the camera. `reload_map` builds a new
-Localizer and swaps it in whole; the worker takes one Localizer per batch.
+Threading: subscription callbacks only park the newest message per camera (an older one waiting is dropped and
+counted) and wake the worker, which decodes, encodes, searches and publishes with one Localizer per batch
+(`reload_map` swaps a new one in whole); ~/find_place and ~/geolocate get executor threads of their own.
 """
 
 from __future__ import annotations
@@ -40,11 +39,10 @@ from std_srvs.srv import Trigger
 from geoloc_ros.localization import SESSION_MAP_ID, LoadError, Localizer, SessionMap, load_snapshot
 from geoloc_ros.localization.localizer import CONSISTENCY_MODES
 from geoloc_ros.localization.snapshot import describe_encoder, load_maps
-from geoloc_ros.node import messages, params
+from geoloc_ros.node import language_services, messages, params
 from geoloc_ros.node.camera_watch import CameraWatch
 from geoloc_ros.node.diagnostics import NodeStats
 from geoloc_ros.node.images import FrameError
-from geoloc_ros.node.language_services import LanguageServices
 
 NODE_NAME = "geoloc_vpr"
 SESSION_MAP_NAME = SESSION_MAP_ID
@@ -94,7 +92,7 @@ class VprNode(LifecycleNode):
                                              self.publish_diagnostics)
         self.create_service(Trigger, "~/reload_map", self._on_reload_map)
         self.create_service(Trigger, "~/save_session_map", self._on_save_session_map)
-        self.language = LanguageServices(self)  # ~/address, ~/find_place, ~/geolocate (docs/language.md)
+        self.language = language_services.LanguageServices(self)  # ~/address, ~/find_place, ~/geolocate
 
     # -- what the localizer holds (read-only views, for diagnostics and tests) -------------------------------
     @property
@@ -358,8 +356,7 @@ class VprNode(LifecycleNode):
             st.level, st.message = DiagnosticStatus.OK, f"active, {snap['processed_rate_hz']:.1f} frames/s"
         values = {"state": state, "device": str(getattr(encoder, "device", "none")),
                   "maps": ", ".join(m.name for m in maps), "map_keyframes": sum(len(m) for m in maps),
-                  "session_keyframes": len(session) if session is not None else 0, **snap,
-                  **self.language.diagnostics()}
+                  "session_keyframes": len(session) if session is not None else 0, **snap}
         st.values = [KeyValue(key=k, value=f"{v:.3f}" if isinstance(v, float) else str(v)) for k, v in values.items()]
         arr = DiagnosticArray(status=[st])
         arr.header.stamp = self.get_clock().now().to_msg()
@@ -389,9 +386,7 @@ def main(args=None):
     try:
         if node.get_parameter("autostart").value:
             start(node)  # on failure the node stays unconfigured; a lifecycle manager may retry
-        # Several threads: ~/geolocate may wait on a model server in its own callback group while the camera
-        # callbacks (default group, still one at a time) go on.
-        rclpy.spin(node, executor=MultiThreadedExecutor())
+        rclpy.spin(node, executor=MultiThreadedExecutor())  # node/language_services.py says why
     except (KeyboardInterrupt, ExternalShutdownException):
         pass
     finally:

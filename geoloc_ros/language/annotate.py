@@ -82,7 +82,8 @@ def bag_strings(bag, topic: str) -> list[tuple[int, str]]:
         with AnyReader([path]) as reader:
             connections = [c for c in reader.connections if c.topic == topic]
             if not connections:
-                raise AnnotationError(f"{path}: no topic {topic} (topics: {sorted({c.topic for c in reader.connections})})")
+                topics = sorted({c.topic for c in reader.connections})
+                raise AnnotationError(f"{path}: no topic {topic} (topics: {topics})")
             bad = [c.msgtype for c in connections if c.msgtype != "std_msgs/msg/String"]
             if bad:
                 raise AnnotationError(f"{path}: topic {topic} is {bad[0]}, not std_msgs/msg/String")

@@ -53,7 +53,8 @@ class TextTower:
 def _build_tower(arch: dict):
     from open_clip.model import _build_text_tower, CLIPTextCfg
 
-    return _build_text_tower(arch["embed_dim"], CLIPTextCfg(**arch["text_cfg"]), quick_gelu=bool(arch.get("quick_gelu")))
+    return _build_text_tower(arch["embed_dim"], CLIPTextCfg(**arch["text_cfg"]),
+                             quick_gelu=bool(arch.get("quick_gelu")))
 
 
 def save_text_tower(clip, folder, encoder, projection=None) -> Path:

@@ -43,6 +43,7 @@ class NodeStats:
         self.encode_ms: deque = deque(maxlen=window)
         self.search_ms: deque = deque(maxlen=window)
         self.total_ms: deque = deque(maxlen=window)  # receive -> publish inside the node
+        self.sources = []  # callables -> dict of further values (node/language_services.py)
 
     def on_receive(self, topic: str):
         with self._lock:
@@ -93,4 +94,4 @@ class NodeStats:
                 "encode_ms_p50": self._pct(self.encode_ms, 50), "encode_ms_p95": self._pct(self.encode_ms, 95),
                 "search_ms_p50": self._pct(self.search_ms, 50), "search_ms_p95": self._pct(self.search_ms, 95),
                 "node_ms_p50": self._pct(self.total_ms, 50), "node_ms_p95": self._pct(self.total_ms, 95),
-            }
+            } | {k: v for source in self.sources for k, v in source().items()}

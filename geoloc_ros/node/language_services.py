@@ -3,8 +3,9 @@ candidate's address), `~/find_place` (geoloc_msgs/FindPlace: text -> places), `~
 Img2Loc-style coarse position, also published on `~/geolocation`, sensor_msgs/NavSatFix) and their /diagnostics
 values.
 
-The services run in callback groups of their own, so under the node's MultiThreadedExecutor a slow model server
-holds one executor thread while the camera subscriptions (default group) keep being served. The text index and
+The services run in callback groups of their own, so under the node's MultiThreadedExecutor (vpr_node.main and
+replay.InProcessNode) a slow model server holds one executor thread while the camera subscriptions (the default,
+mutually exclusive group: still one callback at a time, as before) keep being served. The text index and
 the geolocator are built once per Localizer snapshot (a reload_map gives new ones).
 """
 
@@ -33,6 +34,7 @@ class LanguageServices:
         self._per_snapshot = (None, None, None)  # (snapshot, TextSearch, Geolocator)
         self._client = None
         self._reference = (None, None)  # (path, MapEntry)
+        node.stats.sources.append(self.diagnostics)
         self.address_pub = node.create_publisher(String, "~/address", ADDRESS_QOS)
         self.geolocation_pub = node.create_publisher(NavSatFix, "~/geolocation", ADDRESS_QOS)
         node.create_service(FindPlace, "~/find_place", self._on_find_place,
