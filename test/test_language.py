@@ -208,3 +208,14 @@ def test_lmm_timeouts_are_retried_and_counted(located):
     assert fallback.method == "retrieval" and "model failed" in fallback.message
     assert dead.snapshot()["lmm_errors"] == 1
     assert math.isfinite(fallback.lat)
+
+
+def test_geoloc_geolocate_command(text_map, capsys):
+    records, map_dir, _ = text_map
+    assert geoloc(["geolocate", str(records[2].path), "--map", str(map_dir), "-k", "3", "--json"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["method"] == "retrieval" and out["neighbours"][0]["id"] == 2 and out["sigma_m"] >= 10.0
+    with chat_server([(0.0, "(45.0011, 7.0001)")]) as server:
+        assert geoloc(["geolocate", str(records[2].path), "--map", str(map_dir), "--lmm-url", server.url]) == 0
+    out = capsys.readouterr().out
+    assert "lmm: lat 45.001100 lon 7.000100" in out and "lmm_accepted 1" in out
