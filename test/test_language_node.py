@@ -134,3 +134,21 @@ def test_geolocate_with_a_model_server_parses_refuses_and_keeps_the_camera_path_
     assert h.wait_for(lambda: h.diag_values().get("lmm_refusals") == "1", timeout=10)
     assert h.diag_values()["lmm_accepted"] == "2" and h.diag_values()["geolocate_calls"] == "3"
     assert threading.active_count() > 0
+
+
+def test_address_stage_checkpoint_loads_in_the_node_and_answers_with_its_text_tower(shared_data, tmp_path, running):
+    from geoloc_msgs.srv import FindPlace
+
+    from geoloc_ros.language.address_training import AddressSample, address_stage
+    from language_fixtures import CAPTIONS
+
+    records = read_sequence(shared_data / "toy_streets" / "database", spacing=50.0, origin=(45.0, 7.0))[:6]
+    samples = [AddressSample(read_image(r.path), a, c, r.lat, r.lon) for r, a, c in zip(records, ADDRESSES, CAPTIONS)]
+    stage, _ = address_stage(tiny_encoder(), samples, steps=2, batch_size=6, lr=1e-3)
+    stage.save(tmp_path / "run")
+    csv_path = address_csv(shared_data, records, tmp_path / "images.csv")
+    assert geoloc(["map", "build", "--encoder", str(tmp_path / "run"), "--images", str(csv_path), "--out",
+                   str(tmp_path / "map"), "--quiet", "--local-features", "none"]) == 0
+    node, h = running({"map_path": [str(tmp_path / "map")]})
+    answer = call(h, FindPlace, "/geoloc_vpr/find_place", FindPlace.Request(text="14 Market Street", max_results=3))
+    assert answer.success and answer.method == "clip_text" and len(answer.places) == 3, answer.message

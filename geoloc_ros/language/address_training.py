@@ -45,7 +45,11 @@ class AddressStage:
             self.tower.load_state_dict({k: v for k, v in clip.state_dict().items() if k in own})
         self.tower.to(encoder.device)
         self.projection = torch.nn.Linear(int(encoder.arch["embed_dim"]), encoder.dim).to(encoder.device)
-        params = list(encoder.net.parameters()) + list(self.tower.parameters()) + list(self.projection.parameters())
+        # The token embedding table (49408 rows, a batch of addresses uses a few dozen) stays frozen: it would be
+        # most of the tower's gradient and optimizer work for rows that do not change.
+        self.tower.token_embedding.weight.requires_grad_(False)
+        text_params = [p for p in self.tower.parameters() if p.requires_grad]
+        params = list(encoder.net.parameters()) + text_params + list(self.projection.parameters())
         self.optimizer = torch.optim.Adam(params, lr=lr)
         self.context_length = int(encoder.arch["text_cfg"]["context_length"])
 
