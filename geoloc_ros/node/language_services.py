@@ -28,6 +28,7 @@ class LanguageServices:
     def __init__(self, node):
         self.node = node
         self._lock = threading.Lock()
+        self._tools_lock = threading.Lock()  # the two services may build the per-snapshot tools at once
         self._latest_rgb = None
         self.last_address = ""
         self.counts = {"find_place_calls": 0, "geolocate_calls": 0}
@@ -60,13 +61,17 @@ class LanguageServices:
     # -- what the services search ---------------------------------------------------------------------------
     def _tools(self):
         """(TextSearch, Geolocator) for the current snapshot, or raise RuntimeError saying why there is none."""
-        from geoloc_ros.language.geolocate import GeolocateSettings, Geolocator
-        from geoloc_ros.language.text_search import text_search_for
-
         localizer = self.node._localizer
         if localizer is None:
             raise RuntimeError(f"not configured ({self.node.lifecycle_state}): {self.node.last_error}")
         snapshot = localizer.snapshot
+        with self._tools_lock:
+            return self._tools_for(snapshot)
+
+    def _tools_for(self, snapshot):
+        from geoloc_ros.language.geolocate import GeolocateSettings, Geolocator
+        from geoloc_ros.language.text_search import text_search_for
+
         if self._per_snapshot[0] is not snapshot:
             s = snapshot.settings
             maps = [(m.id, m.name, m.db) for m in snapshot.maps]
