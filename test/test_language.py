@@ -219,3 +219,37 @@ def test_geoloc_geolocate_command(text_map, capsys):
         assert geoloc(["geolocate", str(records[2].path), "--map", str(map_dir), "--lmm-url", server.url]) == 0
     out = capsys.readouterr().out
     assert "lmm: lat 45.001100 lon 7.000100" in out and "lmm_accepted 1" in out
+
+
+def test_map_build_from_a_bag_takes_addresses_from_its_string_topic(shared_data, tmp_path):
+    from rosbags.rosbag2 import Writer
+    from rosbags.typesys import get_typestore, Stores
+
+    ts = get_typestore(Stores.ROS2_HUMBLE)
+    T = ts.types
+    records = read_sequence(shared_data / "toy_streets" / "database", spacing=50.0, origin=(45.0, 7.0))[:3]
+    with Writer(tmp_path / "bag", version=9) as w:
+        cams = w.add_connection("/cam", "sensor_msgs/msg/Image", typestore=ts)
+        fixes = w.add_connection("/fix", "sensor_msgs/msg/NavSatFix", typestore=ts)
+        words = w.add_connection("/address", "std_msgs/msg/String", typestore=ts)
+        for i, r in enumerate(records):
+            t = (10 + 5 * i) * 10**9
+            stamp = T["builtin_interfaces/msg/Time"](sec=t // 10**9, nanosec=0)
+            header = T["std_msgs/msg/Header"](stamp=stamp, frame_id="camera")
+            rgb = read_image(r.path)[::4, ::4].copy()
+            image = T["sensor_msgs/msg/Image"](header=header, height=rgb.shape[0], width=rgb.shape[1],
+                                               encoding="rgb8", is_bigendian=0, step=rgb.shape[1] * 3,
+                                               data=rgb.reshape(-1))
+            status = T["sensor_msgs/msg/NavSatStatus"](status=0, service=1)
+            fix = T["sensor_msgs/msg/NavSatFix"](header=header, status=status, latitude=r.lat, longitude=r.lon,
+                                                 altitude=0.0, position_covariance=np.zeros(9),
+                                                 position_covariance_type=0)
+            w.write(cams, t, ts.serialize_cdr(image, "sensor_msgs/msg/Image"))
+            w.write(fixes, t, ts.serialize_cdr(fix, "sensor_msgs/msg/NavSatFix"))
+            w.write(words, t + 3 * 10**8, ts.serialize_cdr(T["std_msgs/msg/String"](data=ADDRESSES[i]),
+                                                           "std_msgs/msg/String"))
+    save_encoder(tiny_encoder(), tmp_path / "enc")
+    assert geoloc(["map", "build", "--encoder", str(tmp_path / "enc"), "--bag", str(tmp_path / "bag"),
+                   "--image-topic", "/cam", "--fix-topic", "/fix", "--address-topic", "/address", "--out",
+                   str(tmp_path / "map"), "--quiet", "--local-features", "none"]) == 0
+    assert list(MapDatabase.load(tmp_path / "map").column("address")) == ADDRESSES[:3]
