@@ -109,7 +109,7 @@ def test_geolocate_with_a_model_server_parses_refuses_and_keeps_the_camera_path_
     records, map_dir = street_text_map
     answers = [(0.0, 'It looks like {"latitude": 45.0012, "longitude": 7.0003}.'),
                (0.0, '{"latitude": -33.86, "longitude": 151.2}'),
-               (3.0, '{"latitude": 45.001, "longitude": 7.0}')]
+               (5.0, '{"latitude": 45.001, "longitude": 7.0}')]
     with chat_server(answers) as server:
         node, h = running({"map_path": [map_dir], "lmm_url": server.url, "lmm_timeout_s": 10.0})
         image = Geolocate.Request(image=image_message(read_image(records[3].path), T0))
@@ -120,14 +120,14 @@ def test_geolocate_with_a_model_server_parses_refuses_and_keeps_the_camera_path_
         refused = call(h, Geolocate, "/geoloc_vpr/geolocate", image)
         assert refused.success and refused.method == "retrieval" and "refused" in refused.message
 
-        # The third answer takes 3 s: frames published meanwhile are still localised.
+        # The third answer takes 5 s: frames published meanwhile are still localised.
         client = h.node.create_client(Geolocate, "/geoloc_vpr/geolocate")
         slow = client.call_async(image)
         time.sleep(0.5)
         for i in range(3):
             h.publish(image_message(read_image(records[i].path), T0 + (i + 1) * 10**8))
             time.sleep(0.2)
-        got = h.wait_for(lambda: len(h.data.results["place_recognition"]) >= 1, timeout=2.0)
+        got = h.wait_for(lambda: len(h.data.results["place_recognition"]) >= 1, timeout=3.0)
         assert got and not slow.done(), "the camera path waited for the model server"
         assert h.wait_for(slow.done, timeout=30) and slow.result().method == "lmm"
     counters = ("lmm_refusals", "lmm_accepted", "geolocate_calls")
