@@ -177,3 +177,26 @@ def test_cosine_schedule_decays_stage2_rates_and_constant_keeps_them():
     assert cos[0] == 1.0 and all(a > b for a, b in zip(cos, cos[1:])) and cos[-1] > 0
     with pytest.raises(ValueError, match="lr_schedule"):
         stage2_lr_scale(TrainConfig(lr_schedule="step"), 0)
+
+
+@needs_nordland
+def test_an_all_nan_validation_still_writes_the_encoder(tmp_path):
+    """A validation whose queries have no positive scores NaN every epoch: the run ends as one without
+    validation would (encoder.safetensors is the last epoch's) instead of writing none."""
+    from geoloc_ros.model import evaluation as E
+
+    t = _one_group_trainer(tmp_path, epochs_stage1=1, epochs=2, iterations_per_epoch=2, batch_size=8)
+    probe = t.records[:4]
+    nowhere = [np.array([], dtype=np.int64) for _ in probe]  # no query has a positive: R@1 is 0/0
+
+    def val_fn(enc):
+        d = enc.encode([t.bank.get([i])[0] for i in range(len(probe))])
+        return E.recall_at_n(d, d, nowhere)
+
+    t.val_fn = val_fn
+    t.run()
+    vals = [h["val"]["R@1"] for h in t.history if h["stage"] == 2]
+    assert len(vals) == 2 and all(np.isnan(v) for v in vals)
+    saved = load_encoder(tmp_path / "encoder.safetensors")
+    assert saved.metadata["stage2_epochs_done"] == 2
+    assert saved.fingerprint == load_encoder(tmp_path / "encoder_last.safetensors").fingerprint

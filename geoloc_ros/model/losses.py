@@ -1,5 +1,10 @@
 """The training losses, each an `nn.Module`: CosFace (stage 2), image-to-text (stage 2), the image-to-image pair
-InfoNCE (stage 2, not in ProGEO) and ProGEO's supervised contrastive loss (stage 1)."""
+InfoNCE (stage 2, not in ProGEO) and ProGEO's supervised contrastive loss (stage 1).
+
+Each computes in fp32 whatever the caller's autocast: a loss's normalisations, logits and softmax are where bf16's
+8-bit mantissa costs (a cosine logit scaled by 30 keeps about two decimal digits in bf16), so `fp32()` turns autocast
+off inside and casts the inputs up; only the network itself runs in bf16/fp16.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +13,11 @@ import math
 import torch
 from torch import nn
 from torch.nn import functional as F
+
+
+def fp32(x):
+    """A context in which autocast is off on `x`'s device (the loss's own ops then run in their inputs' dtype)."""
+    return torch.autocast(device_type=x.device.type, enabled=False)
 
 
 class CosFace(nn.Module):
@@ -28,7 +38,8 @@ class CosFace(nn.Module):
         return self.s * (cos - one_hot * self.m)
 
     def forward(self, x, labels):
-        return F.cross_entropy(self.logits(x, labels), labels)
+        with fp32(x):
+            return F.cross_entropy(self.logits(x.float(), labels), labels)
 
 
 class ImageToTextLoss(nn.Module):
@@ -40,7 +51,9 @@ class ImageToTextLoss(nn.Module):
         self.label_smoothing = label_smoothing
 
     def forward(self, x, text_features, labels):
-        return F.cross_entropy(x @ text_features.t(), labels, label_smoothing=self.label_smoothing)
+        with fp32(x):
+            logits = x.float() @ text_features.float().t()
+            return F.cross_entropy(logits, labels, label_smoothing=self.label_smoothing)
 
 
 class PairInfoNCE(nn.Module):
@@ -53,10 +66,11 @@ class PairInfoNCE(nn.Module):
         self.temperature = temperature
 
     def forward(self, d):
-        a, b = F.normalize(d, dim=1).chunk(2)
-        logits = a @ b.t() / self.temperature
-        target = torch.arange(len(a), device=d.device)
-        return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
+        with fp32(d):
+            a, b = F.normalize(d.float(), dim=1).chunk(2)
+            logits = a @ b.t() / self.temperature
+            target = torch.arange(len(a), device=d.device)
+            return 0.5 * (F.cross_entropy(logits, target) + F.cross_entropy(logits.t(), target))
 
 
 def pair_infonce(d, temperature: float):
@@ -73,11 +87,12 @@ class SupConLoss(nn.Module):
         self.temperature = temperature
 
     def forward(self, a, b, labels_a, labels_b):
-        logits = a @ b.t() / self.temperature
-        logits = logits - logits.max(dim=1, keepdim=True).values.detach()
-        log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
-        mask = (labels_a.view(-1, 1) == labels_b.view(1, -1)).float()
-        return -((mask * log_prob).sum(1) / mask.sum(1).clamp(min=1)).mean()
+        with fp32(a):
+            logits = a.float() @ b.float().t() / self.temperature
+            logits = logits - logits.max(dim=1, keepdim=True).values.detach()
+            log_prob = logits - torch.logsumexp(logits, dim=1, keepdim=True)
+            mask = (labels_a.view(-1, 1) == labels_b.view(1, -1)).float()
+            return -((mask * log_prob).sum(1) / mask.sum(1).clamp(min=1)).mean()
 
 
 def supcon_loss(a, b, labels_a, labels_b, temperature: float = 1.0):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import time
 
@@ -132,7 +133,7 @@ class Stage2:
                 "seconds": round(time.time() - t0, 1)}
 
     def loss(self, g: int, d, labels):
-        """The stage-2 loss of descriptors `d` of a batch of group `g`."""
+        """The stage-2 loss of descriptors `d` of a batch of group `g`, in fp32."""
         cfg = self.cfg
         loss = self.cosface[g](d.float(), labels)
         if cfg.i2t_weight:
@@ -147,7 +148,8 @@ class Stage2:
         self.opt.zero_grad(set_to_none=True)
         self.cls_opts[g].zero_grad(set_to_none=True)
         with self.t.autocast():
-            loss = self.loss(g, self.t.net(x), labels)
+            d = self.t.net(x)
+        loss = self.loss(g, d, labels)  # fp32: the adapter and the losses run outside autocast
         if self.scaler is not None:
             self.scaler.scale(loss).backward()
             self.scaler.step(self.opt)
@@ -168,8 +170,14 @@ class Stage2:
         t.save_encoder(t.run_dir / "encoder_last.safetensors", epoch + 1, self.saved)
         if t.val_fn is not None:
             entry["val"] = t.val_fn(self.saved)
-            if entry["val"]["R@1"] > self.best:
-                self.best = entry["val"]["R@1"]
+            r1 = float(entry["val"]["R@1"])
+            if math.isnan(r1):
+                log.warning("stage 2 epoch %d: validation R@1 is NaN (no validation query has a positive?)%s",
+                            epoch + 1, "" if self.best >= 0 else ": encoder.safetensors is this epoch's")
+            if r1 > self.best:
+                self.best = r1
+                t.save_encoder(t.run_dir / "encoder.safetensors", epoch + 1, self.saved)
+            elif math.isnan(r1) and self.best < 0:  # NaN beats no score; until one comes, keep each epoch's
                 t.save_encoder(t.run_dir / "encoder.safetensors", epoch + 1, self.saved)
         else:
             os.replace(t.save_encoder(t.run_dir / "encoder.tmp.safetensors", epoch + 1, self.saved),
