@@ -154,6 +154,32 @@ def test_corrupt_checkpoints_refused(tmp_path):
     assert "missing_dir" in str(e.value)
 
 
+def test_one_header_reader_serves_checkpoints_and_maps(tmp_path):
+    """model.checkpoint.read_safetensors_metadata parses the header for both read_header and the map database's
+    read_encoder_fingerprint, without torch; a file that is not safetensors is refused by both, named."""
+    import subprocess
+    import sys
+
+    from geoloc_ros.mapping.database import read_encoder_fingerprint
+    from geoloc_ros.mapping.storage import MapError
+    from geoloc_ros.model.checkpoint import read_safetensors_metadata
+
+    enc = tiny_encoder()
+    path = save_encoder(enc, tmp_path / "enc.safetensors")
+    assert read_safetensors_metadata(path)["fingerprint"] == read_header(path)["fingerprint"] == enc.fingerprint
+    assert read_encoder_fingerprint(path) == enc.fingerprint
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"this is not a checkpoint at all" * 10)
+    with pytest.raises(CheckpointError, match="garbage.safetensors"):
+        read_header(garbage)
+    with pytest.raises(MapError, match="garbage.safetensors"):
+        read_encoder_fingerprint(garbage)
+    code = ("import sys; from geoloc_ros.mapping.database import read_encoder_fingerprint as r; "
+            f"print(r({str(path)!r}), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [enc.fingerprint, "False"]
+
+
 def test_progeo_checkpoint_layout_loads(tmp_path):
     for arch, wrap in (("RN-pico", True), ("ViT-nano", False)):
         f = tmp_path / f"progeo_{arch}.pth"

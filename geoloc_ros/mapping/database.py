@@ -9,7 +9,6 @@ from __future__ import annotations
 
 from dataclasses import asdict
 import datetime as _dt
-import json
 import math
 from pathlib import Path
 import shutil
@@ -21,6 +20,7 @@ from geoloc_ros.geodesy import MapFrame, to_utm
 from geoloc_ros.mapping import storage
 from geoloc_ros.mapping.keyframe import FLOAT_FIELDS, KEYFRAME_FIELDS, Keyframe, Match
 from geoloc_ros.mapping.storage import MapError
+from geoloc_ros.model.checkpoint import read_safetensors_metadata
 
 # A radius-filtered search scores the keyframes inside the radius exactly (faiss.knn over their stored
 # descriptors) when there are at most this many; beyond that it asks the index with an ID selector.
@@ -431,13 +431,8 @@ def read_encoder_fingerprint(path) -> str:
     """The fingerprint in an encoder.safetensors header, read without loading weights (or torch)."""
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            if not 0 < n < 100_000_000:
-                raise ValueError("bad header length")
-            meta = json.loads(f.read(n)).get("__metadata__", {})
-        return meta["fingerprint"]
-    except (OSError, ValueError, KeyError) as e:
+        return read_safetensors_metadata(path)["fingerprint"]
+    except (ValueError, KeyError) as e:  # CheckpointError is a ValueError
         raise MapError(f"{path}: not an encoder checkpoint with a fingerprint ({e})") from None
 
 
