@@ -12,6 +12,8 @@ import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import yaml
+
 PROMPT = "A photo of a X X X X street."  # ProGEO PromptLearner ctx_init
 RECIPES = Path(__file__).with_name("recipes")
 
@@ -128,8 +130,6 @@ def config_fields():
 
 def load_recipe(name_or_path) -> dict:
     """The TrainConfig values of a bundled recipe (`nordland`) or of a YAML file; unknown keys are refused."""
-    import yaml
-
     path = Path(name_or_path)
     if not path.suffix:
         path = RECIPES / f"{name_or_path}.yaml"
