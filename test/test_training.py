@@ -52,9 +52,10 @@ def test_tiny_training_lowers_loss_raises_recall_and_resumes(tmp_path):
     trained = load_encoder(tmp_path / "full", device="cpu")
     before, after = recall(untrained_encoder(cfg)), recall(trained)
     print("untrained", before, "trained", after, t.history)
-    # Measured (Intel(R) Xeon(R) Processor with AMX, torch 2.14.1, fp32): R@1 14.6 -> 39.6 at this seed, 8.3 -> 50.0
-    # at seed 0, 10.4 -> 60.4 at seed 1; the old recipe (one image per class, batch 16) gained 22.9 here but 8.3 on an AMD EPYC and -6.3 to
-    # +18.8 across seeds here. Required: a gain of 10 points, less than half of the smallest gain measured.
+    # Measured (Intel(R) Xeon(R) Processor with AMX, torch 2.14.1, fp32): R@1 14.6 -> 39.6 at this seed,
+    # 8.3 -> 50.0 at seed 0, 10.4 -> 60.4 at seed 1; the old recipe (one image per class, batch 16) gained 22.9
+    # here but 8.3 on an AMD EPYC and -6.3 to +18.8 across seeds here. Required: a gain of 10 points, less than
+    # half of the smallest gain measured.
     assert after["R@1"] >= before["R@1"] + 10 and after["R@5"] > before["R@5"], (before, after)
     assert trained.metadata["config"]["seed"] == 3  # training metadata travels with the weights
 
