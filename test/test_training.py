@@ -201,3 +201,21 @@ def test_an_all_nan_validation_still_writes_the_encoder(tmp_path):
     saved = load_encoder(tmp_path / "encoder.safetensors")
     assert saved.metadata["stage2_epochs_done"] == 2
     assert saved.fingerprint == load_encoder(tmp_path / "encoder_last.safetensors").fingerprint
+
+
+def test_vit_fine_tuning_freezes_what_progeo_freezes():
+    """ProGEO's get_backbone freezes conv1, ln_pre and the first freeze_trans blocks of a pretrained ViT; the class
+    and positional embeddings, the later blocks, ln_post and proj train."""
+    from geoloc_ros.model.stage2 import freeze_pretrained_layers
+    from geoloc_ros.model.training import TrainConfig, init_model
+
+    import dataclasses
+
+    cfg = TrainConfig(arch="ViT-nano", image_size=(32, 32), freeze_trans=1)
+    arch, _, _, net = init_model(cfg)  # random weights; the freezing rule only asks whether the run is pretrained
+    freeze_pretrained_layers(net, arch, dataclasses.replace(cfg, pretrained="weights.pt"))
+    b = net.backbone
+    assert not any(p.requires_grad for m in (b.conv1, b.ln_pre, b.transformer.resblocks[0]) for p in m.parameters())
+    assert b.class_embedding.requires_grad and b.positional_embedding.requires_grad
+    assert all(p.requires_grad for p in b.transformer.resblocks[1].parameters())
+    assert all(p.requires_grad for p in b.ln_post.parameters()) and b.proj.requires_grad

@@ -68,8 +68,13 @@ def run(args):
 
     import torch
 
+    from geoloc_ros.mapping.storage import TRAINING_OUTPUTS, MapError, safe_output_dir
     from geoloc_ros.model.training import Trainer
 
+    try:  # before any work: a run directory holding anything but a previous run's files is refused, untouched
+        safe_output_dir(args.run_dir, TRAINING_OUTPUTS)
+    except MapError as e:
+        raise SystemExit(f"geoloc train: {e}") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)

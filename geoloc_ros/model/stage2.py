@@ -28,7 +28,8 @@ log = logging.getLogger("geoloc.train")
 
 def freeze_pretrained_layers(net, arch, cfg):
     """ProGEO: a pretrained backbone keeps its first layers frozen (ResNet: stem..layer{freeze_cnn}; ViT: conv1,
-    ln_pre, the embeddings and the first `freeze_trans` blocks); from scratch everything trains."""
+    ln_pre and the first `freeze_trans` blocks -- class_embedding and positional_embedding train, as in ProGEO's
+    code); from scratch everything trains."""
     for p in net.parameters():
         p.requires_grad_(True)
     if cfg.train_all_layers or not cfg.pretrained:
@@ -42,8 +43,6 @@ def freeze_pretrained_layers(net, arch, cfg):
         return
     for m in (b.conv1, b.ln_pre):
         m.requires_grad_(False)
-    for p in (b.class_embedding, b.positional_embedding):
-        p.requires_grad_(False)
     for blk in b.transformer.resblocks[:cfg.freeze_trans]:
         blk.requires_grad_(False)
 
