@@ -351,6 +351,8 @@ class VprNode(LifecycleNode):
                   "session_keyframes": len(session) if session is not None else 0, **snap,
                   **(self._cameras.diagnostics() if self._cameras is not None else {}),
                   **verification.diagnostics(self._localizer.verifier if self._localizer is not None else None)}
+        if st.level == DiagnosticStatus.OK and "verification_problems" in values:  # maps without stored features
+            st.level, st.message = DiagnosticStatus.WARN, f"{st.message}; {values['verification_problems']}"
         st.values = [KeyValue(key=k, value=f"{v:.3f}" if isinstance(v, float) else str(v)) for k, v in values.items()]
         arr = DiagnosticArray(status=[st])
         arr.header.stamp = self.get_clock().now().to_msg()

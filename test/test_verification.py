@@ -142,3 +142,44 @@ def test_reload_keeps_counters_and_session_features(maps):
     assert again.counts is loc.verifier.counts and again.session_features is loc.verifier.session_features
     with pytest.raises(ValueError, match="verification_require_pose"):
         FeatureVerifier(require_pose="exact")
+
+
+def test_docs_between_factor_matches_sampled_relative_poses():
+    """docs/node.md's GTSAM snippet turns a PlaceCandidate into a between-factor on base poses: its covariance,
+    pushed through T_bc and GTSAM's tangent order, agrees with relative poses sampled from the message's."""
+    import re
+    from pathlib import Path
+
+    gtsam = pytest.importorskip("gtsam")
+    from geoloc_msgs.msg import PlaceCandidate
+    from scipy.spatial.transform import Rotation
+
+    doc = (Path(__file__).resolve().parents[1] / "docs" / "node.md").read_text()
+    snippet = next(b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if "def loop_closure_factor" in b)
+    scope = {}
+    exec(snippet, scope)  # noqa: S102 - the documented code itself is what is tested
+    T_kq = np.eye(4)
+    T_kq[:3, :3] = Rotation.from_euler("xyz", [0.01, 0.2, 0.03]).as_matrix()
+    T_kq[:3, 3] = [0.3, 0.1, 1.0]
+    c = PlaceCandidate(relative_pose_kind=PlaceCandidate.RELATIVE_POSE_METRIC)
+    p = c.relative_pose.pose
+    p.position.x, p.position.y, p.position.z = T_kq[:3, 3]
+    p.orientation.x, p.orientation.y, p.orientation.z, p.orientation.w = Rotation.from_matrix(T_kq[:3, :3]).as_quat()
+    cov_ros = np.diag([1e-4, 2e-4, 3e-4, 1e-6, 2e-6, 3e-6])
+    c.relative_pose.covariance = list(cov_ros.reshape(-1))
+    T_bc = np.eye(4)  # base_link (x forward, y left, z up) <- camera optical (z forward, x right, y down)
+    T_bc[:3, :3] = [[0, 0, 1], [-1, 0, 0], [0, -1, 0]]
+    T_bc[:3, 3] = [0.5, 0.0, 1.2]
+    relative, cov = scope["between_base_poses"](c, T_bc)
+    assert np.allclose(relative.matrix(), T_bc @ T_kq @ np.linalg.inv(T_bc))
+    rng = np.random.default_rng(0)
+    samples = []
+    for d in rng.multivariate_normal(np.zeros(6), cov_ros, size=3000):
+        T = np.eye(4)
+        T[:3, :3] = Rotation.from_rotvec(d[3:]).as_matrix() @ T_kq[:3, :3]  # ROS: perturbation in the parent axes
+        T[:3, 3] = T_kq[:3, 3] + d[:3]
+        samples.append(gtsam.Pose3.Logmap(relative.between(gtsam.Pose3(T_bc @ T @ np.linalg.inv(T_bc)))))
+    sampled = np.cov(np.array(samples).T)
+    assert np.allclose(np.diag(cov), np.diag(sampled), rtol=0.2)
+    factor = scope["loop_closure_factor"](c, gtsam.symbol("x", 1), gtsam.symbol("x", 2), T_bc)
+    assert factor.keys() == [gtsam.symbol("x", 1), gtsam.symbol("x", 2)]
