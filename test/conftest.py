@@ -2,6 +2,7 @@
 
 import os
 from pathlib import Path
+import tempfile
 
 import pytest
 
@@ -12,6 +13,9 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 # and discovery stays on this machine.
 os.environ.setdefault("ROS_DOMAIN_ID", str(1 + os.getpid() % 100))
 os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+# Artefacts of backend "auto" (ONNX exports, checks) go to a cache of this run, not into maps/ of the checkout or
+# the user's ~/.cache (geoloc_ros/deploy/cache.py); tests of the cache itself unset it.
+os.environ.setdefault("GEOLOC_CACHE", tempfile.mkdtemp(prefix="geoloc_test_cache_"))
 
 
 @pytest.fixture(scope="session")
