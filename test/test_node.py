@@ -396,7 +396,8 @@ def test_verified_closures_carry_relative_poses(desk_map, graph):
         depth = bench.read_depth(desk / "depth" / f"{q}.pgm")
         stamp = T0 + i * 10**9
         depth_pub.publish(depth_message(depth if i == 0 else depth.astype(np.float32) / 1000.0, stamp))
-        time.sleep(0.3)  # the depth image is paired when the colour frame is decoded
+        # the depth image is paired when the colour frame is decoded: let it arrive first
+        assert h.wait_for(lambda: len(n.node._cameras._depth["/camera/image_raw"]) > i, timeout=10)
         h.publish(image_message(bench.read_rgb(desk / "color" / f"{q}.png"), stamp))
         stamps[stamp] = q
         time.sleep(0.5)
