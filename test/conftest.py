@@ -37,20 +37,24 @@ def rclpy_context():
     context.try_shutdown()
 
 
-@pytest.fixture
-def street_map(shared_data, tmp_path):
-    """A map `streets` of the first 6 real street photos (~614x480) of toy_streets/database, geotagged 50 m apart,
-    built with the tiny encoder carried in the map: (photo folder, records, map directory)."""
-    from geoloc_ros.datasets import read_sequence
-    from geoloc_ros.mapping.builders import add_dataset, new_map_for
-    from geoloc_ros.model import save_encoder
-    from geoloc_ros.model.testing import tiny_encoder
+# The node's settings in DDS tests: frequent /diagnostics, CPU inference.
+FAST = {"diagnostics_period_s": 0.2, "device": "cpu"}
 
-    folder = shared_data / "toy_streets" / "database"
-    recs = read_sequence(folder, spacing=50.0, origin=(45.0, 7.0))[:6]
-    enc = tiny_encoder()
-    db = new_map_for(enc, "streets")
-    add_dataset(db, enc, recs, progress=False)
-    db.attach_encoder(save_encoder(enc, tmp_path / "enc"))
-    db.save(tmp_path / "map")
-    return folder, recs, tmp_path / "map"
+
+@pytest.fixture
+def graph(rclpy_context):
+    """(start_node(params, autostart) -> InProcessNode, harness); everything closed afterwards."""
+    from geoloc_ros.replay import Harness, InProcessNode
+
+    made = []
+    harness = Harness(rclpy_context)
+
+    def start(parameters, autostart=True):
+        n = InProcessNode(rclpy_context, {**FAST, **parameters}, autostart=autostart)
+        made.append(n)
+        return n
+
+    yield start, harness
+    harness.close()
+    for n in made:
+        n.close()
