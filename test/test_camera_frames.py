@@ -40,7 +40,7 @@ def publish(topic, photo, size, fmt, qos, count=COUNT) -> dict:
 def node(tmp_path_factory):
     """vpr_node as a process on the bundled map with reliable camera subscriptions; a Harness reading its
     /diagnostics."""
-    from geoloc_ros.node.replay import node_process
+    from geoloc_ros.replay import node_process
 
     log = tmp_path_factory.mktemp("camera") / "vpr_node.log"
     with node_process([f"map_path:=['{BUNDLED_MAP}']", "image_qos:=reliable"], log, name="camera_frames") as h:
@@ -54,15 +54,8 @@ def counters(h) -> tuple[int, int]:
     return int(d.get("frames_received", 0)), int(d.get("frames_processed", 0))
 
 
-# The node still subscribes with sensor-data (best-effort) QoS on this branch; developer "safety" adds the
-# image_qos parameter and the coordinator wires it into the subscriptions. Until then raw frames of these sizes
-# vanish on the way, as the best-effort test below shows.
-NOT_WIRED = pytest.mark.xfail(strict=False, reason="image_qos not wired yet")
-
-
-@pytest.mark.parametrize("size, fmt", [
-    pytest.param("640x480", "raw", marks=NOT_WIRED), pytest.param("1280x720", "raw", marks=NOT_WIRED),
-    ("640x480", "jpeg"), ("1280x720", "jpeg")])
+@pytest.mark.parametrize("size, fmt", [("640x480", "raw"), ("1280x720", "raw"), ("640x480", "jpeg"),
+                                       ("1280x720", "jpeg")])
 def test_reliable_camera_frames_from_another_process_are_processed(node, photo, size, fmt):
     received0, processed0 = counters(node)
     sent = publish(node.camera, photo, size, fmt, "reliable")
