@@ -26,6 +26,8 @@ class Frame:
     received_mono: float = 0.0  # time.monotonic() when it arrived, for the node's latency figures
     odom: tuple | None = None  # latest odometry (x, y, z) when it arrived
     fix: tuple | None = None  # latest valid NavSatFix (lat, lon, alt) when it arrived
+    camera_model: object | None = None  # geoloc_ros.geometry.PinholeCamera from the camera's CameraInfo, if known
+    depth: np.ndarray | None = None  # aligned depth image, HxW uint16 millimetres or float32 metres, if paired
 
     @property
     def time_ns(self) -> int:
@@ -45,6 +47,12 @@ class Candidate:
     rank: int = 0
     verified: bool = False
     inliers: int = 0
+    relative_pose: object | None = None  # geoloc_ros.geometry.RelativePose: query camera in the keyframe camera
+
+    @property
+    def relative_pose_kind(self) -> str:
+        """"metric", "direction" or "none" (no pose computed)."""
+        return self.relative_pose.kind if self.relative_pose is not None else "none"
 
     @property
     def key(self) -> tuple:
