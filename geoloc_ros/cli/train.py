@@ -68,6 +68,7 @@ def run(args):
 
     import torch
 
+    from geoloc_ros.datasets import read_image
     from geoloc_ros.mapping.storage import TRAINING_OUTPUTS, MapError, safe_output_dir
     from geoloc_ros.model.training import Trainer
 
@@ -78,6 +79,24 @@ def run(args):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
+    cfg = _config(args)
+    records, metadata = _training_records(args)
+    images = [read_image(r.path) for r in records]
+    trainer = Trainer(cfg, records, args.run_dir, images=images, val_fn=_validation_fn(args),
+                      progress=not args.no_progress, metadata=metadata)
+    (Path(args.run_dir) / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+    final = trainer.run()
+    print(f"encoder: {final}")
+    if args.output:
+        from geoloc_ros.model import load_encoder, save_encoder
+
+        enc = load_encoder(final, device="cpu")
+        print(f"copied to {save_encoder(enc, args.output)}")
+    return 0
+
+
+def _config(args) -> TrainConfig:
+    """The recipe (--nordland) under the flags given; a small CPU architecture brings its own input size."""
     values = load_recipe("nordland") if args.nordland else {}
     for f in config_fields():
         v = getattr(args, f.name, None)
@@ -88,62 +107,59 @@ def run(args):
         from geoloc_ros.model.archs import arch_config
 
         values["image_size"] = arch_config(values["arch"])["vision_cfg"]["image_size"]
-    cfg = TrainConfig(**values)
+    return TrainConfig(**values)
 
-    from geoloc_ros.datasets import load_dataset, read_image
+
+def _frames_filter(recs, spec):
+    """The records whose frame number lies in "LO:HI" (all of them without a spec)."""
     from geoloc_ros.model.nordland import frame_number
 
-    def frames_filter(recs, spec):
-        if not spec:
-            return recs
-        lo, hi = (int(v) for v in spec.split(":"))
-        return [r for r in recs if lo <= frame_number(r.path) <= hi]
+    if not spec:
+        return recs
+    lo, hi = (int(v) for v in spec.split(":"))
+    return [r for r in recs if lo <= frame_number(r.path) <= hi]
 
-    metadata = {}
+
+def _training_records(args):
+    """(training records, the metadata that says where they came from)."""
+    from geoloc_ros.datasets import load_dataset
+
     if args.nordland:
         from geoloc_ros.model import nordland as N
 
         records = N.split(args.data, frames=N.TRAIN_FRAMES)
-        metadata["data"] = {"dataset": "nordland64 (NRK / Suenderhauf et al. 2013, TimQuelch/seqslam copy)",
-                            "frames": list(N.TRAIN_FRAMES), "seasons": list(N.SEASONS),
-                            "positions": "synthetic: straight line, 10 m per frame"}
+        return records, {"data": {"dataset": "nordland64 (NRK / Suenderhauf et al. 2013, TimQuelch/seqslam copy)",
+                                  "frames": list(N.TRAIN_FRAMES), "seasons": list(N.SEASONS),
+                                  "positions": "synthetic: straight line, 10 m per frame"}}
+    if not args.train_set:
+        raise SystemExit("geoloc train: give --train-set (repeatable) or --nordland")
+    records = []
+    for ts in args.train_set:
+        records += _frames_filter(load_dataset(ts, sequence_spacing=args.sequence_spacing), args.frames)
+    return records, {"data": {"train_sets": args.train_set, "frames": args.frames}}
+
+
+def _validation_fn(args):
+    """encoder -> Recall@N on --val-database/--val-queries (positives by frame tolerance or by radius), or None."""
+    if not (args.val_database and args.val_queries):
+        return None
+    import numpy as np
+
+    from geoloc_ros.datasets import load_dataset, read_image
+    from geoloc_ros.model import evaluation as E
+    from geoloc_ros.model.nordland import frame_number
+
+    db = _frames_filter(load_dataset(args.val_database, sequence_spacing=args.sequence_spacing), args.val_frames)
+    q = _frames_filter(load_dataset(args.val_queries, sequence_spacing=args.sequence_spacing), args.val_frames)
+    dbi, qi = [read_image(r.path) for r in db], [read_image(r.path) for r in q]
+    if args.val_frame_tolerance is not None:
+        dbf = np.array([frame_number(r.path) for r in db])
+        step = int(np.median(np.diff(np.sort(dbf)))) if len(dbf) > 1 else 1
+        pos = E.positives_by_frame(dbf, [frame_number(r.path) for r in q], args.val_frame_tolerance * step)
     else:
-        if not args.train_set:
-            raise SystemExit("geoloc train: give --train-set (repeatable) or --nordland")
-        records = []
-        for ts in args.train_set:
-            records += frames_filter(load_dataset(ts, sequence_spacing=args.sequence_spacing), args.frames)
-        metadata["data"] = {"train_sets": args.train_set, "frames": args.frames}
-    images = [read_image(r.path) for r in records]
+        pos = E.positives_by_radius([(r.utm_east, r.utm_north) for r in db], [(r.utm_east, r.utm_north) for r in q])
 
-    val_fn = None
-    if args.val_database and args.val_queries:
-        import numpy as np
+    def val_fn(enc):
+        return E.recall_at_n(enc.encode(dbi), enc.encode(qi), pos)
 
-        from geoloc_ros.model import evaluation as E
-
-        db = frames_filter(load_dataset(args.val_database, sequence_spacing=args.sequence_spacing), args.val_frames)
-        q = frames_filter(load_dataset(args.val_queries, sequence_spacing=args.sequence_spacing), args.val_frames)
-        dbi, qi = [read_image(r.path) for r in db], [read_image(r.path) for r in q]
-        if args.val_frame_tolerance is not None:
-            dbf = np.array([frame_number(r.path) for r in db])
-            step = int(np.median(np.diff(np.sort(dbf)))) if len(dbf) > 1 else 1
-            pos = E.positives_by_frame(dbf, [frame_number(r.path) for r in q], args.val_frame_tolerance * step)
-        else:
-            pos = E.positives_by_radius([(r.utm_east, r.utm_north) for r in db],
-                                        [(r.utm_east, r.utm_north) for r in q])
-
-        def val_fn(enc):
-            return E.recall_at_n(enc.encode(dbi), enc.encode(qi), pos)
-
-    trainer = Trainer(cfg, records, args.run_dir, images=images, val_fn=val_fn, progress=not args.no_progress,
-                      metadata=metadata)
-    (Path(args.run_dir) / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
-    final = trainer.run()
-    print(f"encoder: {final}")
-    if args.output:
-        from geoloc_ros.model import load_encoder, save_encoder
-
-        enc = load_encoder(final, device="cpu")
-        print(f"copied to {save_encoder(enc, args.output)}")
-    return 0
+    return val_fn
