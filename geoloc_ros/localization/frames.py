@@ -45,6 +45,7 @@ class Candidate:
     rank: int = 0
     verified: bool = False
     inliers: int = 0
+    confidence: float = 0.0  # of a loop closure, in [0, 1] (localization/confidence.py); 0 for plain candidates
 
     @property
     def key(self) -> tuple:
@@ -76,3 +77,4 @@ class FrameResult:
     encode_ms: float = 0.0  # per frame of the batch
     search_ms: float = 0.0
     session_keyframe: int | None = None  # id of the session keyframe this frame became, if it did
+    evidence: object = None  # confidence.Evidence of this frame's loop closure before the threshold, if it had one
