@@ -50,7 +50,7 @@ def run(args):
             summaries[key] = E.summarise(rows, base.loop_closure_min_confidence, args.tolerance)
             runs[key] = {"map": str(map_dir), "rows": rows}
             _print_one(key, summaries[key])
-    title = (f"~/loop_closures precision-recall over the confidence (winter queries, summer map; correct within "
+    title = (f"~/loop_closures precision-recall over the confidence\n(winter queries, summer map; correct within "
              f"{args.tolerance:g} m); dots: default threshold {base.loop_closure_min_confidence:g}")
     E.plot(summaries, args.out / "loop_closures.png", title)
     print("\n" + E.format_table(summaries))

@@ -5,8 +5,11 @@ A logistic of a few pieces of evidence, every weight >= 0 so that more evidence 
     logit = bias + w_seq * log(sequence margin)       (sequence mode: best run's score over the best run elsewhere)
                  + w_sim * similarity margin           (the closure's similarity minus the best candidate that does
                                                         not agree with it, i.e. another place)
-                 + w_agree * agreement                 (preceding frames in a row, at most AGREEMENT_MAX, whose
-                                                        closure agreed with this one)
+                 + w_agree * agreement                 (of the AGREEMENT_MAX preceding frames, those whose closure
+                                                        agreed with this one; in sequence mode only those at another
+                                                        keyframe count: the run must advance, as sequence matching
+                                                        assumes motion, and a closure stuck on one keyframe while
+                                                        the frames move on is the typical Nordland failure)
                  + log(inliers / min_inliers)          (geometric verification accepted it: odds x inliers/min)
                  - ODOMETRY_PENALTY                    (odometry disagrees with the step from the previous closure)
 
@@ -24,10 +27,11 @@ AGREEMENT_MAX = 4  # preceding frames looked at for agreement
 SEQUENCE_MARGIN_CAP = 1.5  # log(margin) is capped at log(1.5): beyond it a run is unambiguous anyway
 ODOMETRY_PENALTY = math.log(10.0)  # an odometry-inconsistent closure: odds / 10
 
-# Fitted on the tuning split (winter 19210..21600 against summer 19210..21600, every default), see docs/node.md.
+# Fitted on the tuning split (winter 19210..21600 against a summer map of 19210..21600, every default) by
+# tools/fit_closure_confidence.py; consecutive's bias is shifted so that its tuning operating point is sequence's.
 COEFFICIENTS = {
-    "sequence": {"bias": -3.0, "log_sequence_margin": 40.0, "similarity_margin": 4.0, "agreement": 0.8},
-    "consecutive": {"bias": -3.0, "log_sequence_margin": 0.0, "similarity_margin": 8.0, "agreement": 0.8},
+    "sequence": {"bias": -1.301, "log_sequence_margin": 1.735, "similarity_margin": 2.372, "agreement": 1.095},
+    "consecutive": {"bias": 2.611, "log_sequence_margin": 0.0, "similarity_margin": 6.213, "agreement": 0.025},
 }
 
 
@@ -36,7 +40,7 @@ class Evidence:
     """What a closure's confidence is computed from."""
 
     similarity_margin: float  # in [-2, 2]
-    agreement: int  # 0..AGREEMENT_MAX
+    agreement: int  # 0..AGREEMENT_MAX (ClosureHistory)
     sequence_margin: float | None = None  # >= 1 (sequence mode), None otherwise
     inliers: int = 0  # RANSAC inliers when verification accepted the closure, else 0
     min_inliers: int = 15
@@ -80,8 +84,8 @@ class ClosureHistory:
     """Per camera, the anchors (candidate 0) of the last frames' closures, before any confidence threshold, and
     the odometry of those frames: the agreement and odometry evidence."""
 
-    def __init__(self, agree, odometry_tolerance_m: float):
-        self.agree, self.tolerance = agree, float(odometry_tolerance_m)
+    def __init__(self, agree, odometry_tolerance_m: float, must_advance: bool = False):
+        self.agree, self.tolerance, self.must_advance = agree, float(odometry_tolerance_m), bool(must_advance)
         self._history: dict[str, deque] = {}
 
     def reset(self):
@@ -92,10 +96,8 @@ class ClosureHistory:
         h = self._history.setdefault(camera, deque(maxlen=AGREEMENT_MAX))
         agreement, consistent = 0, None
         if anchor is not None:
-            for prev, _ in reversed(h):
-                if prev is None or not self.agree(anchor.key, prev.key):
-                    break
-                agreement += 1
+            agreement = sum(prev is not None and self.agree(anchor.key, prev.key)
+                            and not (self.must_advance and _same_keyframe(prev, anchor)) for prev, _ in h)
             consistent = self._odometry_consistent(anchor, odom, h)
         h.append((anchor, odom))
         return agreement, consistent
@@ -113,3 +115,7 @@ class ClosureHistory:
             travelled = math.hypot(odom[0] - prev_odom[0], odom[1] - prev_odom[1])
             return abs(mapped - travelled) <= self.tolerance
         return None
+
+
+def _same_keyframe(a, b) -> bool:
+    return a.map_id == b.map_id and int(a.keyframe.id) == int(b.keyframe.id)

@@ -31,7 +31,8 @@ class Localizer:
         self.consistency = ConsistencyFilter(s.consistency_k, s.consistency_radius_m, s.consistency_id_window)
         self.sequence = SequenceMatcher(s.sequence_window, min_margin=s.sequence_min_margin) \
             if s.consistency_mode == "sequence" else None
-        self.history = ClosureHistory(self.consistency.agree, s.consistency_radius_m)
+        self.history = ClosureHistory(self.consistency.agree, s.consistency_radius_m,
+                                      must_advance=self.sequence is not None)
 
     @property
     def settings(self):
@@ -114,7 +115,8 @@ class Localizer:
         agreement, odometry_ok = self.history.update(frame.camera, anchor, frame.odom)
         if anchor is None:
             return None
-        evidence = Evidence(similarity_margin(anchor, cands, self.consistency.agree), agreement, sequence_margin,
+        agree = self.consistency.agree
+        evidence = Evidence(similarity_margin(anchor, cands, agree), agreement, sequence_margin,
                             anchor.inliers if anchor.verified else 0, s.verification_min_inliers, odometry_ok)
         value = confidence(evidence, "sequence" if self.sequence is not None else "consecutive")
         for c in closures:

@@ -56,7 +56,7 @@ PARAMETERS = [
     ("sequence_window", 8, "Frames per sequence in 'sequence' mode.", (2, 100)),
     ("sequence_min_margin", 1.0, "'sequence' mode: the best run's score over the best run elsewhere in the map "
      "must reach this (1.0 accepts every best run).", (1.0, 10.0)),
-    ("loop_closure_min_confidence", 0.9, "Loop closures whose confidence (PlaceCandidate.confidence, in [0, 1]: "
+    ("loop_closure_min_confidence", 0.96, "Loop closures whose confidence (PlaceCandidate.confidence, in [0, 1]: "
      "docs/node.md, 'Loop-closure confidence and operating point') is below this are not published on "
      "~/loop_closures; the default was chosen for precision >= 0.99 on held-out Nordland data (0: publish all).",
      (0.0, 1.0)),
