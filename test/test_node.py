@@ -89,7 +89,7 @@ def metres(lat1, lon1, lat2, lon2):
 
 def test_replayed_bag_matches_expected_keyframes_and_positions(world, graph):
     start, h = graph
-    node = start({"map_path": [world["map"]], "top_k": 3, "consistency_k": 2})
+    node = start({"map_path": [world["map"]], "top_k": 3, "consistency_k": 2, "loop_closure_min_confidence": 0.0})
     assert node.active, node.node.last_error
     assert h.wait_for_subscriber()
     frames = read_bag(world["bag"])
@@ -263,7 +263,7 @@ def test_session_map_exclusion_window_and_services(world, graph, tmp_path):
     start, h = graph
     n = start({"map_path": [""], "encoder_path": world["encoder"], "session_map": True, "session_min_interval_s": 0.5,
                "session_exclusion_window_s": 5.0, "session_map_path": str(tmp_path / "session"),
-               "consistency_k": 1})
+               "consistency_k": 1, "loop_closure_min_confidence": 0.0})
     assert n.active, n.node.last_error
     assert h.wait_for_subscriber()
     images = [read_image(r.path) for r in world["records"][:15]]
@@ -336,7 +336,8 @@ def test_geometric_verification_with_map_images(street_map, graph):
     folder, recs, map_dir = street_map
     start, h = graph
     n = start({"map_path": [str(map_dir)], "verification": True, "verification_min_inliers": 15,
-               "verification_image_dir": str(folder), "consistency_k": 1, "top_k": 2})
+               "verification_image_dir": str(folder), "consistency_k": 1, "top_k": 2,
+               "loop_closure_min_confidence": 0.0})
     assert n.active, n.node.last_error
     assert h.wait_for_subscriber()
     stamps = []
