@@ -51,7 +51,8 @@ def main():
     ap.add_argument("--align", default="sequence", help="mode whose safe threshold the others' biases are shifted "
                                                        "to, so one threshold is one operating point in every mode")
     args = ap.parse_args()
-    runs = json.load(open(args.json))["runs"]
+    with open(args.json) as f:
+        runs = json.load(f)["runs"]
     fitted = {}
     for key, run in runs.items():
         if not key.startswith(args.split):
@@ -70,7 +71,8 @@ def main():
     target = fitted[args.align][1]
     for mode, (theta, safe) in fitted.items():
         shift = _logit(target) - _logit(safe)  # the safe threshold of every mode becomes the aligned mode's
-        coef = {"bias": round(float(theta[0] + shift), 3), **{f: round(float(w), 3) for f, w in zip(FEATURES, theta[1:])}}
+        weights = {f: round(float(w), 3) for f, w in zip(FEATURES, theta[1:])}
+        coef = {"bias": round(float(theta[0] + shift), 3), **weights}
         print(f"COEFFICIENTS[{mode!r}] = {coef}  (bias shifted by {shift:+.3f}; operating point {target:.3f})")
 
 
