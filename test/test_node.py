@@ -119,6 +119,9 @@ def test_replayed_bag_matches_expected_keyframes_and_positions(world, graph):
             assert pose.header.frame_id == "map" and pose.pose.covariance[0] == geo.pose.covariance[0]
     # Consistency k=2: every frame but the first closes a loop with its own keyframe.
     assert len(d.results["loop_closures"]) >= len(frames) - 2
+    # Each closure's confidence travels in PlaceCandidate.confidence; ~/place_recognition candidates carry 0.
+    assert all(0.0 < c.confidence <= 1.0 for m in d.results["loop_closures"].values() for c in m.candidates)
+    assert all(c.confidence == 0.0 for m in d.results["place_recognition"].values() for c in m.candidates)
     assert len(pose_errors) >= len(frames) - 2
     # The fused position is the best keyframe's, pulled at most a little by agreeing neighbours (10 m apart).
     assert np.median(pose_errors) < 10.0 and max(pose_errors) < 30.0

@@ -118,7 +118,8 @@ class Localizer:
         agree = self.consistency.agree
         evidence = Evidence(similarity_margin(anchor, cands, agree), agreement, sequence_margin,
                             anchor.inliers if anchor.verified else 0, s.verification_min_inliers, odometry_ok)
-        value = confidence(evidence, "sequence" if self.sequence is not None else "consecutive")
+        # a closure of consecutive agreement (also sequence mode's fallback on the session map alone) is rated so
+        value = confidence(evidence, "consecutive" if sequence_margin is None else "sequence")
         for c in closures:
             c.confidence = value
         return evidence
