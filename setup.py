@@ -33,6 +33,7 @@ setup(
         "console_scripts": [
             "vpr_node = geoloc_ros.vpr_node:main",
             "geoloc = geoloc_ros.cli:main",
+            "pose_graph_node = geoloc_ros.slam.pose_graph_node:main",
         ],
     },
 )

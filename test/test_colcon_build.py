@@ -31,9 +31,10 @@ def test_colcon_builds_both_packages(tmp_path):
 
     install = tmp_path / "install"
     share = install / "geoloc_ros" / "share" / "geoloc_ros"
-    for name in ("package.xml", "launch/vpr.launch.py", "config/vpr.yaml"):
+    for name in ("package.xml", "launch/vpr.launch.py", "config/vpr.yaml", "launch/slam.launch.py",
+                 "config/pose_graph.yaml"):
         assert (share / name).is_file(), f"colcon did not install share/geoloc_ros/{name}"
-    for script in ("vpr_node", "geoloc"):
+    for script in ("vpr_node", "geoloc", "pose_graph_node"):
         assert (install / "geoloc_ros" / "lib" / "geoloc_ros" / script).is_file()
     assert list((install / "geoloc_msgs").rglob("geoloc_msgs/msg/_place_recognition.py"))
     assert (install / "geoloc_ros" / "share" / "ament_index" / "resource_index" / "packages" / "geoloc_ros").exists()

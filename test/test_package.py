@@ -19,14 +19,17 @@ ROSDEP_KEYS = {
     "diagnostic_msgs": "diagnostic_msgs", "lifecycle_msgs": "lifecycle_msgs", "geoloc_msgs": "geoloc_msgs",
     "launch": "launch", "launch_ros": "launch_ros", "ament_index_python": "ament_index_python",
     "numpy": "python3-numpy", "cv2": "python3-opencv", "pyproj": "python3-pyproj", "tqdm": "python3-tqdm",
-    "matplotlib": "python3-matplotlib", "yaml": "python3-yaml",
+    "matplotlib": "python3-matplotlib", "yaml": "python3-yaml", "scipy": "python3-scipy", "tf2_msgs": "tf2_msgs",
+    "PIL": "python3-pil",
 }
 # Python module -> pip distribution (pinned in requirements.txt): no rosdep key on every distro.
 PIP_ONLY = {
     "torch": "torch", "torchvision": "torchvision", "open_clip": "open_clip_torch", "faiss": "faiss-cpu",
     "rosbags": "rosbags", "rosbags_image": "rosbags-image", "safetensors": "safetensors", "onnx": "onnx",
-    "onnxruntime": "onnxruntime",
+    "onnxruntime": "onnxruntime", "gtsam": "gtsam", "evo": "evo",
 }
+# Python module -> why it is neither pinned nor a rosdep key: optional, imported only where it is used.
+OPTIONAL = {"tensorrt": "CUDA machines only (tensorrt-cu12/-cu13 wheels); deploy/tensorrt_backend.py"}
 
 
 def imported_modules(paths):
@@ -70,7 +73,7 @@ def test_every_import_is_declared():
     pip_names = requirement_names()
     undeclared = []
     for module, where in sorted(imported_modules(product_sources()).items()):
-        if module in sys.stdlib_module_names or module in {"geoloc_ros", "setuptools"}:
+        if module in sys.stdlib_module_names or module in {"geoloc_ros", "setuptools"} or module in OPTIONAL:
             continue
         if module in ROSDEP_KEYS:
             if ROSDEP_KEYS[module] not in exec_depends:
@@ -93,13 +96,15 @@ def test_interface_package_is_valid():
 def test_setup_declares_console_scripts_and_share_files():
     tree = ast.parse((REPO / "setup.py").read_text())
     text = ast.unparse(tree)
-    for script in ("vpr_node = geoloc_ros.vpr_node:main", "geoloc = geoloc_ros.cli:main"):
+    for script in ("vpr_node = geoloc_ros.vpr_node:main", "geoloc = geoloc_ros.cli:main",
+                   "pose_graph_node = geoloc_ros.slam.pose_graph_node:main"):
         assert script in text
     for share in ("launch", "config", "maps/nordland_demo"):
         assert f"/{share}" in text
 
 
-@pytest.mark.parametrize("target", ["geoloc_ros.vpr_node:main", "geoloc_ros.cli:main"])
+@pytest.mark.parametrize("target", ["geoloc_ros.vpr_node:main", "geoloc_ros.cli:main",
+                                    "geoloc_ros.slam.pose_graph_node:main"])
 def test_console_script_targets_import(target):
     import importlib
 

@@ -1,0 +1,65 @@
+"""Write the pose graph as a g2o file (gtsam.writeG2o), atomically, and only over g2o files this module wrote.
+
+The first line is a comment that marks the file as ours; g2o readers (g2o_viewer, gtsam.readG2o) skip it.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+import tempfile
+
+import gtsam
+
+from geoloc_ros.slam.graph import PoseGraph
+from geoloc_ros.slam.noise import gaussian
+
+MARKER = "# geoloc_pose_graph g2o"
+
+
+class G2oError(RuntimeError):
+    """The graph could not be written where asked (nothing was changed there)."""
+
+
+def is_ours(path: Path) -> bool:
+    try:
+        with open(path, encoding="utf-8", errors="replace") as f:
+            return f.readline().startswith(MARKER)
+    except OSError:
+        return False
+
+
+def write_g2o(graph: PoseGraph, path) -> str:
+    """Write every pose node (VERTEX_SE3:QUAT, optimised) and every odometry and loop-closure edge
+    (EDGE_SE3:QUAT, measurement and information) to `path`; returns a one-line summary."""
+    path = Path(path).expanduser()
+    if path.is_dir():
+        raise G2oError(f"{path} is a directory")
+    if path.exists() and not is_ours(path):
+        raise G2oError(f"{path} exists and is not a g2o file written by geoloc_pose_graph; refusing to overwrite")
+    if not len(graph):
+        raise G2oError("the graph has no poses yet")
+    factors, values = gtsam.NonlinearFactorGraph(), gtsam.Values()
+    for e in graph.edges:
+        factors.add(gtsam.BetweenFactorPose3(e.key_from, e.key_to, e.measured, gaussian(e.covariance)))
+    estimate = graph.estimate
+    for key in estimate.keys():
+        values.insert(key, estimate.atPose3(key))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, raw = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".raw", dir=path.parent)
+    os.close(fd)
+    tmp = raw[: -len(".raw")] + ".tmp"
+    try:
+        gtsam.writeG2o(factors, values, raw)
+        with open(raw, encoding="utf-8") as src, open(tmp, "w", encoding="utf-8") as dst:
+            dst.write(f"{MARKER}: {len(graph)} poses, {graph.closures} loop closures, "
+                      f"{graph.absolute_factors} absolute factors (not in g2o)\n")
+            dst.write(src.read())
+            dst.flush()
+            os.fsync(dst.fileno())
+        os.replace(tmp, path)
+    finally:
+        for leftover in (raw, tmp):
+            if os.path.exists(leftover):
+                os.unlink(leftover)
+    return f"wrote {len(graph)} poses and {len(graph.edges)} edges to {path}"

@@ -1,0 +1,108 @@
+"""Covariances between ROS and GTSAM conventions, and the documented defaults where a message has none.
+
+ROS (geometry_msgs/PoseWithCovariance) orders a pose covariance x y z roll pitch yaw; GTSAM's Pose3 tangent is
+rotation first, then translation, both in the pose's own frame. docs/slam.md gives the reasons for each default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+import math
+
+import gtsam
+import numpy as np
+
+# ROS index of each GTSAM tangent coordinate (rx ry rz tx ty tz <- roll pitch yaw x y z).
+_ROS_OF_GTSAM = [3, 4, 5, 0, 1, 2]
+
+# Base -> optical camera (REP-103): camera z forward = base x, camera x right = base -y, camera y down = base -z.
+OPTICAL_ROTATION = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
+
+
+def ros_to_gtsam_covariance(cov) -> np.ndarray:
+    """6x6 covariance in GTSAM's tangent order from a row-major 36-element (or 6x6) ROS covariance."""
+    c = np.asarray(cov, dtype=float).reshape(6, 6)
+    return c[np.ix_(_ROS_OF_GTSAM, _ROS_OF_GTSAM)]
+
+
+def is_unset(cov) -> bool:
+    """A covariance a driver left empty (all zeros) or filled with non-finite values."""
+    c = np.asarray(cov, dtype=float)
+    return not np.all(np.isfinite(c)) or not np.any(c)
+
+
+def pose_from_xyz_quat(x, y, z, qx, qy, qz, qw) -> gtsam.Pose3:
+    norm = math.sqrt(qx * qx + qy * qy + qz * qz + qw * qw)
+    if not math.isfinite(norm) or norm < 1e-9:
+        raise ValueError(f"quaternion ({qx}, {qy}, {qz}, {qw}) is not a rotation")
+    return gtsam.Pose3(gtsam.Rot3.Quaternion(qw / norm, qx / norm, qy / norm, qz / norm), np.array([x, y, z], float))
+
+
+def pose_from_msg(pose) -> gtsam.Pose3:
+    """gtsam.Pose3 from a geometry_msgs/Pose (or anything with position and orientation)."""
+    p, q = pose.position, pose.orientation
+    return pose_from_xyz_quat(p.x, p.y, p.z, q.x, q.y, q.z, q.w)
+
+
+def base_to_camera(values) -> gtsam.Pose3:
+    """The fixed base -> camera extrinsic from [x, y, z, qx, qy, qz, qw]."""
+    if len(values) != 7:
+        raise ValueError(f"base_to_camera needs 7 numbers (x y z qx qy qz qw), got {len(values)}")
+    return pose_from_xyz_quat(*[float(v) for v in values])
+
+
+def transform_covariance(adjoint_of: gtsam.Pose3, cov: np.ndarray) -> np.ndarray:
+    """Covariance of P' = A P A^-1 (or of Z = B P A^-1 seen from the right) given P's: Ad_A cov Ad_A^T."""
+    ad = adjoint_of.AdjointMap()
+    out = ad @ cov @ ad.T
+    return 0.5 * (out + out.T)
+
+
+@dataclass
+class OdometryNoise:
+    """Default between-factor sigmas for odometry that reports no covariance: a floor plus a share of the step."""
+
+    translation_ratio: float = 0.05  # sigma per metre travelled
+    rotation_per_m: float = 0.01  # rad of heading sigma per metre travelled
+    rotation_ratio: float = 0.05  # sigma per radian turned
+    min_translation_m: float = 0.01
+    min_rotation_rad: float = 0.002
+
+    def covariance(self, step: gtsam.Pose3) -> np.ndarray:
+        dist = float(np.linalg.norm(step.translation()))
+        angle = float(np.linalg.norm(gtsam.Rot3.Logmap(step.rotation())))
+        st = max(self.min_translation_m, self.translation_ratio * dist)
+        sr = max(self.min_rotation_rad, self.rotation_per_m * dist + self.rotation_ratio * angle)
+        return np.diag([sr * sr] * 3 + [st * st] * 3)
+
+
+def odometry_covariance(step: gtsam.Pose3, orientation: gtsam.Rot3, message_cov, defaults: OdometryNoise) -> np.ndarray:
+    """Between-factor covariance of one odometry step: the message's pose covariance read as the step's
+    uncertainty (given in the odom frame, so rotated into the frame of the pose at `orientation`), or the
+    default when it is unset."""
+    if is_unset(message_cov):
+        return defaults.covariance(step)
+    rt = orientation.matrix().T
+    block = np.zeros((6, 6))
+    block[:3, :3], block[3:, 3:] = rt, rt
+    out = block @ ros_to_gtsam_covariance(message_cov) @ block.T
+    return 0.5 * (out + out.T)
+
+
+def gaussian(cov: np.ndarray):
+    """A full-covariance Gaussian; a singular covariance is floored so GTSAM can whiten it."""
+    c = 0.5 * (np.asarray(cov, float) + np.asarray(cov, float).T)
+    w, v = np.linalg.eigh(c)
+    w = np.maximum(w, 1e-12)
+    return gtsam.noiseModel.Gaussian.Covariance((v * w) @ v.T)
+
+
+def robust(kernel: str, k: float, cov: np.ndarray):
+    """The Gaussian of `cov` under a Huber or Cauchy kernel ('none': plain Gaussian)."""
+    base = gaussian(cov)
+    if kernel == "none":
+        return base
+    estimators = {"huber": gtsam.noiseModel.mEstimator.Huber, "cauchy": gtsam.noiseModel.mEstimator.Cauchy}
+    if kernel not in estimators:
+        raise ValueError(f"robust_kernel {kernel!r}: expected huber, cauchy or none")
+    return gtsam.noiseModel.Robust.Create(estimators[kernel].Create(k), base)
