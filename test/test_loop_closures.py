@@ -108,3 +108,27 @@ def test_eval_loop_closures_on_a_tiny_stretch(shared_data, tmp_path):
         assert 0.0 <= s["recall_at_100"] <= s["recall_at_99"] <= 1.0
         assert s["curve"]["closures"] == sum(r["closure"] is not None for r in rows)
     assert (tmp_path / "out" / "maps" / "tiny" / "manifest.json").is_file()  # built by `geoloc map build`
+
+
+def test_agreement_and_odometry_evidence_of_the_closure_history():
+    """Agreement counts preceding closures of the same stretch (sequence mode: only those on another keyframe);
+    odometry is consistent when the keyframes' distance matches the distance travelled."""
+    from geoloc_ros.localization import Candidate
+    from geoloc_ros.localization.confidence import ClosureHistory
+    from geoloc_ros.localization.consistency import ConsistencyFilter
+    from geoloc_ros.mapping import Keyframe
+
+    agree = ConsistencyFilter(radius_m=50.0).agree
+
+    def at(i, y):
+        return Candidate("/maps/a", "a", Keyframe(id=i, x=0.0, y=float(y)), 0.5)
+
+    moving, stuck = ClosureHistory(agree, 50.0, must_advance=True), ClosureHistory(agree, 50.0, must_advance=True)
+    for i in range(AGREEMENT_MAX + 2):  # the camera advances 10 m a frame; one closure follows it, one is stuck
+        m, m_odom = moving.update("/cam", at(i, 10 * i), (0.0, 10.0 * i, 0.0))
+        s, s_odom = stuck.update("/cam", at(0, 0), (0.0, 10.0 * i, 0.0))
+    assert (m, m_odom) == (AGREEMENT_MAX, True)
+    assert (s, s_odom) == (0, True)  # stuck: no agreement; 10 m of odometry still within the 50 m tolerance
+    far = moving.update("/cam", at(99, 10 * (AGREEMENT_MAX + 2)), (0.0, 10.0 * (AGREEMENT_MAX + 2) + 500.0, 0.0))
+    assert far == (AGREEMENT_MAX, False)  # the keyframe moved 10 m, odometry 510 m: inconsistent
+    assert moving.update("/cam", None, None) == (0, None) and moving.update("/cam", at(5, 0), None)[1] is None
