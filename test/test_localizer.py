@@ -24,7 +24,9 @@ T0 = 1_700_000_000 * 10**9
 
 
 def settings(**overrides):
-    return params.Settings(**{**params.defaults(), "device": "cpu", **overrides})
+    """Defaults, except every closure is published: these tests check consistency, sequence matching and fusion
+    with a small random encoder, not the confidence operating point (test_loop_closures.py does)."""
+    return params.Settings(**{**params.defaults(), "device": "cpu", "loop_closure_min_confidence": 0.0, **overrides})
 
 
 @pytest.fixture(scope="module")

@@ -71,7 +71,7 @@ def metres(lat1, lon1, lat2, lon2):
 
 def test_replayed_bag_matches_expected_keyframes_and_positions(world, graph):
     start, h = graph
-    node = start({"map_path": [world["map"]], "top_k": 3, "consistency_k": 2})
+    node = start({"map_path": [world["map"]], "top_k": 3, "consistency_k": 2, "loop_closure_min_confidence": 0.0})
     assert node.active, node.node.last_error
     assert h.wait_for_subscriber()
     frames = read_bag(world["bag"])
@@ -101,6 +101,9 @@ def test_replayed_bag_matches_expected_keyframes_and_positions(world, graph):
             assert pose.header.frame_id == "map" and pose.pose.covariance[0] == geo.pose.covariance[0]
     # Consistency k=2: every frame but the first closes a loop with its own keyframe.
     assert len(d.results["loop_closures"]) >= len(frames) - 2
+    # Each closure's confidence travels in PlaceCandidate.confidence; ~/place_recognition candidates carry 0.
+    assert all(0.0 < c.confidence <= 1.0 for m in d.results["loop_closures"].values() for c in m.candidates)
+    assert all(c.confidence == 0.0 for m in d.results["place_recognition"].values() for c in m.candidates)
     assert len(pose_errors) >= len(frames) - 2
     # The fused position is the best keyframe's, pulled at most a little by agreeing neighbours (10 m apart).
     assert np.median(pose_errors) < 10.0 and max(pose_errors) < 30.0
@@ -245,7 +248,7 @@ def test_session_map_exclusion_window_and_services(world, graph, tmp_path):
     start, h = graph
     n = start({"map_path": [""], "encoder_path": world["encoder"], "session_map": True, "session_min_interval_s": 0.5,
                "session_exclusion_window_s": 5.0, "session_map_path": str(tmp_path / "session"),
-               "consistency_k": 1})
+               "consistency_k": 1, "loop_closure_min_confidence": 0.0})
     assert n.active, n.node.last_error
     assert h.wait_for_subscriber()
     images = [read_image(r.path) for r in world["records"][:15]]

@@ -8,11 +8,15 @@ within `--frame-tolerance` frames (frame numbers read from the file names). `--p
         [--frames 19210:24000] [--frame-tolerance 2] [--baselines] [--json out.json]
     geoloc eval --encoder progeo_rn50.safetensors --dataset pitts30k/images/test --protocol vg --resize native
     geoloc eval --nordland-report [--encoder maps/nordland_demo] [--json out.json]
+    geoloc eval --loop-closures --encoder ENC --database DB --queries Q --sequence-spacing 10 \\
+        --split tuning=19210:21600 --split held-out=21610:24000   (geoloc_ros/cli/eval_closures.py)
 """
 
 from __future__ import annotations
 
 import json
+
+from geoloc_ros.cli import eval_closures
 
 
 def add_parser(sub):
@@ -52,6 +56,7 @@ def add_parser(sub):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", default=None, help="write the results as JSON to this file")
+    eval_closures.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -61,6 +66,8 @@ def run(args):
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.loop_closures:
+        return eval_closures.run(args)
     if args.nordland_report:
         from geoloc_ros.model.nordland_report import report
 

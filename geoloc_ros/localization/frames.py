@@ -48,6 +48,7 @@ class Candidate:
     verified: bool = False
     inliers: int = 0
     relative_pose: object | None = None  # geoloc_ros.geometry.RelativePose: query camera in the keyframe camera
+    confidence: float = 0.0  # of a loop closure, in [0, 1] (localization/confidence.py); 0 for plain candidates
 
     @property
     def relative_pose_kind(self) -> str:
@@ -84,3 +85,4 @@ class FrameResult:
     encode_ms: float = 0.0  # per frame of the batch
     search_ms: float = 0.0
     session_keyframe: int | None = None  # id of the session keyframe this frame became, if it did
+    evidence: object = None  # confidence.Evidence of this frame's loop closure before the threshold, if it had one

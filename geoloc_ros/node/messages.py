@@ -53,7 +53,8 @@ def candidate_message(c) -> PlaceCandidate:
     k = c.keyframe
     m = PlaceCandidate(map_name=c.map_name, keyframe_id=int(k.id), keyframe_label=k.label, rank=int(c.rank),
                        similarity=float(c.similarity), latitude=float(k.lat), longitude=float(k.lon),
-                       altitude=float(k.alt), verified=bool(c.verified), inliers=int(c.inliers))
+                       altitude=float(k.alt), verified=bool(c.verified), inliers=int(c.inliers),
+                       confidence=float(c.confidence))
     set_stamp(m.keyframe_stamp, k.stamp_ns)
     if k.has_position:
         m.pose.position.x, m.pose.position.y = float(k.x), float(k.y)

@@ -59,6 +59,10 @@ PARAMETERS = [
     ("sequence_window", 8, "Frames per sequence in 'sequence' mode.", (2, 100)),
     ("sequence_min_margin", 1.0, "'sequence' mode: the best run's score over the best run elsewhere in the map "
      "must reach this (1.0 accepts every best run).", (1.0, 10.0)),
+    ("loop_closure_min_confidence", 0.96, "Loop closures whose confidence (PlaceCandidate.confidence, in [0, 1]: "
+     "docs/node.md, 'Loop-closure confidence and operating point') is below this are not published on "
+     "~/loop_closures; the default was chosen for precision >= 0.99 on held-out Nordland data (0: publish all).",
+     (0.0, 1.0)),
     ("verification", False, "Geometric verification of loop closures against the keyframes' stored local "
      "features and camera models (maps built with local features; session keyframes keep theirs): verified, "
      "inliers and relative_pose are filled in, and only verified candidates stay loop closures.", None),
@@ -132,6 +136,7 @@ class Settings:
     consistency_mode: str
     sequence_window: int
     sequence_min_margin: float
+    loop_closure_min_confidence: float
     verification: bool
     verification_min_inliers: int
     verification_require_pose: str
