@@ -121,6 +121,8 @@ class Harness:
         self.data = Collected()
         self._lock = threading.Lock()
         self.node_name = node_name
+        self.namespace = namespace
+        self.context = context
         prefix = f"{namespace.rstrip('/')}/{node_name}" if namespace else f"/{node_name}"
         self.image_pub = self.node.create_publisher(Image, image_topic, qos_profile_sensor_data)
         self.compressed_pub = self.node.create_publisher(CompressedImage, image_topic.rstrip("/") + "/compressed",

@@ -43,3 +43,13 @@ def same_place_distance(positions, pairs) -> float:
     if not len(pairs):
         raise ValueError("no same-place pairs")
     return float(np.linalg.norm(p[pairs[:, 1]] - p[pairs[:, 0]], axis=1).mean())
+
+
+def aligned(reference, estimate) -> np.ndarray:
+    """`estimate` (N x 3) after the rigid Umeyama alignment to `reference` that `ate(align=True)` measures
+    after (for plotting the odometry, whose frame starts wherever the robot did, against the truth)."""
+    reference, estimate = np.asarray(reference, float), np.asarray(estimate, float)
+    stamps = np.arange(len(reference), dtype=float)
+    est = _trajectory(estimate, stamps)
+    est.align(_trajectory(reference, stamps), correct_scale=False)
+    return np.asarray(est.positions_xyz)
