@@ -5,7 +5,6 @@ demo's figures are in docs/slam.md). Plus the trips themselves (ROS-free)."""
 import json
 
 import gtsam
-
 import numpy as np
 import pytest
 

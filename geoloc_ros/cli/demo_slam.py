@@ -140,11 +140,12 @@ def evaluate(trip, d) -> dict:
         raise SystemExit(f"geoloc demo --slam: ~/path holds {len(steps)} of the {len(trip.steps)} steps")
     truth, odom = trip.truth()[steps], trip.odometry_positions()[steps]
     opt = np.array([d.path[trip.steps[i].stamp_ns] for i in steps])
-    right, wrong = _closures(trip, d)
+    right, wrong, wrong_by_lap = _closures(trip, d)
     r = {"steps": len(trip.steps), "images": trip.images, "path_poses": len(steps), "frames_answered": d.answered,
          "ate_odometry_m": ate(truth, odom)["rmse"], "ate_pose_graph_m": ate(truth, opt)["rmse"],
          "loop_closures": right + wrong, "loop_closures_right": right,
          "loop_closure_precision": right / (right + wrong) if right + wrong else float("nan"),
+         "wrong_closures_by_lap": wrong_by_lap,
          "graph": {k: d.graph_diag.get(k) for k in ("closures_accepted", "closures_rejected", "loop_closure_factors",
                                                     "absolute_factors", "aligned_to_map")},
          "drive_wall_s": d.wall_s}
@@ -160,24 +161,29 @@ def evaluate(trip, d) -> dict:
     return r
 
 
-def _closures(trip, d) -> tuple[int, int]:
-    """Right and wrong ~/loop_closures (best candidate): its place within TOLERANCE_M of the query's truth."""
+def _closures(trip, d) -> tuple[int, int, dict]:
+    """Right and wrong ~/loop_closures (best candidate): its place within TOLERANCE_M of the query's truth; and
+    the wrong ones by "query lap->keyframe lap" (session keyframes; "map" for a prior-map keyframe)."""
+    from collections import Counter
+
     from geoloc_ros.stamps import stamp_ns
 
     index, truth = trip.index_of_stamp(), trip.truth()
-    right = wrong = 0
+    right, wrong = 0, Counter()
     for stamp, msg in d.closures.items():
         if stamp not in index or not msg.candidates:
             continue
-        c = msg.candidates[0]
+        c, step = msg.candidates[0], trip.steps[index[stamp]]
+        j = index.get(stamp_ns(c.keyframe_stamp)) if c.map_name == "session" else None
         if c.map_name == "session":
-            j = index.get(stamp_ns(c.keyframe_stamp))
             place = truth[j] if j is not None else np.full(3, np.inf)
         else:
             place = np.array([c.pose.position.x, c.pose.position.y, c.pose.position.z])
-        ok = np.linalg.norm((truth[index[stamp]] - place)[:2]) <= TOLERANCE_M
-        right, wrong = right + ok, wrong + (not ok)
-    return int(right), int(wrong)
+        if np.linalg.norm((truth[index[stamp]] - place)[:2]) <= TOLERANCE_M:
+            right += 1
+        else:
+            wrong[f"{step.lap}->{trip.steps[j].lap if j is not None else 'map'}"] += 1
+    return right, sum(wrong.values()), dict(wrong)
 
 
 def plot(trip, d, r, path):
