@@ -103,13 +103,14 @@ class Collected:
 
 class Harness:
     """A player + collector node in the caller's rclpy context, spun by its own executor in a thread. Publishes
-    camera frames (sensor-data QoS, like a camera driver) and records the node's outputs and /diagnostics."""
+    camera frames (reliable, like most drivers and rosbag2 replay: matches the node's default image_qos, and
+    `image_qos:=sensor_data` too) and records the node's outputs and /diagnostics."""
 
     def __init__(self, context, node_name: str = "geoloc_vpr", image_topic: str = "/camera/image_raw",
                  namespace: str = ""):
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
+        from rclpy.qos import QoSProfile, QoSReliabilityPolicy
 
         from diagnostic_msgs.msg import DiagnosticArray
         from geographic_msgs.msg import GeoPoseWithCovarianceStamped
@@ -124,9 +125,10 @@ class Harness:
         self.namespace = namespace
         self.context = context
         prefix = f"{namespace.rstrip('/')}/{node_name}" if namespace else f"/{node_name}"
-        self.image_pub = self.node.create_publisher(Image, image_topic, qos_profile_sensor_data)
+        camera = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE)
+        self.image_pub = self.node.create_publisher(Image, image_topic, camera)
         self.compressed_pub = self.node.create_publisher(CompressedImage, image_topic.rstrip("/") + "/compressed",
-                                                         qos_profile_sensor_data)
+                                                         camera)
         reliable = QoSProfile(depth=100, reliability=QoSReliabilityPolicy.RELIABLE)
         types = {"place_recognition": PlaceRecognition, "loop_closures": PlaceRecognition,
                  "geopose": GeoPoseWithCovarianceStamped, "fix": NavSatFix, "pose": PoseWithCovarianceStamped}

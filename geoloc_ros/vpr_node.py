@@ -25,6 +25,7 @@ import time
 from pathlib import Path
 
 import rclpy
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
 
@@ -40,6 +41,7 @@ from geoloc_ros.localization import SESSION_MAP_ID, LoadError, Localizer, Sessio
 from geoloc_ros.localization.localizer import CONSISTENCY_MODES
 from geoloc_ros.localization.snapshot import describe_encoder, load_maps
 from geoloc_ros.node import messages, params
+from geoloc_ros.node.camera_watch import CameraWatch
 from geoloc_ros.node.diagnostics import NodeStats
 from geoloc_ros.node.images import FrameError
 
@@ -85,6 +87,7 @@ class VprNode(LifecycleNode):
         self._subs = []
         self._pubs = {}
         self._warned = set()
+        self._watch = CameraWatch([], 0.0, "")  # the camera topics' watch, made at activate
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diag_timer = self.create_timer(self.get_parameter("diagnostics_period_s").value,
                                              self.publish_diagnostics)
@@ -141,13 +144,15 @@ class VprNode(LifecycleNode):
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         s = self.settings
-        for topic in s.image_topics:
+        cameras = [(Image, t, t) for t in s.image_topics]
+        if s.subscribe_compressed:
+            cameras += [(CompressedImage, t, t.rstrip("/") + "/compressed") for t in s.image_topics]
+        self._watch = CameraWatch([topic for _, _, topic in cameras], s.no_frames_warn_s, s.image_qos)
+        qos = params.image_qos_profile(s.image_qos)
+        for kind, camera, topic in cameras:
+            events = SubscriptionEventCallbacks(incompatible_qos=lambda e, t=topic: self._on_incompatible_qos(t, e))
             self._subs.append(self.create_subscription(
-                Image, topic, lambda m, t=topic: self._on_image(m, t, t), qos_profile_sensor_data))
-            if s.subscribe_compressed:
-                ct = topic.rstrip("/") + "/compressed"
-                self._subs.append(self.create_subscription(
-                    CompressedImage, ct, lambda m, t=topic, c=ct: self._on_image(m, t, c), qos_profile_sensor_data))
+                kind, topic, lambda m, c=camera, t=topic: self._on_image(m, c, t), qos, event_callbacks=events))
         if s.odom_topic:
             self._subs.append(self.create_subscription(Odometry, s.odom_topic, self._on_odom, qos_profile_sensor_data))
         if s.fix_topic:
@@ -202,12 +207,16 @@ class VprNode(LifecycleNode):
     # -- inputs: park the newest message per camera -----------------------------------------------------------
     def _on_image(self, msg, camera: str, topic: str):
         self.stats.on_receive(topic)
+        self._watch.on_frame(topic)
         received_ns = self.get_clock().now().nanoseconds
         with self._cv:
             if camera in self._pending:
                 self.stats.on_drop()  # newest wins: the worker was busy, the older frame is stale anyway
             self._pending[camera] = (msg, topic, received_ns, time.monotonic())
             self._cv.notify()
+
+    def _on_incompatible_qos(self, topic: str, event):
+        self.get_logger().warning(self._watch.on_incompatible_qos(topic, event))
 
     def _on_odom(self, msg: Odometry):
         p = msg.pose.pose.position
@@ -250,8 +259,10 @@ class VprNode(LifecycleNode):
 
     def _decode(self, camera, msg, topic, received_ns, received_mono):
         try:
-            return messages.to_frame(msg, camera, topic, received_ns, received_mono, self.settings.blank_threshold,
-                                     odom=self._odom, fix=self._fix)
+            s = self.settings
+            return messages.to_frame(msg, camera, topic, received_ns, received_mono, s.blank_threshold,
+                                     odom=self._odom, fix=self._fix, max_pixels=s.max_image_pixels,
+                                     mono16_max=s.mono16_max)
         except FrameError as e:
             self.stats.on_reject(e.kind)
             self._warn_once(topic, e.kind, f"{e} (further '{e.kind}' frames are only counted in /diagnostics)")
@@ -336,6 +347,8 @@ class VprNode(LifecycleNode):
             st.level, st.message = DiagnosticStatus.ERROR, self.last_error
         elif state != "active":
             st.level, st.message = DiagnosticStatus.WARN, f"{state}"
+        elif self._watch.warn_after_s > 0 and (silent := self._watch.warnings(self.count_publishers)):
+            st.level, st.message = DiagnosticStatus.WARN, "; ".join(silent)
         elif snap["frames_received"] == 0:
             st.level, st.message = DiagnosticStatus.WARN, "active, no images received yet"
         else:

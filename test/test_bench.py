@@ -19,6 +19,7 @@ def test_bench_quick_writes_json_and_plots(tmp_path, shared_data):
     models = enc["result"]["models"]
     assert {"bundled" in m["model"] for m in models} == {True, False}
     for model in models:
+        assert next(iter(model["variants"])) == "auto" and model["variants"]["auto"]["chose"]   # defaults first
         base = model["variants"]["torch"]["runs"]
         assert set(base) == {"1", "16"} and base["1"]["ratio_vs_torch"] == 1.0
         for label, v in model["variants"].items():

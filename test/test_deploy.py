@@ -127,8 +127,8 @@ def test_checkpoint_paths_and_the_onnx_cache(tmp_path, images):
     for backend in ("torch", "torch-tuned", "onnxruntime"):
         got = open_encoder(folder, backend=backend, device="cpu")
         assert got.fingerprint == enc.fingerprint and worst_cosine(got.encode(images), ref) >= TOLERANCE
-    cached = sorted((tmp_path / "cache" / "onnx").glob("*.onnx"))
-    assert len(cached) == 1 and cached[0].name.startswith(enc.fingerprint[:24])
+    cached = sorted((tmp_path / "cache").glob("*.onnx"))          # GEOLOC_CACHE set: every artefact goes there
+    assert len(cached) == 1 and cached[0].name.startswith(f"encoder-{enc.fingerprint[:24]}-opset")
     # An encoder.onnx exported beside the checkpoint is used as is (a Jetson ships it with the map).
     export_onnx(enc, folder / "encoder.onnx")
     assert open_encoder(folder, backend="onnxruntime").path == str(folder / "encoder.onnx")
@@ -156,6 +156,8 @@ def test_refusals(encoder):
         open_encoder(encoder, backend="torch-tuned", device="cpu", precision="fp16")
     with pytest.raises(ValueError, match="onnxruntime runs the fp32 graph"):
         open_encoder(encoder, backend="onnxruntime", device="cpu", half=True)
+    with pytest.raises(ValueError, match="need the checkpoint"):
+        open_encoder("/x/encoder.onnx", backend="auto")
 
 
 def test_geoloc_export_cli(tmp_path, capsys):

@@ -20,6 +20,7 @@ ROSDEP_KEYS = {
     "launch": "launch", "launch_ros": "launch_ros", "ament_index_python": "ament_index_python",
     "numpy": "python3-numpy", "cv2": "python3-opencv", "pyproj": "python3-pyproj", "tqdm": "python3-tqdm",
     "matplotlib": "python3-matplotlib", "yaml": "python3-yaml", "scipy": "python3-scipy", "tf2_msgs": "tf2_msgs",
+    "PIL": "python3-pil",
 }
 # Python module -> pip distribution (pinned in requirements.txt): no rosdep key on every distro.
 PIP_ONLY = {
@@ -27,6 +28,8 @@ PIP_ONLY = {
     "rosbags": "rosbags", "rosbags_image": "rosbags-image", "safetensors": "safetensors", "onnx": "onnx",
     "onnxruntime": "onnxruntime", "gtsam": "gtsam", "evo": "evo",
 }
+# Python module -> why it is neither pinned nor a rosdep key: optional, imported only where it is used.
+OPTIONAL = {"tensorrt": "CUDA machines only (tensorrt-cu12/-cu13 wheels); deploy/tensorrt_backend.py"}
 
 
 def imported_modules(paths):
@@ -70,7 +73,7 @@ def test_every_import_is_declared():
     pip_names = requirement_names()
     undeclared = []
     for module, where in sorted(imported_modules(product_sources()).items()):
-        if module in sys.stdlib_module_names or module in {"geoloc_ros", "setuptools"}:
+        if module in sys.stdlib_module_names or module in {"geoloc_ros", "setuptools"} or module in OPTIONAL:
             continue
         if module in ROSDEP_KEYS:
             if ROSDEP_KEYS[module] not in exec_depends:

@@ -16,8 +16,10 @@ import numpy as np
 
 from geoloc_ros.bench.machine import reset_peak_rss, rss_bytes
 
-# label -> open_encoder arguments. "torch" is the baseline every ratio divides by.
+# label -> open_encoder arguments. "torch" is the baseline every ratio divides by; "auto" (what the node and
+# open_encoder's callers get by default) leads every table.
 CPU_VARIANTS = {
+    "auto": {"backend": "auto"},
     "torch": {"backend": "torch"},
     "torch-tuned": {"backend": "torch-tuned"},                      # its defaults: fp32, cores-1 threads
     "torch-tuned bf16": {"backend": "torch-tuned", "precision": "bf16"},
@@ -26,10 +28,12 @@ CPU_VARIANTS = {
     "onnxruntime": {"backend": "onnxruntime"},
 }
 CUDA_VARIANTS = {
+    "auto": {"backend": "auto"},
     "torch": {"backend": "torch", "half": False},
     "torch-tuned fp16": {"backend": "torch-tuned", "precision": "fp16"},
     "torch-tuned bf16": {"backend": "torch-tuned", "precision": "bf16"},
     "onnxruntime": {"backend": "onnxruntime"},
+    "tensorrt": {"backend": "tensorrt"},
 }
 FULL_MODELS = ("bundled", "RN50", "ViT-B-32", "ViT-B-16")
 QUICK_MODELS = ("bundled", "ViT-nano")
@@ -74,6 +78,10 @@ def _variants(device: str, only=None) -> dict:
 
         if "CUDAExecutionProvider" not in ort.get_available_providers():
             v.pop("onnxruntime")
+        from geoloc_ros.deploy.tensorrt_backend import available
+
+        if not available()[0]:
+            v.pop("tensorrt")
     else:
         v = {k: dict(a) for k, a in CPU_VARIANTS.items()}
         if not cpu_has_bf16():
@@ -85,7 +93,7 @@ def _variants(device: str, only=None) -> dict:
         if args.get("threads") == "all":
             args["threads"] = torch.get_num_threads()
     if only:
-        v = {k: a for k, a in v.items() if k == "torch" or a["backend"] in only or k in only}
+        v = {k: a for k, a in v.items() if k in ("torch", "auto") or a["backend"] in only or k in only}
     return v
 
 
@@ -129,6 +137,8 @@ def bench_model(spec: str, device: str = "cpu", batches=(1, 16), repeats: dict |
                        "threads": getattr(enc, "threads", None) or torch.get_num_threads(),
                        "open_s": round(time.perf_counter() - t0, 2), "load_rss_mb": round((after - before) / 2**20, 1),
                        "cosine_min_vs_fp32": round(float((d * ref_desc).sum(1).min()), 6), "runs": {}}
+        if args["backend"] == "auto":
+            rows[label].update(chose=enc.backend_choice, reason=enc.backend_reason)
     for b in batches:
         batch = images[:b]
         # warm-up at this batch size. On a CPU a batch of 2 is enough; on a GPU the first call at a new input shape
@@ -142,7 +152,7 @@ def bench_model(spec: str, device: str = "cpu", batches=(1, 16), repeats: dict |
         n_rep = repeats.get(b, 2)
         b1 = rows.get("torch", {}).get("runs", {}).get("1")
         if b > 1 and b1 and b1["ms_per_image"] * b > 15000:
-            n_rep = 1                              # a batch takes > 15 s (ViT-B-16 at 512): one round keeps the suite short
+            n_rep = 1             # a batch takes > 15 s (ViT-B-16 at 512): one round keeps the suite short
         for _ in range(n_rep):
             for label, enc in encs.items():
                 cur, _ = rss_bytes()
@@ -160,8 +170,14 @@ def bench_model(spec: str, device: str = "cpu", batches=(1, 16), repeats: dict |
         base = float(np.median(times["torch"])) if times.get("torch") else None
         for label in encs:
             med = float(np.median(times[label]))
+            # spread: per-image times and, rounds being interleaved, the ratio to eager within each round
+            rounds = np.asarray(times["torch"]) / np.asarray(times[label]) if base else None
             run = {"ms_per_image": round(1000 * med / b, 2), "images_per_s": round(b / med, 2),
                    "ms_per_batch_min": round(1000 * min(times[label]), 1), "repeats": len(times[label]),
+                   "ms_per_image_min_max": [round(1000 * min(times[label]) / b, 2),
+                                            round(1000 * max(times[label]) / b, 2)],
+                   "ratio_per_round_min_max": None if rounds is None else [round(float(rounds.min()), 2),
+                                                                           round(float(rounds.max()), 2)],
                    "peak_rss_during_mb": round(peak[label] / 2**20, 1),
                    "ratio_vs_torch": round(base / med, 2) if base else None}
             if device == "cuda" and getattr(encs[label], "backend", "torch") != "onnxruntime":
@@ -177,10 +193,15 @@ def bench_model(spec: str, device: str = "cpu", batches=(1, 16), repeats: dict |
 
 
 def run_encoder_benchmark(models=None, device: str = "cpu", batches=(1, 16), quick: bool = False, only=None,
-                          log=print) -> dict:
-    """Every model in `models` (default: bundled, RN50, ViT-B-32, ViT-B-16; quick: bundled, ViT-nano)."""
+                          log=print, repeats_b1: int | None = None) -> dict:
+    """Every model in `models` (default: bundled, RN50, ViT-B-32, ViT-B-16; quick: bundled, ViT-nano).
+    `repeats_b1`: timed calls at batch 1 (default 5, quick 3; on CUDA 20); larger batches get a fifth (>= 2)."""
     models = list(models or (QUICK_MODELS if quick else FULL_MODELS))
     repeats = {1: 3, 16: 1} if quick else {1: 5, 16: 2}
+    if device == "cuda" and not quick:
+        repeats = {1: 20, 16: 10}
+    if repeats_b1:
+        repeats = {1: int(repeats_b1), 16: max(2, int(repeats_b1) // 5)}
     t = time.perf_counter()
     out = {"device": device, "batches": list(batches), "repeats": {str(k): v for k, v in repeats.items()},
            "timing": "encode() of real ~614x480 images: resize + normalise + network + L2-norm; median over repeats; "

@@ -46,7 +46,8 @@ def gpu() -> str | None:
         import torch
 
         if torch.cuda.is_available():
-            return f"{torch.cuda.get_device_name(0)} ({torch.cuda.get_device_properties(0).total_memory / 2**30:.0f} GiB)"
+            gib = torch.cuda.get_device_properties(0).total_memory / 2**30
+            return f"{torch.cuda.get_device_name(0)} ({gib:.0f} GiB)"
     except Exception:  # noqa: BLE001 - a broken CUDA install means "no GPU" here
         pass
     return None

@@ -38,7 +38,7 @@ def encoder_table(result: dict) -> str:
     for m in result["models"]:
         h, w = m["input"]
         for label, r in m["variants"].items():
-            row = [f"{m['model']} ({h}×{w})", label]
+            row = [f"{m['model']} ({h}×{w})", f"**auto (default): {r['chose']}**" if r.get("chose") else label]
             if "error" in r:
                 lines.append("| " + " | ".join(row + [f"not measured: {r['error'][:80]}"] +
                                                [""] * (len(head) - 3)) + " |")
@@ -61,7 +61,8 @@ def mapbuild_table(result: dict) -> str:
     lines = [f"{result['images']} frames, {result['model']} ({result['weights']}), batch {result['batch_size']}; "
              f"{result['mode']}", "", "| backend | images/s | × eager | seconds |", "|---|---|---|---|"]
     for label, r in result["backends"].items():
-        lines.append(f"| {label} | {r['images_per_s']:.1f} | {_f(r.get('ratio_vs_torch'), '{:.2f}')} | {r['seconds']} |")
+        ratio = _f(r.get("ratio_vs_torch"), "{:.2f}")
+        lines.append(f"| {label} | {r['images_per_s']:.1f} | {ratio} | {r['seconds']} |")
     return "\n".join(lines)
 
 

@@ -25,6 +25,8 @@ def add_parser(sub):
                    help="encoder part: bundled and/or architecture names (default: bundled RN50 ViT-B-32 ViT-B-16)")
     p.add_argument("--backends", nargs="+", default=None,
                    help="encoder part: only these backends or variant labels (torch is always the baseline)")
+    p.add_argument("--repeats", type=int, default=None,
+                   help="encoder part: timed calls per backend at batch 1 (default 5; a fifth of it at batch 16)")
     p.set_defaults(func=run)
 
 
@@ -47,7 +49,8 @@ def _part_encoder(args, out, machine):
 
         device = "cuda" if torch.cuda.is_available() else "cpu"
     name = "encoder" if device == "cpu" else f"encoder_{device}"
-    r = run_encoder_benchmark(models=args.models, device=device, quick=args.quick, only=args.backends)
+    r = run_encoder_benchmark(models=args.models, device=device, quick=args.quick, only=args.backends,
+                              repeats_b1=getattr(args, "repeats", None))
     plot_encoder(r, out / f"{name}.png", f"encoder images/s ({device}); {machine['cpu']}, {machine['cores']} cores; "
                                          f"{machine['utc']}")
     return name, r, encoder_table(r)

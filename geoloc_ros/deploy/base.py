@@ -56,6 +56,7 @@ class DeployedEncoder:
 
     backend = "?"
     batch_size = 64
+    backend_reason = "asked for by name"     # backend="auto" replaces it with what it chose and why
 
     def encode(self, images, batch_size: int | None = None) -> np.ndarray:
         images = as_image_list(images)

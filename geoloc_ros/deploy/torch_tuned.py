@@ -32,8 +32,10 @@ class TunedTorchEncoder(DeployedEncoder):
                  channels_last: bool | None = None, batch_size: int = 64, copy_net: bool = True):
         """`encoder`: a fp32 `geoloc_ros.model.Encoder` (its network is copied unless `copy_net` is False, so the
         caller's encoder stays as it was). `precision`: "fp32", "fp16" (CUDA only) or "bf16"; None = fp16 on CUDA,
-        fp32 on CPU (bf16 is opt-in there: see the module docstring). `threads`: torch's intra-op threads while this encoder runs (set and restored around each call,
-        so the rest of the process keeps its own); None = `default_threads()`: one core fewer than available. `channels_last`: None = on for ResNets, off for ViTs (a ViT has one convolution)."""
+        fp32 on CPU (bf16 is opt-in there: see the module docstring). `threads`: torch's intra-op threads while
+        this encoder runs (set and restored around each call, so the rest of the process keeps its own); None =
+        `default_threads()`: one core fewer than available. `channels_last`: None = on for ResNets, off for ViTs
+        (a ViT has one convolution)."""
         import torch
 
         if getattr(encoder, "half", False):

@@ -11,17 +11,18 @@ from sensor_msgs.msg import NavSatFix, NavSatStatus
 from std_msgs.msg import Header
 
 from geoloc_ros.localization import Frame
-from geoloc_ros.node.images import message_to_rgb
+from geoloc_ros.node.images import MAX_IMAGE_PIXELS, message_to_rgb
 from geoloc_ros.stamps import set_stamp, stamp_ns
 
 
 # -- inputs -----------------------------------------------------------------------------------------------------
 def to_frame(msg, camera: str, topic: str, received_ns: int, received_mono: float, blank_threshold: float,
-             odom=None, fix=None) -> Frame:
-    """A decoded Frame of an Image / CompressedImage; FrameError (with its diagnostics kind) when unusable."""
+             odom=None, fix=None, max_pixels: int | None = MAX_IMAGE_PIXELS, mono16_max: int = 0) -> Frame:
+    """A decoded Frame of an Image / CompressedImage; FrameError (with its diagnostics kind) when unusable.
+    `max_pixels` and `mono16_max`: the node's max_image_pixels and mono16_max (see images.message_to_rgb)."""
+    rgb = message_to_rgb(msg, blank_threshold, max_pixels=max_pixels, mono16_max=mono16_max)
     return Frame(camera=camera, topic=topic, stamp_ns=stamp_ns(msg.header.stamp), frame_id=msg.header.frame_id,
-                 rgb=message_to_rgb(msg, blank_threshold), received_ns=received_ns, received_mono=received_mono,
-                 odom=odom, fix=fix)
+                 rgb=rgb, received_ns=received_ns, received_mono=received_mono, odom=odom, fix=fix)
 
 
 def fix_problem(msg) -> str | None:

@@ -34,6 +34,9 @@ PARAMETERS = [
      "what most drivers and image_transport publish), 'sensor_data' (best effort: matches every publisher, but "
      "best-effort frames of 640x480 and more from another process are lost with the Fast DDS of the PyPI "
      "wheels), 'system_default'. Depth 1: the newest frame wins.", None),
+    ("no_frames_warn_s", 5.0, "/diagnostics warns when a camera topic has publishers but no frame has arrived "
+     "for this long (a QoS mismatch, or best-effort frames lost in transport); 0 disables the warning.",
+     (0.0, 3600.0)),
     ("max_image_pixels", 40_000_000, "Frames whose width x height (read from the message, or from the PNG/JPEG "
      "header before decoding) exceed this are refused as 'too_large'; 40 MP is above 8K (33 MP).",
      (1, 2_000_000_000)),
@@ -100,6 +103,7 @@ class Settings:
     image_topics: list
     subscribe_compressed: bool
     image_qos: str
+    no_frames_warn_s: float
     max_image_pixels: int
     mono16_max: int
     odom_topic: str
