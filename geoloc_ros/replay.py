@@ -122,6 +122,8 @@ class Harness:
         self.data = Collected()
         self._lock = threading.Lock()
         self.node_name = node_name
+        self.namespace = namespace
+        self.context = context
         prefix = f"{namespace.rstrip('/')}/{node_name}" if namespace else f"/{node_name}"
         camera = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE)
         self.image_pub = self.node.create_publisher(Image, image_topic, camera)

@@ -18,7 +18,6 @@ counted) and wake the worker, which decodes, encodes, searches and publishes wit
 
 from __future__ import annotations
 
-import functools
 import threading
 import time
 from pathlib import Path
@@ -35,14 +34,18 @@ from geometry_msgs.msg import PoseWithCovarianceStamped
 from nav_msgs.msg import Odometry
 from sensor_msgs.msg import CompressedImage, Image, NavSatFix
 from std_srvs.srv import Trigger
+from visualization_msgs.msg import MarkerArray
 
-from geoloc_ros.localization import SESSION_MAP_ID, LoadError, Localizer, SessionMap, load_snapshot
+from geoloc_ros.localization import SESSION_MAP_ID, LoadError, Localizer, SessionMap, load_snapshot, verification
 from geoloc_ros.localization.localizer import CONSISTENCY_MODES
 from geoloc_ros.localization.snapshot import describe_encoder, load_maps
 from geoloc_ros.node import language_services, messages, params
+from geoloc_ros.node.camera_inputs import CameraInputs
 from geoloc_ros.node.camera_watch import CameraWatch
 from geoloc_ros.node.diagnostics import NodeStats
 from geoloc_ros.node.images import FrameError
+from geoloc_ros.node.services import empty_gpu_cache as _empty_gpu_cache
+from geoloc_ros.node.services import service
 
 NODE_NAME = "geoloc_vpr"
 SESSION_MAP_NAME = SESSION_MAP_ID
@@ -51,21 +54,7 @@ ConfigureError = LoadError  # the name this module used before the localizer mov
 RESULT_QOS = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE)
 PUBLISHERS = {"pr": (PlaceRecognition, "~/place_recognition"), "lc": (PlaceRecognition, "~/loop_closures"),
               "geopose": (GeoPoseWithCovarianceStamped, "~/geopose"), "fix": (NavSatFix, "~/fix"),
-              "pose": (PoseWithCovarianceStamped, "~/pose")}
-
-
-def service(callback):
-    """A service callback that answers success=false with the reason on any exception, never dies."""
-    @functools.wraps(callback)
-    def safe(self, request, response):
-        try:
-            return callback(self, request, response)
-        except Exception as e:  # noqa: BLE001 - a service call must never take the node down
-            response.success, response.message = False, f"{callback.__name__.strip('_')} failed: " \
-                                                        f"{type(e).__name__}: {e}"
-            self.get_logger().error(response.message)
-            return response
-    return safe
+              "pose": (PoseWithCovarianceStamped, "~/pose"), "markers": (MarkerArray, "~/loop_closure_markers")}
 
 
 class VprNode(LifecycleNode):
@@ -81,6 +70,8 @@ class VprNode(LifecycleNode):
         self._fix = None  # latest valid (lat, lon, alt) from fix_topic
         self._cv = threading.Condition()
         self._pending = {}  # camera -> (message, topic, ROS receive time ns, monotonic receive time)
+        self._cameras: CameraInputs | None = None  # camera models and depth per camera, from configure
+        self._markers = 0  # id of the next loop-closure marker
         self._worker = None
         self._stop = True
         self._subs = []
@@ -124,8 +115,11 @@ class VprNode(LifecycleNode):
             self.get_logger().error(self.last_error)
             self._release()
             return TransitionCallbackReturn.FAILURE
-        self.settings, self.last_error = s, ""
-        self._pubs = {k: self.create_lifecycle_publisher(t, name, RESULT_QOS) for k, (t, name) in PUBLISHERS.items()}
+        self.settings, self.last_error, self._cameras = s, "", CameraInputs(s)
+        self._pubs = {k: self.create_lifecycle_publisher(t, name, RESULT_QOS) for k, (t, name) in PUBLISHERS.items()
+                      if k != "markers" or s.publish_markers}
+        for problem in getattr(self._localizer.verifier, "problems", list)():  # maps without stored features
+            self.get_logger().warning(problem)
         sizes = ", ".join(f"{m.name} ({len(m)} keyframes)" for m in self.maps) or "none"
         self.get_logger().info(f"configured: encoder {describe_encoder(self.encoder)}; maps: {sizes}")
         return TransitionCallbackReturn.SUCCESS
@@ -134,13 +128,7 @@ class VprNode(LifecycleNode):
     def _build_localizer(s: params.Settings) -> Localizer:
         snapshot = load_snapshot(s)
         session = SessionMap(snapshot.encoder, frame=snapshot.primary_frame) if s.session_map else None
-        verifier = None
-        if s.verification:
-            from geoloc_ros.localization.verification import GeometricVerifier, ImageVerifier
-
-            verifier = ImageVerifier(GeometricVerifier(s.verification_features, s.verification_min_inliers),
-                                     s.verification_image_dir, session.features if session is not None else None)
-        return Localizer(snapshot, session, verifier)
+        return Localizer(snapshot, session, verification.build_verifier(s, snapshot, session))
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         s = self.settings
@@ -153,6 +141,7 @@ class VprNode(LifecycleNode):
             events = SubscriptionEventCallbacks(incompatible_qos=lambda e, t=topic: self._on_incompatible_qos(t, e))
             self._subs.append(self.create_subscription(
                 kind, topic, lambda m, c=camera, t=topic: self._on_image(m, c, t), qos, event_callbacks=events))
+        self._subs.extend(self._cameras.subscribe(self, qos))  # CameraInfo and depth: the cameras' QoS
         if s.odom_topic:
             self._subs.append(self.create_subscription(Odometry, s.odom_topic, self._on_odom, qos_profile_sensor_data))
         if s.fix_topic:
@@ -262,7 +251,8 @@ class VprNode(LifecycleNode):
             s = self.settings
             return messages.to_frame(msg, camera, topic, received_ns, received_mono, s.blank_threshold,
                                      odom=self._odom, fix=self._fix, max_pixels=s.max_image_pixels,
-                                     mono16_max=s.mono16_max)
+                                     mono16_max=s.mono16_max, camera_model=self._cameras.model(camera),
+                                     depth=self._cameras.depth_for(camera, messages.stamp_ns(msg.header.stamp)))
         except FrameError as e:
             self.stats.on_reject(e.kind)
             self._warn_once(topic, e.kind, f"{e} (further '{e.kind}' frames are only counted in /diagnostics)")
@@ -285,6 +275,8 @@ class VprNode(LifecycleNode):
             return
         self._pubs["lc"].publish(messages.recognition_message(result, result.closures))
         self.stats.on_loop_closure()
+        if "markers" in self._pubs:
+            self._publish_markers(result)
         if result.pose is None:
             return
         pose, geo, fix = messages.pose_messages(result, self.settings.map_frame, self.settings.base_frame)
@@ -292,6 +284,14 @@ class VprNode(LifecycleNode):
         if geo is not None:
             self._pubs["geopose"].publish(geo)
             self._pubs["fix"].publish(fix)
+
+    def _publish_markers(self, result):
+        from geoloc_ros.node.markers import closure_markers
+
+        markers = closure_markers(result, self.settings.map_frame, self._markers)
+        if markers is not None:
+            self._pubs["markers"].publish(markers)
+            self._markers += 1
 
     # -- services -----------------------------------------------------------------------------------------------
     @service
@@ -312,7 +312,8 @@ class VprNode(LifecycleNode):
             response.success, response.message = False, f"reload failed, keeping the old maps: {e}"
             self.get_logger().error(response.message)
             return response
-        fresh = Localizer(localizer.snapshot.with_maps(maps, s.map_path), localizer.session, localizer.verifier)
+        verifier = localizer.verifier.with_maps(maps) if localizer.verifier is not None else None
+        fresh = Localizer(localizer.snapshot.with_maps(maps, s.map_path), localizer.session, verifier)
         with self._swap_lock:
             self._localizer = fresh
         self.settings.map_path = s.map_path
@@ -356,19 +357,15 @@ class VprNode(LifecycleNode):
             st.level, st.message = DiagnosticStatus.OK, f"active, {snap['processed_rate_hz']:.1f} frames/s"
         values = {"state": state, "device": str(getattr(encoder, "device", "none")),
                   "maps": ", ".join(m.name for m in maps), "map_keyframes": sum(len(m) for m in maps),
-                  "session_keyframes": len(session) if session is not None else 0, **snap}
+                  "session_keyframes": len(session) if session is not None else 0, **snap,
+                  **(self._cameras.diagnostics() if self._cameras is not None else {}),
+                  **verification.diagnostics(self._localizer.verifier if self._localizer is not None else None)}
+        if st.level == DiagnosticStatus.OK and "verification_problems" in values:  # maps without stored features
+            st.level, st.message = DiagnosticStatus.WARN, f"{st.message}; {values['verification_problems']}"
         st.values = [KeyValue(key=k, value=f"{v:.3f}" if isinstance(v, float) else str(v)) for k, v in values.items()]
         arr = DiagnosticArray(status=[st])
         arr.header.stamp = self.get_clock().now().to_msg()
         self._diag_pub.publish(arr)
-
-
-def _empty_gpu_cache():
-    import sys
-
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def start(node: VprNode) -> bool:

@@ -60,6 +60,29 @@ def street_map(shared_data, tmp_path):
     return folder, recs, tmp_path / "map"
 
 
+# The node's settings in DDS tests: frequent /diagnostics, CPU inference.
+FAST = {"diagnostics_period_s": 0.2, "device": "cpu"}
+
+
+@pytest.fixture
+def graph(rclpy_context):
+    """(start_node(params, autostart) -> InProcessNode, harness); everything closed afterwards."""
+    from geoloc_ros.replay import Harness, InProcessNode
+
+    made = []
+    harness = Harness(rclpy_context)
+
+    def start(parameters, autostart=True):
+        n = InProcessNode(rclpy_context, {**FAST, **parameters}, autostart=autostart)
+        made.append(n)
+        return n
+
+    yield start, harness
+    harness.close()
+    for n in made:
+        n.close()
+
+
 def png_chunk(kind: bytes, body: bytes) -> bytes:
     return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
 

@@ -17,6 +17,7 @@ ROSDEP_KEYS = {
     "std_msgs": "std_msgs", "std_srvs": "std_srvs", "sensor_msgs": "sensor_msgs",
     "geometry_msgs": "geometry_msgs", "nav_msgs": "nav_msgs", "geographic_msgs": "geographic_msgs",
     "diagnostic_msgs": "diagnostic_msgs", "lifecycle_msgs": "lifecycle_msgs", "geoloc_msgs": "geoloc_msgs",
+    "visualization_msgs": "visualization_msgs",
     "launch": "launch", "launch_ros": "launch_ros", "ament_index_python": "ament_index_python",
     "numpy": "python3-numpy", "cv2": "python3-opencv", "pyproj": "python3-pyproj", "tqdm": "python3-tqdm",
     "matplotlib": "python3-matplotlib", "yaml": "python3-yaml", "scipy": "python3-scipy", "tf2_msgs": "tf2_msgs",
