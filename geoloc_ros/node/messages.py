@@ -54,11 +54,7 @@ def candidate_message(c) -> PlaceCandidate:
     m = PlaceCandidate(map_name=c.map_name, keyframe_id=int(k.id), keyframe_label=k.label, rank=int(c.rank),
                        similarity=float(c.similarity), latitude=float(k.lat), longitude=float(k.lon),
                        altitude=float(k.alt), verified=bool(c.verified), inliers=int(c.inliers),
-<<<<<<< HEAD
-                       address=getattr(k, "address", ""))
-=======
-                       confidence=float(c.confidence))
->>>>>>> main
+                       confidence=float(c.confidence), address=getattr(k, "address", ""))
     set_stamp(m.keyframe_stamp, k.stamp_ns)
     if k.has_position:
         m.pose.position.x, m.pose.position.y = float(k.x), float(k.y)
