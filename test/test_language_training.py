@@ -60,3 +60,27 @@ def test_address_stage_losses_fall_and_its_checkpoint_answers_text_queries(share
     add_dataset(db, trained, records, progress=False)
     answer = text_search_for([("m", db.name, db)], trained).find(ADDRESSES[2], 6)
     assert answer.method == "clip_text" and len(answer.places) == 6
+
+
+def test_geoloc_train_address_csv_runs_the_stage_after_stage_2(shared_data, tmp_path, capsys):
+    """`geoloc train --address-csv`: a tiny two-stage run on six street photos (their CSV also carries the
+    addresses), then three address-stage steps; the run folder ends with an encoder and its text tower."""
+    from language_fixtures import address_csv
+
+    from geoloc_ros.cli import main
+    from geoloc_ros.language.text_tower import find_text_tower
+    from geoloc_ros.model import load_encoder
+
+    records = read_sequence(shared_data / "toy_streets" / "database", spacing=50.0, origin=(45.0, 7.0))[:6]
+    csv_path = address_csv(shared_data, records, tmp_path / "streets.csv")
+    run = tmp_path / "run"
+    assert main(["train", "--train-set", str(csv_path), "--run-dir", str(run), "--arch", "RN-pico", "--dim", "64",
+                 "--M", "30", "--N", "1", "--L", "1", "--groups-num", "1", "--min-images-per-class", "1",
+                 "--epochs-stage1", "1", "--batch-size-stage1", "6", "--epochs", "1", "--iterations-per-epoch", "1",
+                 "--batch-size", "4", "--device", "cpu", "--no-progress", "--address-csv", str(csv_path),
+                 "--address-steps", "3", "--address-lr", "1e-3"]) == 0
+    assert "address stage: total loss" in capsys.readouterr().out
+    encoder = load_encoder(run / "encoder.safetensors", device="cpu")
+    tower, why = find_text_tower(encoder)
+    assert tower is not None, why
+    assert "address_stage" in encoder.metadata

@@ -57,6 +57,12 @@ def add_parser(sub):
     p.add_argument("--run-dir", required=True, help="output folder: stage1.pt, stage2.pt, encoder.safetensors")
     p.add_argument("--output", default=None, help="also copy the final encoder.safetensors here (file or folder)")
     add_config_flags(p)
+    a = p.add_argument_group("AddressCLIP stage (optional, off by default; docs/language.md)")
+    a.add_argument("--address-csv", help="after stage 2: image CSV with address[,caption] columns; trains the "
+                                         "descriptors with a CLIP text tower (image-address, image-caption "
+                                         "contrast, geographic matching) and writes text_tower.safetensors")
+    a.add_argument("--address-steps", type=int, default=50, help="optimisation steps of the stage (default 50)")
+    a.add_argument("--address-lr", type=float, default=1e-4, help="its learning rate (default 1e-4)")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=run)
@@ -86,6 +92,12 @@ def run(args):
                       progress=not args.no_progress, metadata=metadata)
     (Path(args.run_dir) / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     final = trainer.run()
+    if args.address_csv:
+        from geoloc_ros.language.address_training import train_from_csv
+
+        final, history = train_from_csv(final, args.address_csv, args.address_steps, lr=args.address_lr,
+                                        clip=trainer.clip, device=str(trainer.device))
+        print(f"address stage: total loss {history[0]['total']:.4f} -> {history[-1]['total']:.4f}")
     print(f"encoder: {final}")
     if args.output:
         from geoloc_ros.model import load_encoder, save_encoder

@@ -108,3 +108,35 @@ def address_stage(encoder, samples, steps: int = 20, batch_size: int = 8, **opti
         pick = [order[(i * batch_size + j) % len(samples)] for j in range(min(batch_size, len(samples)))]
         history.append(stage.step([samples[j] for j in pick]))
     return stage, history
+
+
+def samples_from_csv(csv_path) -> list[AddressSample]:
+    """AddressSamples of an image CSV with a header row naming an `address` column (and optionally `caption`):
+    image,lat,lon[,alt,heading],address[,caption]. ValueError naming the file when it has no addresses."""
+    from geoloc_ros.datasets import read_csv
+    from geoloc_ros.language.annotate import csv_text
+
+    with open(csv_path, newline="") as f:
+        header = [h.strip().lower() for h in f.readline().split(",")]
+    if "address" not in header:
+        raise ValueError(f"{csv_path}: the header row names no 'address' column")
+    text = csv_text(csv_path, "address", "caption" if "caption" in header else None)
+    samples = [AddressSample(r.path, text[r.label]["address"], text[r.label].get("caption", ""), r.lat, r.lon)
+               for r in read_csv(csv_path) if text.get(r.label, {}).get("address")]
+    if not samples:
+        raise ValueError(f"{csv_path}: no image with an address")
+    return samples
+
+
+def train_from_csv(encoder_path, csv_path, steps: int = 50, batch_size: int = 16, lr: float = 1e-4, clip=None,
+                   device: str = "auto"):
+    """`geoloc train --address-csv`: the address stage on the finished encoder at `encoder_path`, written back
+    over it together with text_tower.safetensors (same folder). Returns (encoder file, history)."""
+    from pathlib import Path
+
+    from geoloc_ros.model import load_encoder
+
+    encoder = load_encoder(encoder_path, device=device, half=False)
+    samples = samples_from_csv(csv_path)
+    stage, history = address_stage(encoder, samples, steps=steps, batch_size=batch_size, lr=lr, clip=clip)
+    return stage.save(Path(encoder.metadata["checkpoint"]).parent), history

@@ -75,7 +75,7 @@ def refuse_foreign_target(path) -> Path:
 
 # What `geoloc train` writes into its --run-dir (geoloc_ros/model/training.py, cli/train.py)
 TRAINING_OUTPUTS = ("stage1.pt", "stage2.pt", "encoder.safetensors", "encoder_last.safetensors",
-                    "encoder.tmp.safetensors", "config.json")
+                    "encoder.tmp.safetensors", "config.json", TEXT_TOWER)
 
 
 def safe_output_dir(path, own_names) -> Path:
