@@ -103,10 +103,10 @@ class Collected:
 
 class Harness:
     """A player + collector node in the caller's rclpy context, spun by its own executor in a thread. Publishes
-    camera frames (sensor-data QoS, like a camera driver) and records the node's outputs and /diagnostics."""
+    camera frames (reliable by default, like most camera drivers) and records the node's outputs and /diagnostics."""
 
     def __init__(self, context, node_name: str = "geoloc_vpr", image_topic: str = "/camera/image_raw",
-                 namespace: str = ""):
+                 namespace: str = "", image_qos: str = "reliable"):
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
@@ -122,9 +122,14 @@ class Harness:
         self._lock = threading.Lock()
         self.node_name = node_name
         prefix = f"{namespace.rstrip('/')}/{node_name}" if namespace else f"/{node_name}"
-        self.image_pub = self.node.create_publisher(Image, image_topic, qos_profile_sensor_data)
+        # `image_qos` "reliable" (default): what most camera drivers publish, and what the node's default
+        # image_qos takes; "sensor_data": best effort (raw frames of 640x480 and more from another process are
+        # then mostly lost by these Fast DDS wheels)
+        camera_qos = qos_profile_sensor_data if image_qos == "sensor_data" else \
+            QoSProfile(depth=2, reliability=QoSReliabilityPolicy.RELIABLE)
+        self.image_pub = self.node.create_publisher(Image, image_topic, camera_qos)
         self.compressed_pub = self.node.create_publisher(CompressedImage, image_topic.rstrip("/") + "/compressed",
-                                                         qos_profile_sensor_data)
+                                                         camera_qos)
         reliable = QoSProfile(depth=100, reliability=QoSReliabilityPolicy.RELIABLE)
         types = {"place_recognition": PlaceRecognition, "loop_closures": PlaceRecognition,
                  "geopose": GeoPoseWithCovarianceStamped, "fix": NavSatFix, "pose": PoseWithCovarianceStamped}
@@ -257,7 +262,7 @@ class InProcessNode:
 
 
 @contextmanager
-def node_process(params, log_path, name: str = "geoloc_replay", params_file=None):
+def node_process(params, log_path, name: str = "geoloc_replay", params_file=None, image_qos: str = "reliable"):
     """Run vpr_node as a process in a namespace of its own (so two runs, or a robot on the same DDS domain, stay
     apart), with its camera topic set, and yield a Harness talking to it (its `process` attribute is the
     Popen). On exit the harness closes and the node gets SIGINT, then SIGKILL after 30 s.
@@ -277,7 +282,7 @@ def node_process(params, log_path, name: str = "geoloc_replay", params_file=None
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         context = Context()
         rclpy.init(context=context)
-        harness = Harness(context, image_topic=camera, namespace=ns)
+        harness = Harness(context, image_topic=camera, namespace=ns, image_qos=image_qos)
         harness.process = process
         try:
             yield harness

@@ -38,7 +38,7 @@ from std_srvs.srv import Trigger
 
 from geoloc_ros.localization import SESSION_MAP_ID, LoadError, Localizer, SessionMap, load_snapshot
 from geoloc_ros.localization.localizer import CONSISTENCY_MODES
-from geoloc_ros.localization.snapshot import describe_encoder, load_maps
+from geoloc_ros.localization.snapshot import carries_checkpoint, describe_encoder, load_maps
 from geoloc_ros.node import messages, params
 from geoloc_ros.node.diagnostics import NodeStats
 from geoloc_ros.node.images import FrameError
@@ -141,13 +141,14 @@ class VprNode(LifecycleNode):
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         s = self.settings
+        camera_qos = params.image_qos_profile(s.image_qos)
         for topic in s.image_topics:
             self._subs.append(self.create_subscription(
-                Image, topic, lambda m, t=topic: self._on_image(m, t, t), qos_profile_sensor_data))
+                Image, topic, lambda m, t=topic: self._on_image(m, t, t), camera_qos))
             if s.subscribe_compressed:
                 ct = topic.rstrip("/") + "/compressed"
                 self._subs.append(self.create_subscription(
-                    CompressedImage, ct, lambda m, t=topic, c=ct: self._on_image(m, t, c), qos_profile_sensor_data))
+                    CompressedImage, ct, lambda m, t=topic, c=ct: self._on_image(m, t, c), camera_qos))
         if s.odom_topic:
             self._subs.append(self.create_subscription(Odometry, s.odom_topic, self._on_odom, qos_profile_sensor_data))
         if s.fix_topic:
@@ -319,7 +320,8 @@ class VprNode(LifecycleNode):
         s = localizer.settings
         path = Path(s.session_map_path or Path.home() / ".ros" / "geoloc_session_map").expanduser()
         try:
-            session.save(path, localizer.snapshot.encoder_file, attach_encoder=s.encoder_backend == "torch")
+            encoder_file = localizer.snapshot.encoder_file
+            session.save(path, encoder_file, attach_encoder=carries_checkpoint(encoder_file))
         except Exception as e:  # noqa: BLE001
             response.success, response.message = False, f"saving the session map to {path} failed: {e}"
             return response
@@ -342,7 +344,10 @@ class VprNode(LifecycleNode):
             st.level, st.message = DiagnosticStatus.OK, f"active, {snap['processed_rate_hz']:.1f} frames/s"
         values = {"state": state, "device": str(getattr(encoder, "device", "none")),
                   "maps": ", ".join(m.name for m in maps), "map_keyframes": sum(len(m) for m in maps),
-                  "session_keyframes": len(session) if session is not None else 0, **snap}
+                  "session_keyframes": len(session) if session is not None else 0,
+                  "backend": getattr(encoder, "backend_choice", None) or getattr(encoder, "backend", None)
+                  or ("torch" if encoder is not None else "none"),
+                  "backend_reason": getattr(encoder, "backend_reason", ""), **snap}
         st.values = [KeyValue(key=k, value=f"{v:.3f}" if isinstance(v, float) else str(v)) for k, v in values.items()]
         arr = DiagnosticArray(status=[st])
         arr.header.stamp = self.get_clock().now().to_msg()
