@@ -268,19 +268,22 @@ class VprNode(LifecycleNode):
             self.get_logger().warning(f"{topic}: dropping frame: {text}")
 
     def _publish(self, result):
-        """~/place_recognition always; ~/loop_closures and the pose outputs when the frame closed a loop."""
-        self._pubs["pr"].publish(messages.recognition_message(result, result.candidates))
+        """~/place_recognition always, first; ~/loop_closures and the pose outputs when the frame closed a loop
+        and someone listens (building and converting a message nobody takes costs the next frame its CPU)."""
+        pubs = self._pubs
+        pubs["pr"].publish(messages.recognition_message(result, result.candidates))
         if not result.closures:
             return
-        self._pubs["lc"].publish(messages.recognition_message(result, result.closures))
         self.stats.on_loop_closure()
-        if result.pose is None:
+        if pubs["lc"].get_subscription_count():
+            pubs["lc"].publish(messages.recognition_message(result, result.closures))
+        if result.pose is None or not any(pubs[k].get_subscription_count() for k in ("pose", "geopose", "fix")):
             return
         pose, geo, fix = messages.pose_messages(result, self.settings.map_frame, self.settings.base_frame)
-        self._pubs["pose"].publish(pose)
+        pubs["pose"].publish(pose)
         if geo is not None:
-            self._pubs["geopose"].publish(geo)
-            self._pubs["fix"].publish(fix)
+            pubs["geopose"].publish(geo)
+            pubs["fix"].publish(fix)
 
     # -- services -----------------------------------------------------------------------------------------------
     @service

@@ -7,7 +7,7 @@ import numpy as np
 
 from geoloc_ros.frames import image_view
 from geoloc_ros.node.images import message_to_rgb
-from geoloc_ros.node.replay import image_message
+from geoloc_ros.replay import image_message
 
 
 def test_rgb8_is_a_view_of_the_message_buffer():

@@ -22,7 +22,7 @@ from geoloc_msgs.msg import PlaceCandidate, PlaceRecognition  # noqa: E402
 from geoloc_ros.datasets import read_image  # noqa: E402
 from geoloc_ros.model import nordland, save_encoder  # noqa: E402
 from geoloc_ros.model.testing import tiny_encoder  # noqa: E402
-from geoloc_ros.node.replay import Harness, InProcessNode, image_message, stamp_ns  # noqa: E402
+from geoloc_ros.replay import Harness, InProcessNode, image_message, stamp_ns  # noqa: E402
 from geoloc_ros.slam.pose_graph_node import PoseGraphNode  # noqa: E402
 
 T0 = 1_700_000_000 * 10**9

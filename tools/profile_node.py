@@ -42,7 +42,7 @@ def messages(rgb: np.ndarray, stamp_ns: int = 1):
     import cv2
     from sensor_msgs.msg import CompressedImage
 
-    from geoloc_ros.node.replay import image_message
+    from geoloc_ros.replay import image_message
 
     raw = image_message(rgb, stamp_ns)
     jpg = CompressedImage(format="jpeg")
@@ -129,7 +129,7 @@ def classify(stack: str) -> str:
 
 def pyspy_profile(encoder_path, seconds: float, out: Path, frames, backend: str = "auto") -> dict:
     """Run vpr_node, feed it `frames` (rclpy messages) at 10 Hz, and sample it with py-spy meanwhile."""
-    from geoloc_ros.node.replay import node_process
+    from geoloc_ros.replay import node_process
 
     spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
     if not Path(spy).exists():
