@@ -25,6 +25,11 @@ import time
 import numpy as np
 
 
+# Fast DDS's large-data mode with room for a 1280x720 rgb8 frame in one message (shared memory / TCP instead of
+# 64 KB UDP fragments): publish -> callback of a 640x480 raw frame 13 -> 4 ms here (docs/node.md)
+LARGE_DATA_TRANSPORTS = "LARGE_DATA?max_msg_size=4MB&sockets_size=4MB"
+
+
 def _encoder(encoder):
     """(fp32 CPU Encoder, what it is) from an Encoder, a checkpoint path / map directory, an architecture name
     ("ViT-B-32": random weights, pretrained=None, at its ProGEO input size; timing does not depend on the weights),
@@ -124,18 +129,22 @@ def _bare(enc, db, messages, n: int) -> dict:
 def run_node_benchmark(encoder=None, rates=(10, 30), duration_s: float = 20.0, out_dir="runs/bench/node",
                        quick: bool = False, map_size: int | None = None, device: str = "cpu",
                        threads: int | None = None, backend: str = "auto", image_size=None,
-                       kind: str = "raw") -> dict:
+                       kind: str = "raw", dds_transports: str | None = None) -> dict:
     """Measure the node at each camera rate in `rates`; returns (and writes to out_dir/node_latency.json) a dict
     with `bare` (encode/search/total ms p50/p95 of the same backend in this process) and `rates` (per rate: latency
     p50/p95, fps, dropped, ratio). `encoder`: see `_encoder`; `backend`: the node's encoder_backend (also what the
     bare figures run); `image_size`: (W, H) of the frames (None: the Nordland frames' own size); `kind`: "raw"
-    (rgb8 Image) or "jpeg" (CompressedImage); frames are published reliable. `threads`: CPU threads for both."""
+    (rgb8 Image) or "jpeg" (CompressedImage); frames are published reliable. `threads`: CPU threads for both.
+    `dds_transports`: a FASTDDS_BUILTIN_TRANSPORTS value for this process and the node (e.g. LARGE_DATA_TRANSPORTS,
+    which carries a 640x480 raw frame without UDP fragments); None keeps the environment's."""
     from geoloc_ros.bench.machine import load_average
     from geoloc_ros.deploy import open_encoder
     from geoloc_ros.model import save_encoder
     from geoloc_ros.replay import node_process
 
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    if dds_transports:
+        os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = dds_transports   # read when a DDS participant is created
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if quick:
@@ -171,7 +180,9 @@ def run_node_benchmark(encoder=None, rates=(10, 30), duration_s: float = 20.0, o
     result = {"encoder": what, "backend": backend, "backend_choice": getattr(fast, "backend_choice", backend),
               "node_backend": node_backend, "open_s_first": round(open_s, 1), "frames": f"{shape} {kind}",
               "map_keyframes": len(db), "device": device, "duration_s": duration_s,
-              "threads": threads or "default", "load_average": load_average(), "bare": bare, "rates": per_rate}
+              "threads": threads or "default", "load_average": load_average(),
+              "dds_transports": os.environ.get("FASTDDS_BUILTIN_TRANSPORTS", "default"), "bare": bare,
+              "rates": per_rate}
     _plot(result, out_dir / "node_latency.png")
     for r in per_rate.values():
         r.pop("_lat")
@@ -213,7 +224,8 @@ def format_result(r: dict) -> str:
     b = r["bare"]
     lines = [f"node latency ({r['encoder']}, backend {r['backend']} -> {r['backend_choice']} (node: "
              f"{r['node_backend']}), frames {r['frames']}, map {r['map_keyframes']} keyframes, {r['device']}, "
-             f"threads {r['threads']}, load average {r['load_average']}): bare encode {b['encode_ms_p50']:.1f} ms "
+             f"threads {r['threads']}, DDS transports {r.get('dds_transports', 'default')}, load average "
+             f"{r['load_average']}): bare encode {b['encode_ms_p50']:.1f} ms "
              f"+ search {b['search_ms_p50']:.2f} ms = {b['total_ms_p50']:.1f} ms p50 (decode alone "
              f"{b['decode_ms_p50']:.2f} ms)",
              "| camera rate | sent | answered | dropped | answers/s | e2e p50 ms | e2e p95 ms | p50 / bare |",
