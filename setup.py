@@ -15,6 +15,7 @@ setup(
     name=package_name,
     version="0.1.0",
     packages=find_packages(include=["geoloc_ros", "geoloc_ros.*"]),
+    package_data={"geoloc_ros.model": ["recipes/*.yaml"]},  # training recipes, read by model.config.load_recipe
     data_files=[
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),

@@ -103,13 +103,14 @@ class Collected:
 
 class Harness:
     """A player + collector node in the caller's rclpy context, spun by its own executor in a thread. Publishes
-    camera frames (reliable by default, like most camera drivers) and records the node's outputs and /diagnostics."""
+    camera frames (reliable, like most drivers and rosbag2 replay: matches the node's default image_qos, and
+    `image_qos:=sensor_data` too) and records the node's outputs and /diagnostics."""
 
     def __init__(self, context, node_name: str = "geoloc_vpr", image_topic: str = "/camera/image_raw",
-                 namespace: str = "", image_qos: str = "reliable"):
+                 namespace: str = ""):
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
-        from rclpy.qos import QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
+        from rclpy.qos import QoSProfile, QoSReliabilityPolicy
 
         from diagnostic_msgs.msg import DiagnosticArray
         from geographic_msgs.msg import GeoPoseWithCovarianceStamped
@@ -121,15 +122,13 @@ class Harness:
         self.data = Collected()
         self._lock = threading.Lock()
         self.node_name = node_name
+        self.namespace = namespace
+        self.context = context
         prefix = f"{namespace.rstrip('/')}/{node_name}" if namespace else f"/{node_name}"
-        # `image_qos` "reliable" (default): what most camera drivers publish, and what the node's default
-        # image_qos takes; "sensor_data": best effort (raw frames of 640x480 and more from another process are
-        # then mostly lost by these Fast DDS wheels)
-        camera_qos = qos_profile_sensor_data if image_qos == "sensor_data" else \
-            QoSProfile(depth=2, reliability=QoSReliabilityPolicy.RELIABLE)
-        self.image_pub = self.node.create_publisher(Image, image_topic, camera_qos)
+        camera = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE)
+        self.image_pub = self.node.create_publisher(Image, image_topic, camera)
         self.compressed_pub = self.node.create_publisher(CompressedImage, image_topic.rstrip("/") + "/compressed",
-                                                         camera_qos)
+                                                         camera)
         reliable = QoSProfile(depth=100, reliability=QoSReliabilityPolicy.RELIABLE)
         types = {"place_recognition": PlaceRecognition, "loop_closures": PlaceRecognition,
                  "geopose": GeoPoseWithCovarianceStamped, "fix": NavSatFix, "pose": PoseWithCovarianceStamped}
@@ -262,7 +261,7 @@ class InProcessNode:
 
 
 @contextmanager
-def node_process(params, log_path, name: str = "geoloc_replay", params_file=None, image_qos: str = "reliable"):
+def node_process(params, log_path, name: str = "geoloc_replay", params_file=None):
     """Run vpr_node as a process in a namespace of its own (so two runs, or a robot on the same DDS domain, stay
     apart), with its camera topic set, and yield a Harness talking to it (its `process` attribute is the
     Popen). On exit the harness closes and the node gets SIGINT, then SIGKILL after 30 s.
@@ -282,7 +281,7 @@ def node_process(params, log_path, name: str = "geoloc_replay", params_file=None
         process = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
         context = Context()
         rclpy.init(context=context)
-        harness = Harness(context, image_topic=camera, namespace=ns, image_qos=image_qos)
+        harness = Harness(context, image_topic=camera, namespace=ns)
         harness.process = process
         try:
             yield harness

@@ -19,12 +19,12 @@ Localizer and swaps it in whole; the worker takes one Localizer per batch.
 
 from __future__ import annotations
 
-import functools
 import threading
 import time
 from pathlib import Path
 
 import rclpy
+from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
 
@@ -35,13 +35,18 @@ from geometry_msgs.msg import PoseWithCovarianceStamped
 from nav_msgs.msg import Odometry
 from sensor_msgs.msg import CompressedImage, Image, NavSatFix
 from std_srvs.srv import Trigger
+from visualization_msgs.msg import MarkerArray
 
-from geoloc_ros.localization import SESSION_MAP_ID, LoadError, Localizer, SessionMap, load_snapshot
+from geoloc_ros.localization import SESSION_MAP_ID, LoadError, Localizer, SessionMap, load_snapshot, verification
 from geoloc_ros.localization.localizer import CONSISTENCY_MODES
 from geoloc_ros.localization.snapshot import carries_checkpoint, describe_encoder, load_maps
 from geoloc_ros.node import messages, params
+from geoloc_ros.node.camera_inputs import CameraInputs
+from geoloc_ros.node.camera_watch import CameraWatch
 from geoloc_ros.node.diagnostics import NodeStats
 from geoloc_ros.node.images import FrameError
+from geoloc_ros.node.services import empty_gpu_cache as _empty_gpu_cache
+from geoloc_ros.node.services import service
 
 NODE_NAME = "geoloc_vpr"
 SESSION_MAP_NAME = SESSION_MAP_ID
@@ -50,21 +55,7 @@ ConfigureError = LoadError  # the name this module used before the localizer mov
 RESULT_QOS = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE)
 PUBLISHERS = {"pr": (PlaceRecognition, "~/place_recognition"), "lc": (PlaceRecognition, "~/loop_closures"),
               "geopose": (GeoPoseWithCovarianceStamped, "~/geopose"), "fix": (NavSatFix, "~/fix"),
-              "pose": (PoseWithCovarianceStamped, "~/pose")}
-
-
-def service(callback):
-    """A service callback that answers success=false with the reason on any exception, never dies."""
-    @functools.wraps(callback)
-    def safe(self, request, response):
-        try:
-            return callback(self, request, response)
-        except Exception as e:  # noqa: BLE001 - a service call must never take the node down
-            response.success, response.message = False, f"{callback.__name__.strip('_')} failed: " \
-                                                        f"{type(e).__name__}: {e}"
-            self.get_logger().error(response.message)
-            return response
-    return safe
+              "pose": (PoseWithCovarianceStamped, "~/pose"), "markers": (MarkerArray, "~/loop_closure_markers")}
 
 
 class VprNode(LifecycleNode):
@@ -80,11 +71,14 @@ class VprNode(LifecycleNode):
         self._fix = None  # latest valid (lat, lon, alt) from fix_topic
         self._cv = threading.Condition()
         self._pending = {}  # camera -> (message, topic, ROS receive time ns, monotonic receive time)
+        self._cameras: CameraInputs | None = None  # camera models and depth per camera, from configure
+        self._markers = 0  # id of the next loop-closure marker
         self._worker = None
         self._stop = True
         self._subs = []
         self._pubs = {}
         self._warned = set()
+        self._watch = CameraWatch([], 0.0, "")  # the camera topics' watch, made at activate
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
         self._diag_timer = self.create_timer(self.get_parameter("diagnostics_period_s").value,
                                              self.publish_diagnostics)
@@ -121,8 +115,11 @@ class VprNode(LifecycleNode):
             self.get_logger().error(self.last_error)
             self._release()
             return TransitionCallbackReturn.FAILURE
-        self.settings, self.last_error = s, ""
-        self._pubs = {k: self.create_lifecycle_publisher(t, name, RESULT_QOS) for k, (t, name) in PUBLISHERS.items()}
+        self.settings, self.last_error, self._cameras = s, "", CameraInputs(s)
+        self._pubs = {k: self.create_lifecycle_publisher(t, name, RESULT_QOS) for k, (t, name) in PUBLISHERS.items()
+                      if k != "markers" or s.publish_markers}
+        for problem in getattr(self._localizer.verifier, "problems", list)():  # maps without stored features
+            self.get_logger().warning(problem)
         sizes = ", ".join(f"{m.name} ({len(m)} keyframes)" for m in self.maps) or "none"
         self.get_logger().info(f"configured: encoder {describe_encoder(self.encoder)}; maps: {sizes}")
         return TransitionCallbackReturn.SUCCESS
@@ -131,24 +128,20 @@ class VprNode(LifecycleNode):
     def _build_localizer(s: params.Settings) -> Localizer:
         snapshot = load_snapshot(s)
         session = SessionMap(snapshot.encoder, frame=snapshot.primary_frame) if s.session_map else None
-        verifier = None
-        if s.verification:
-            from geoloc_ros.localization.verification import GeometricVerifier, ImageVerifier
-
-            verifier = ImageVerifier(GeometricVerifier(s.verification_features, s.verification_min_inliers),
-                                     s.verification_image_dir, session.features if session is not None else None)
-        return Localizer(snapshot, session, verifier)
+        return Localizer(snapshot, session, verification.build_verifier(s, snapshot, session))
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         s = self.settings
-        camera_qos = params.image_qos_profile(s.image_qos)
-        for topic in s.image_topics:
+        cameras = [(Image, t, t) for t in s.image_topics]
+        if s.subscribe_compressed:
+            cameras += [(CompressedImage, t, t.rstrip("/") + "/compressed") for t in s.image_topics]
+        self._watch = CameraWatch([topic for _, _, topic in cameras], s.no_frames_warn_s, s.image_qos)
+        qos = params.image_qos_profile(s.image_qos)
+        for kind, camera, topic in cameras:
+            events = SubscriptionEventCallbacks(incompatible_qos=lambda e, t=topic: self._on_incompatible_qos(t, e))
             self._subs.append(self.create_subscription(
-                Image, topic, lambda m, t=topic: self._on_image(m, t, t), camera_qos))
-            if s.subscribe_compressed:
-                ct = topic.rstrip("/") + "/compressed"
-                self._subs.append(self.create_subscription(
-                    CompressedImage, ct, lambda m, t=topic, c=ct: self._on_image(m, t, c), camera_qos))
+                kind, topic, lambda m, c=camera, t=topic: self._on_image(m, c, t), qos, event_callbacks=events))
+        self._subs.extend(self._cameras.subscribe(self, qos))  # CameraInfo and depth: the cameras' QoS
         if s.odom_topic:
             self._subs.append(self.create_subscription(Odometry, s.odom_topic, self._on_odom, qos_profile_sensor_data))
         if s.fix_topic:
@@ -203,12 +196,16 @@ class VprNode(LifecycleNode):
     # -- inputs: park the newest message per camera -----------------------------------------------------------
     def _on_image(self, msg, camera: str, topic: str):
         self.stats.on_receive(topic)
+        self._watch.on_frame(topic)
         received_ns = self.get_clock().now().nanoseconds
         with self._cv:
             if camera in self._pending:
                 self.stats.on_drop()  # newest wins: the worker was busy, the older frame is stale anyway
             self._pending[camera] = (msg, topic, received_ns, time.monotonic())
             self._cv.notify()
+
+    def _on_incompatible_qos(self, topic: str, event):
+        self.get_logger().warning(self._watch.on_incompatible_qos(topic, event))
 
     def _on_odom(self, msg: Odometry):
         p = msg.pose.pose.position
@@ -251,8 +248,11 @@ class VprNode(LifecycleNode):
 
     def _decode(self, camera, msg, topic, received_ns, received_mono):
         try:
-            return messages.to_frame(msg, camera, topic, received_ns, received_mono, self.settings.blank_threshold,
-                                     odom=self._odom, fix=self._fix)
+            s = self.settings
+            return messages.to_frame(msg, camera, topic, received_ns, received_mono, s.blank_threshold,
+                                     odom=self._odom, fix=self._fix, max_pixels=s.max_image_pixels,
+                                     mono16_max=s.mono16_max, camera_model=self._cameras.model(camera),
+                                     depth=self._cameras.depth_for(camera, messages.stamp_ns(msg.header.stamp)))
         except FrameError as e:
             self.stats.on_reject(e.kind)
             self._warn_once(topic, e.kind, f"{e} (further '{e.kind}' frames are only counted in /diagnostics)")
@@ -277,6 +277,8 @@ class VprNode(LifecycleNode):
         self.stats.on_loop_closure()
         if pubs["lc"].get_subscription_count():
             pubs["lc"].publish(messages.recognition_message(result, result.closures))
+        if "markers" in pubs and pubs["markers"].get_subscription_count():
+            self._publish_markers(result)
         if result.pose is None or not any(pubs[k].get_subscription_count() for k in ("pose", "geopose", "fix")):
             return
         pose, geo, fix = messages.pose_messages(result, self.settings.map_frame, self.settings.base_frame)
@@ -284,6 +286,14 @@ class VprNode(LifecycleNode):
         if geo is not None:
             pubs["geopose"].publish(geo)
             pubs["fix"].publish(fix)
+
+    def _publish_markers(self, result):
+        from geoloc_ros.node.markers import closure_markers
+
+        markers = closure_markers(result, self.settings.map_frame, self._markers)
+        if markers is not None:
+            self._pubs["markers"].publish(markers)
+            self._markers += 1
 
     # -- services -----------------------------------------------------------------------------------------------
     @service
@@ -304,7 +314,8 @@ class VprNode(LifecycleNode):
             response.success, response.message = False, f"reload failed, keeping the old maps: {e}"
             self.get_logger().error(response.message)
             return response
-        fresh = Localizer(localizer.snapshot.with_maps(maps, s.map_path), localizer.session, localizer.verifier)
+        verifier = localizer.verifier.with_maps(maps) if localizer.verifier is not None else None
+        fresh = Localizer(localizer.snapshot.with_maps(maps, s.map_path), localizer.session, verifier)
         with self._swap_lock:
             self._localizer = fresh
         self.settings.map_path = s.map_path
@@ -341,6 +352,8 @@ class VprNode(LifecycleNode):
             st.level, st.message = DiagnosticStatus.ERROR, self.last_error
         elif state != "active":
             st.level, st.message = DiagnosticStatus.WARN, f"{state}"
+        elif self._watch.warn_after_s > 0 and (silent := self._watch.warnings(self.count_publishers)):
+            st.level, st.message = DiagnosticStatus.WARN, "; ".join(silent)
         elif snap["frames_received"] == 0:
             st.level, st.message = DiagnosticStatus.WARN, "active, no images received yet"
         else:
@@ -350,19 +363,15 @@ class VprNode(LifecycleNode):
                   "session_keyframes": len(session) if session is not None else 0,
                   "backend": getattr(encoder, "backend_choice", None) or getattr(encoder, "backend", None)
                   or ("torch" if encoder is not None else "none"),
-                  "backend_reason": getattr(encoder, "backend_reason", ""), **snap}
+                  "backend_reason": getattr(encoder, "backend_reason", ""), **snap,
+                  **(self._cameras.diagnostics() if self._cameras is not None else {}),
+                  **verification.diagnostics(self._localizer.verifier if self._localizer is not None else None)}
+        if st.level == DiagnosticStatus.OK and "verification_problems" in values:  # maps without stored features
+            st.level, st.message = DiagnosticStatus.WARN, f"{st.message}; {values['verification_problems']}"
         st.values = [KeyValue(key=k, value=f"{v:.3f}" if isinstance(v, float) else str(v)) for k, v in values.items()]
         arr = DiagnosticArray(status=[st])
         arr.header.stamp = self.get_clock().now().to_msg()
         self._diag_pub.publish(arr)
-
-
-def _empty_gpu_cache():
-    import sys
-
-    torch = sys.modules.get("torch")
-    if torch is not None and torch.cuda.is_available():
-        torch.cuda.empty_cache()
 
 
 def start(node: VprNode) -> bool:

@@ -3,7 +3,6 @@ its real range (12-bit data, 8-bit data in 16 bits) or by mono16_max; the one bl
 
 import resource
 import struct
-import zlib
 
 import cv2
 import numpy as np
@@ -15,33 +14,6 @@ from geoloc_ros.node.images import FrameError, compressed_size, is_blank, messag
 from geoloc_ros.replay import image_message
 
 SIDE = 30000  # 30000 x 30000 = 900 MP: 2.7 GB as RGB once decoded
-
-
-def png_chunk(kind: bytes, body: bytes) -> bytes:
-    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
-
-
-def zeros_zlib(n_chunks: int, chunk: int) -> bytes:
-    """A zlib stream of n_chunks * chunk zero bytes, built in milliseconds: one raw deflate block of `chunk`
-    zeros (compressed from a fresh state and fully flushed, so it refers to nothing before it) repeated, then the
-    final block and the Adler-32 of the whole."""
-    c = zlib.compressobj(9, zlib.DEFLATED, -15)
-    block = c.compress(b"\0" * chunk) + c.flush(zlib.Z_FULL_FLUSH)
-    adler = 1
-    for _ in range(n_chunks):
-        adler = zlib.adler32(b"\0" * chunk, adler)
-    end = zlib.compressobj(9, zlib.DEFLATED, -15).flush()
-    return b"\x78\xda" + block * n_chunks + end + struct.pack(">I", adler)
-
-
-@pytest.fixture(scope="module")
-def png_bomb() -> bytes:
-    """A valid PNG that decodes to 30000x30000 (1-bit grey, all rows zero: 112 MB of raw rows, 0.1 MB on disk;
-    the issue's 979 KB RGB file decodes to the same size, and the header is all that counts)."""
-    row = 1 + SIDE // 8  # filter byte + 30000 one-bit pixels
-    idat = zeros_zlib(SIDE // 1000, 1000 * row)
-    ihdr = struct.pack(">IIBBBBB", SIDE, SIDE, 1, 0, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", ihdr) + png_chunk(b"IDAT", idat) + png_chunk(b"IEND", b"")
 
 
 def jpeg_header(width: int, height: int) -> bytes:

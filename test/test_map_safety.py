@@ -103,6 +103,15 @@ def test_cli_writers_refuse_foreign_folders(tmp_path, shared_data, encoder_file,
         still_there(repo, before)
 
 
+def test_train_refuses_a_run_directory_of_foreign_files(tmp_path):
+    """geoloc train checks --run-dir before reading any data: a folder that is not a previous run's is refused."""
+    home = tmp_path / "home"
+    before = foreign_folder(home, (".ssh/id_ed25519", ".profile"))
+    with pytest.raises(SystemExit, match=rf"geoloc train: {home}: holds files this writer did not write"):
+        geoloc(["train", "--run-dir", str(home), "--train-set", str(tmp_path / "no-such-set")])
+    still_there(home, before)
+
+
 def test_unreadable_images_are_skipped_counted_and_listed(tmp_path, shared_data, encoder_file, capsys):
     bad = [("images-00011.png", b""), ("images-00012.png", b"\x89PNG\r\n\x1a\n" + b"\0" * 100)]
     images = frames_folder(tmp_path, shared_data, bad=bad)

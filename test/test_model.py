@@ -154,6 +154,32 @@ def test_corrupt_checkpoints_refused(tmp_path):
     assert "missing_dir" in str(e.value)
 
 
+def test_one_header_reader_serves_checkpoints_and_maps(tmp_path):
+    """model.checkpoint.read_safetensors_metadata parses the header for both read_header and the map database's
+    read_encoder_fingerprint, without torch; a file that is not safetensors is refused by both, named."""
+    import subprocess
+    import sys
+
+    from geoloc_ros.mapping.database import read_encoder_fingerprint
+    from geoloc_ros.mapping.storage import MapError
+    from geoloc_ros.model.checkpoint import read_safetensors_metadata
+
+    enc = tiny_encoder()
+    path = save_encoder(enc, tmp_path / "enc.safetensors")
+    assert read_safetensors_metadata(path)["fingerprint"] == read_header(path)["fingerprint"] == enc.fingerprint
+    assert read_encoder_fingerprint(path) == enc.fingerprint
+    garbage = tmp_path / "garbage.safetensors"
+    garbage.write_bytes(b"this is not a checkpoint at all" * 10)
+    with pytest.raises(CheckpointError, match="garbage.safetensors"):
+        read_header(garbage)
+    with pytest.raises(MapError, match="garbage.safetensors"):
+        read_encoder_fingerprint(garbage)
+    code = ("import sys; from geoloc_ros.mapping.database import read_encoder_fingerprint as r; "
+            f"print(r({str(path)!r}), 'torch' in sys.modules)")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [enc.fingerprint, "False"]
+
+
 def test_progeo_checkpoint_layout_loads(tmp_path):
     for arch, wrap in (("RN-pico", True), ("ViT-nano", False)):
         f = tmp_path / f"progeo_{arch}.pth"
@@ -207,228 +233,6 @@ def test_cosplace_groups_separate_neighbours():
                 if a != b:
                     assert all(abs(x - y) >= k for x, y, k in zip(a, b, (5, 5, 2)) if x != y)
     assert class_and_group(25.0, 7.0, 95.0, 10, 30, 5, 2) == ((20, 0, 90), (2, 0, 1))
-
-
-# ---- training --------------------------------------------------------------------------------------------------
-@needs_nordland
-def test_tiny_training_lowers_loss_raises_recall_and_resumes(tmp_path):
-    """Both stages on 48 Nordland places x 2 seasons (real frames): the stage-2 loss falls, winter->summer
-    recall beats the untrained network, and an interrupted run resumes to the identical result."""
-    from geoloc_ros.model import evaluation as E
-    from geoloc_ros.model import nordland as N
-    from geoloc_ros.model.training import Trainer, TrainConfig, untrained_encoder
-
-    recs = nordland_records((10, 480))
-    imgs = N.read_images(recs)
-    summer = [i for i, r in enumerate(recs) if "summer" in str(r.path)]
-    winter = [i for i, r in enumerate(recs) if "winter" in str(r.path)]
-    frames = np.array([N.frame_number(r.path) for r in recs])
-    pos = E.positives_by_frame(frames[summer], frames[winter], 20)
-
-    def recall(enc):
-        return E.recall_at_n(enc.encode([imgs[i] for i in summer]), enc.encode([imgs[i] for i in winter]), pos)
-
-    cfg = TrainConfig(arch="RN-pico", dim=64, image_size=[32, 64], M=10, N=2, groups_num=2, min_images_per_class=2,
-                      epochs_stage1=20, batch_size_stage1=64, epochs=6, iterations_per_epoch=40, batch_size=16,
-                      lr=2e-3, classifiers_lr=0.05, random_resized_crop=0.2, hue=0.1, seed=3, device="cpu")
-    t = Trainer(cfg, recs, tmp_path / "full", images=imgs, progress=False)
-    t.run()
-    for stage in (1, 2):  # each group's loss falls between its first and its last epoch
-        for g in range(cfg.groups_num):
-            losses = [h["loss"] for h in t.history if h["stage"] == stage and h["group"] == g]
-            assert losses[-1] < losses[0], (stage, g, losses)
-    trained = load_encoder(tmp_path / "full", device="cpu")
-    before, after = recall(untrained_encoder(cfg)), recall(trained)
-    print("untrained", before, "trained", after, t.history)
-    assert after["R@1"] > before["R@1"] + 10 and after["R@5"] > before["R@5"], (before, after)
-    assert trained.metadata["config"]["seed"] == 3  # training metadata travels with the weights
-
-    # interrupted after 3 stage-2 epochs, then resumed: same weights as the uninterrupted run
-    import dataclasses
-
-    Trainer(dataclasses.replace(cfg, epochs=3), recs, tmp_path / "resumed", images=imgs, progress=False).run()
-    resumed = Trainer(cfg, recs, tmp_path / "resumed", images=imgs, progress=False)
-    resumed.run()
-    assert [h["epoch"] for h in resumed.history if h["stage"] == 2] == list(range(cfg.epochs))
-    assert load_encoder(tmp_path / "resumed").fingerprint == trained.fingerprint
-
-    # learned whitening after stage 2: one pair per place (its summer and winter frame), folded in once
-    t.cfg = dataclasses.replace(cfg, whiten=True)
-    t.whiten()
-    whitened = load_encoder(tmp_path / "full", device="cpu")
-    assert whitened.metadata["whitening"]["pairs"] == sum(len(g) for g in t.groups)
-    assert whitened.fingerprint != trained.fingerprint
-    t.whiten()  # already done: the checkpoint is left as it is
-    assert load_encoder(tmp_path / "full").fingerprint == whitened.fingerprint
-
-
-def _one_group_trainer(run_dir, **options):
-    """A Trainer on 20 Nordland places x 2 seasons in one CosPlace group, with the given TrainConfig options."""
-    from geoloc_ros.model import nordland as N
-    from geoloc_ros.model.training import Trainer, TrainConfig
-
-    recs = nordland_records((10, 200))
-    cfg = TrainConfig(arch="RN-pico", dim=32, image_size=[32, 64], M=10, N=2, groups_num=1, min_images_per_class=2,
-                      device="cpu", **options)
-    return Trainer(cfg, recs, run_dir, images=N.read_images(recs), progress=False)
-
-
-@needs_nordland
-def test_same_class_cutmix_pastes_the_other_season_at_the_same_place(tmp_path):
-    t = _one_group_trainer(tmp_path, same_class_cutmix=1.0)
-    group = t.groups[0]
-    classes = np.arange(len(group))
-    idx = [group.images[c][0] for c in classes]
-    plan = t._cutmix_plan(group, classes, idx, np.random.default_rng(0))
-    assert len(plan) == len(classes)  # probability 1: every row gets a patch
-    plain, mixed = t._batch(idx, False), t._batch(idx, False, plan)
-    for row, other, top, left, h, w in plan:
-        assert other in group.images[classes[row]] and other != idx[row]  # same place, the other image
-        inside = (slice(top, top + h), slice(left, left + w))
-        torch.testing.assert_close(mixed[row][:, inside[0], inside[1]], t._batch([other], False)[0][:, inside[0],
-                                                                                                  inside[1]])
-        outside = mixed[row].clone()
-        outside[:, inside[0], inside[1]] = plain[row][:, inside[0], inside[1]]
-        torch.testing.assert_close(outside, plain[row])
-
-
-@needs_nordland
-def test_pair_batches_hold_each_place_twice_and_the_pair_loss_rewards_partners(tmp_path):
-    from geoloc_ros.model.training import pair_infonce
-
-    t = _one_group_trainer(tmp_path, pair_weight=1.0)
-    group = t.groups[0]
-    classes = np.arange(8)
-    labels, idx = t._draw(group, classes, np.random.default_rng(0))
-    assert list(labels) == list(classes) * 2
-    for k, c in enumerate(classes):  # the halves are two different images of the same place, row by row
-        assert idx[k] in group.images[c] and idx[8 + k] in group.images[c] and idx[k] != idx[8 + k]
-
-    torch.manual_seed(0)
-    a = torch.nn.functional.normalize(torch.randn(8, 32), dim=1)
-    partners = pair_infonce(torch.cat([a, a]), 0.1)
-    strangers = pair_infonce(torch.cat([a, a.roll(1, 0)]), 0.1)
-    assert partners < 0.01 < 1.0 < strangers  # low when each row meets its partner, high when paired wrongly
-    assert pair_infonce(torch.cat([a, a.roll(1, 0)]), 1.0) < strangers  # the temperature sharpens it
-
-
-def test_batched_augmentation_matches_torchvision_per_image():
-    """The batch-at-once augmentation does what torchvision's per-image ColorJitter + RandomResizedCrop do."""
-    from torchvision.transforms.v2 import functional as TF
-
-    from geoloc_ros.model.training import TrainConfig, _blend, augment
-
-    torch.manual_seed(0)
-    x = torch.rand(8, 3, 32, 64)
-    off = TrainConfig(brightness=0, contrast=0, saturation=0, hue=0, random_resized_crop=0)
-    assert torch.equal(augment(x.clone(), off), x)  # nothing asked, nothing changed
-    grey = (x * torch.tensor([0.2989, 0.587, 0.114]).view(1, 3, 1, 1)).sum(1, keepdim=True)
-    f = torch.linspace(0.5, 1.5, 8)
-    for i in range(8):  # the per-image blends are torchvision's contrast and saturation
-        torch.testing.assert_close(_blend(x, grey.mean(dim=(2, 3), keepdim=True), f)[i],
-                                   TF.adjust_contrast(x[i], float(f[i])))
-        torch.testing.assert_close(_blend(x, grey, f)[i], TF.adjust_saturation(x[i], float(f[i])))
-    crop = TrainConfig(brightness=0, contrast=0, saturation=0, hue=0, random_resized_crop=0.5)
-    ramp = torch.linspace(0, 1, 64).view(1, 1, 1, 64).expand(8, 3, 32, 64).contiguous()
-    out = augment(ramp.clone(), crop)
-    assert out.shape == ramp.shape
-    assert (out.diff(dim=3) >= -1e-6).all()  # a crop + resize of a ramp is still a ramp...
-    assert not torch.allclose(out[0], out[1])  # ...with its own window per image
-    full = TrainConfig(random_resized_crop=0.5)  # ProGEO's jitter, hue included
-    out = augment(torch.rand(8, 3, 32, 64), full)
-    assert out.min() >= 0 and out.max() <= 1
-
-
-def test_horizontal_flip_mirrors_the_rows_it_draws():
-    from geoloc_ros.model.training import TrainConfig, augment
-
-    torch.manual_seed(0)
-    x = torch.rand(64, 3, 8, 16)
-    out = augment(x.clone(), TrainConfig(brightness=0, contrast=0, saturation=0, hue=0, random_resized_crop=0,
-                                         hflip=0.5))
-    flipped = [bool(torch.equal(out[i], x[i].flip(2))) for i in range(64)]
-    kept = [bool(torch.equal(out[i], x[i])) for i in range(64)]
-    assert all(f != k for f, k in zip(flipped, kept))  # each row is either mirrored or left alone
-    assert 16 < sum(flipped) < 48
-
-
-def test_histogram_swap_gives_a_frame_another_frames_grey_levels_in_its_own_layout():
-    from geoloc_ros.model.training import histogram_swap
-
-    torch.manual_seed(0)
-    x = torch.rand(64, 3, 8, 16)
-    assert torch.equal(histogram_swap(x, 0.0), x)
-    out = histogram_swap(x, 0.5)
-    swapped = 0
-    for i in range(64):
-        if torch.equal(out[i], x[i]):
-            continue
-        swapped += 1
-        levels = out[i].flatten(1).sort(1).values
-        donors = [j for j in range(64) if torch.equal(levels, x[j].flatten(1).sort(1).values)]
-        assert donors and i not in donors  # another frame's grey levels ...
-        assert torch.equal(out[i].flatten(1).argsort(1), x[i].flatten(1).argsort(1))  # ... in this frame's order
-    assert 16 < swapped < 48
-
-
-@needs_nordland
-def test_weight_average_decay_and_pairs_resume_to_the_same_weights(tmp_path):
-    """With `ema_decay` the epochs save the moving average (not the raw network), and its state is part of the
-    resumable checkpoint: an interrupted run (here with pair batches too) ends with the same weights as an
-    uninterrupted one."""
-    import dataclasses
-
-    from geoloc_ros.model import nordland as N
-    from geoloc_ros.model.training import Trainer, TrainConfig
-
-    recs = nordland_records((10, 200))
-    imgs = N.read_images(recs)
-    cfg = TrainConfig(arch="RN-pico", dim=32, image_size=[32, 64], M=10, N=2, groups_num=1, min_images_per_class=2,
-                      epochs_stage1=2, epochs=2, iterations_per_epoch=4, batch_size=8, lr=1e-3, ema_decay=0.9,
-                      weight_decay=0.05, hflip=0.5, pair_weight=1.0, device="cpu")
-    full = Trainer(cfg, recs, tmp_path / "full", images=imgs, progress=False)
-    full.run()
-    saved = load_encoder(tmp_path / "full")
-    raw = full.encoder.encode(imgs[:4])
-    assert saved.fingerprint != full.encoder.fingerprint and not np.allclose(saved.encode(imgs[:4]), raw)
-    Trainer(dataclasses.replace(cfg, epochs=1), recs, tmp_path / "resumed", images=imgs, progress=False).run()
-    Trainer(cfg, recs, tmp_path / "resumed", images=imgs, progress=False).run()
-    assert load_encoder(tmp_path / "resumed").fingerprint == saved.fingerprint
-
-
-@needs_nordland
-def test_bf16_training_where_native_else_fp32_and_resnets_train_channels_last(tmp_path):
-    """`bf16` autocasts training where the CPU has native bf16 (else the run stays fp32) and says which in the
-    checkpoint; the loss still falls, the saved encoder is an ordinary fp32 one and an interrupted run resumes to
-    the same weights. ResNets train channels-last."""
-    from geoloc_ros.model.encoder import cpu_has_bf16
-
-    options = dict(bf16=True, epochs_stage1=2, epochs=3, iterations_per_epoch=12, batch_size=16, lr=2e-3,
-                   classifiers_lr=0.05)
-    t = _one_group_trainer(tmp_path / "full", **options)
-    assert t.net.backbone.conv1.weight.is_contiguous(memory_format=torch.channels_last)
-    t.run()
-    losses = [h["loss"] for h in t.history if h["stage"] == 2]
-    assert losses[-1] < losses[0], losses
-    saved = load_encoder(tmp_path / "full")
-    _one_group_trainer(tmp_path / "resumed", **{**options, "epochs": 1}).run()
-    _one_group_trainer(tmp_path / "resumed", **options).run()
-    assert load_encoder(tmp_path / "resumed").fingerprint == saved.fingerprint
-    assert saved.metadata["precision"] == ("bf16" if cpu_has_bf16() else "fp32")
-    assert all(v.dtype == torch.float32 for v in saved.net.state_dict().values() if v.is_floating_point())
-    d = saved.encode([np.zeros((32, 64, 3), np.uint8), np.full((40, 70, 3), 200, np.uint8)])
-    assert d.dtype == np.float32 and np.allclose(np.linalg.norm(d, axis=1), 1, atol=1e-5)
-    assert _one_group_trainer(tmp_path / "fp32").precision == "fp32"
-
-
-def test_cosine_schedule_decays_stage2_rates_and_constant_keeps_them():
-    from geoloc_ros.model.training import TrainConfig, stage2_lr_scale
-
-    assert [stage2_lr_scale(TrainConfig(epochs=4), e) for e in range(4)] == [1.0] * 4
-    cos = [stage2_lr_scale(TrainConfig(epochs=4, lr_schedule="cosine"), e) for e in range(4)]
-    assert cos[0] == 1.0 and all(a > b for a, b in zip(cos, cos[1:])) and cos[-1] > 0
-    with pytest.raises(ValueError, match="lr_schedule"):
-        stage2_lr_scale(TrainConfig(lr_schedule="step"), 0)
 
 
 # ---- learned whitening ------------------------------------------------------------------------------------------

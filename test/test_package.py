@@ -17,6 +17,7 @@ ROSDEP_KEYS = {
     "std_msgs": "std_msgs", "std_srvs": "std_srvs", "sensor_msgs": "sensor_msgs",
     "geometry_msgs": "geometry_msgs", "nav_msgs": "nav_msgs", "geographic_msgs": "geographic_msgs",
     "diagnostic_msgs": "diagnostic_msgs", "lifecycle_msgs": "lifecycle_msgs", "geoloc_msgs": "geoloc_msgs",
+    "visualization_msgs": "visualization_msgs",
     "launch": "launch", "launch_ros": "launch_ros", "ament_index_python": "ament_index_python",
     "numpy": "python3-numpy", "cv2": "python3-opencv", "pyproj": "python3-pyproj", "tqdm": "python3-tqdm",
     "matplotlib": "python3-matplotlib", "yaml": "python3-yaml", "scipy": "python3-scipy", "tf2_msgs": "tf2_msgs",
@@ -28,6 +29,8 @@ PIP_ONLY = {
     "rosbags": "rosbags", "rosbags_image": "rosbags-image", "safetensors": "safetensors", "onnx": "onnx",
     "onnxruntime": "onnxruntime", "gtsam": "gtsam", "evo": "evo",
 }
+# Python module -> why it is neither pinned nor a rosdep key: optional, imported only where it is used.
+OPTIONAL = {"tensorrt": "CUDA machines only (tensorrt-cu12/-cu13 wheels); deploy/tensorrt_backend.py"}
 
 
 def imported_modules(paths):
@@ -71,7 +74,7 @@ def test_every_import_is_declared():
     pip_names = requirement_names()
     undeclared = []
     for module, where in sorted(imported_modules(product_sources()).items()):
-        if module in sys.stdlib_module_names or module in {"geoloc_ros", "setuptools"}:
+        if module in sys.stdlib_module_names or module in {"geoloc_ros", "setuptools"} or module in OPTIONAL:
             continue
         if module in ROSDEP_KEYS:
             if ROSDEP_KEYS[module] not in exec_depends:

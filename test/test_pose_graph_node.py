@@ -209,7 +209,10 @@ def test_vpr_node_closures_reach_the_pose_graph_at_their_stamps(frames, rclpy_co
     vpr = InProcessNode(rclpy_context, {"map_path": [""], "encoder_path": encoder, "session_map": True,
                                         "odom_topic": "/odom", "session_min_spacing_m": 1.0,
                                         "session_min_interval_s": 0.5, "consistency_k": 1, "device": "cpu",
-                                        "diagnostics_period_s": 0.2})
+                                        "diagnostics_period_s": 0.2,
+                                        # a random encoder's margins are tiny: publish every closure (the
+                                        # operating point is test_loop_closures.py's)
+                                        "loop_closure_min_confidence": 0.0})
     h = Harness(rclpy_context)
     b = Backend(rclpy_context, remap=["loop_closures:=/geoloc_vpr/loop_closures"])
     try:

@@ -27,7 +27,7 @@ import time
 import numpy as np
 import torch
 
-from geoloc_ros.cli.train import NORDLAND_RECIPE
+from geoloc_ros.model.config import load_recipe
 from geoloc_ros.model import archs, evaluation, nordland
 from geoloc_ros.model.training import TrainConfig, Trainer
 from geoloc_ros.model.whitening import fit_learned_whitening, projection_outputs
@@ -58,7 +58,7 @@ def season_images(frames, season):
 def main(name, overrides, out_dir):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     torch.set_num_threads(int(os.environ.get("THREADS", "1")))
-    recipe = {**NORDLAND_RECIPE, "whiten": False, "device": os.environ.get("DEVICE", "cuda"), **overrides}
+    recipe = {**load_recipe("nordland"), "whiten": False, "device": os.environ.get("DEVICE", "cuda"), **overrides}
     cfg = TrainConfig(**recipe)
 
     records = nordland.split(None, frames=nordland.TUNE_TRAIN_FRAMES)

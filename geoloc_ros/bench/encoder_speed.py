@@ -104,19 +104,12 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
-def bench_model(spec: str, device: str = "cpu", batches=(1, 16), repeats: dict | None = None, only=None,
-                images=None, log=print) -> dict:
-    """All variants of one model, interleaved. Returns {"model", "input", "dim", "variants": {label: {...}}}."""
+def _open_variants(ref, device, only, images, log):
+    """Open every variant of `ref`: ({label: encoder}, {label: row with its opening cost and cosine to fp32})."""
     import torch
 
     from geoloc_ros.deploy import open_encoder
 
-    # a GPU call takes milliseconds: more repeats there cost nothing and steady the median
-    repeats = repeats or ({1: 20, 16: 10} if device == "cuda" else {1: 5, 16: 2})
-    images = images or bench_images(max(batches))
-    name, ref, what = model_encoder(spec)
-    h, w = ref.image_size
-    log(f"  {name}: {ref.arch['name']} {h}x{w} -> {ref.dim}-d ({what})")
     encs, rows = {}, {}
     ref_desc = ref.encode(images[:4])
     for label, args in _variants(device, only).items():
@@ -139,6 +132,22 @@ def bench_model(spec: str, device: str = "cpu", batches=(1, 16), repeats: dict |
                        "cosine_min_vs_fp32": round(float((d * ref_desc).sum(1).min()), 6), "runs": {}}
         if args["backend"] == "auto":
             rows[label].update(chose=enc.backend_choice, reason=enc.backend_reason)
+    return encs, rows
+
+
+def bench_model(spec: str, device: str = "cpu", batches=(1, 16), repeats: dict | None = None, only=None,
+                images=None, log=print) -> dict:
+    """All variants of one model, interleaved. Returns {"model", "input", "dim", "variants": {label: {...}}}."""
+    import torch
+
+
+    # a GPU call takes milliseconds: more repeats there cost nothing and steady the median
+    repeats = repeats or ({1: 20, 16: 10} if device == "cuda" else {1: 5, 16: 2})
+    images = images or bench_images(max(batches))
+    name, ref, what = model_encoder(spec)
+    h, w = ref.image_size
+    log(f"  {name}: {ref.arch['name']} {h}x{w} -> {ref.dim}-d ({what})")
+    encs, rows = _open_variants(ref, device, only, images, log)
     for b in batches:
         batch = images[:b]
         # warm-up at this batch size. On a CPU a batch of 2 is enough; on a GPU the first call at a new input shape

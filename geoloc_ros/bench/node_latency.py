@@ -168,7 +168,7 @@ def run_node_benchmark(encoder=None, rates=(10, 30), duration_s: float = 20.0, o
     per_rate = {}
     params = [f"map_path:=['{tmp / 'map'}']", f"device:={device}", f"inference_threads:={int(threads or 0)}",
               f"encoder_backend:={backend}", "image_qos:=reliable"]
-    with node_process(params, out_dir / "vpr_node.log", name="geoloc_bench", image_qos="reliable") as h:
+    with node_process(params, out_dir / "vpr_node.log", name="geoloc_bench") as h:
         if not h.wait_for_subscriber(timeout=300):
             raise RuntimeError(f"vpr_node did not start; see {out_dir / 'vpr_node.log'}")
         h.play(msgs(5), 2)  # warm-up: first inference allocations, DDS discovery of the result topics

@@ -1,5 +1,5 @@
-"""Training speed: seconds per stage-2 step of the bundled recipe (`NORDLAND_RECIPE`: RN-nano at 64x128, pair
-batches of 128 images) per precision and memory layout, on the real `Trainer`.
+"""Training speed: seconds per stage-2 step of the bundled recipe (geoloc_ros/model/recipes/nordland.yaml: RN-nano
+at 64x128, pair batches of 128 images) per precision and memory layout, on the real `Trainer`.
 
 Each variant runs two stage-2 epochs of `steps` iterations on the nordland64 training stretch and times the second
 (the first warms up oneDNN's kernels). Stage 1 is skipped: the image-to-text loss gets random text features,
@@ -18,8 +18,8 @@ VARIANTS = {"fp32 NCHW": {"bf16": False, "channels_last": False},
 def run_train_benchmark(steps: int = 20, quick: bool = False, device: str = "cpu", log=print) -> dict:
     import torch
 
-    from geoloc_ros.cli.train import NORDLAND_RECIPE
     from geoloc_ros.model import nordland as N
+    from geoloc_ros.model.config import load_recipe
     from geoloc_ros.model.encoder import native_bf16, resolve_device
     from geoloc_ros.model.training import Trainer, TrainConfig
 
@@ -29,8 +29,8 @@ def run_train_benchmark(steps: int = 20, quick: bool = False, device: str = "cpu
     if not records:
         return {"error": "not measured: ../shared/data/nordland64 is missing"}
     images = N.read_images(records)
-    recipe = {**NORDLAND_RECIPE, "epochs": 2, "iterations_per_epoch": steps, "whiten": False, "device": device}
-    out = {"recipe": "NORDLAND_RECIPE", "arch": recipe["arch"], "image_size": recipe["image_size"],
+    recipe = {**load_recipe("nordland"), "epochs": 2, "iterations_per_epoch": steps, "whiten": False, "device": device}
+    out = {"recipe": "nordland.yaml", "arch": recipe["arch"], "image_size": recipe["image_size"],
            "batch_size": recipe["batch_size"], "steps_timed": steps, "frames": list(frames),
            "threads": torch.get_num_threads(), "variants": {}}
     log(f"  stage-2 steps: {recipe['arch']} {recipe['image_size']}, batch {recipe['batch_size']}, {steps} steps "

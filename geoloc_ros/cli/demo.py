@@ -15,6 +15,7 @@ import os
 from pathlib import Path
 import time
 
+from geoloc_ros.cli import demo_slam
 from geoloc_ros.resources import resource
 
 TOLERANCE_M = 25.0
@@ -35,11 +36,13 @@ def add_parser(sub):
     p.add_argument("--device", default="auto", help="node device: auto, cpu, cuda")
     p.add_argument("--config", type=Path, default=resource("config", "vpr.yaml"),
                    help="node parameter file (default: the shipped config/vpr.yaml)")
-    p.add_argument("--out", type=Path, default=Path("runs/demo"), help="folder for the plot and summary.json")
+    p.add_argument("--out", type=Path, default=None,
+                   help="folder for the plot and summary.json (default runs/demo; with --slam runs/demo_slam)")
     p.add_argument("--limit", type=int, default=None, help="replay only the first N frames")
     p.add_argument("--param", action="append", default=None, metavar="NAME:=VALUE",
                    help="node parameter override, repeatable (default: consistency_mode:=sequence, since the bag "
                         "holds one frame per map keyframe spacing)")
+    demo_slam.add_args(p)
     p.set_defaults(func=run)
 
 
@@ -54,12 +57,14 @@ def find_bag(map_dir: Path) -> Path:
 
 
 def run(args):
+    if args.slam:
+        return demo_slam.run(args)
     map_dir = args.map or resource("maps", "nordland_demo")
     if not (map_dir / "manifest.json").is_file():
         raise SystemExit(f"geoloc demo: {map_dir} is not a built map (no manifest.json); build it with `geoloc map` "
                          f"or pass --map")
     bag = args.bag or find_bag(map_dir)
-    summary = run_demo(map_dir, bag, out_dir=args.out, rate=args.rate, device=args.device,
+    summary = run_demo(map_dir, bag, out_dir=args.out or Path("runs/demo"), rate=args.rate, device=args.device,
                        image_topic=args.image_topic, fix_topic=args.fix_topic, limit=args.limit, config=args.config,
                        extra_params=args.param if args.param is not None else DEMO_PARAMS)
     print_summary(summary)

@@ -8,11 +8,15 @@ within `--frame-tolerance` frames (frame numbers read from the file names). `--p
         [--frames 19210:24000] [--frame-tolerance 2] [--baselines] [--json out.json]
     geoloc eval --encoder progeo_rn50.safetensors --dataset pitts30k/images/test --protocol vg --resize native
     geoloc eval --nordland-report [--encoder maps/nordland_demo] [--json out.json]
+    geoloc eval --loop-closures --encoder ENC --database DB --queries Q --sequence-spacing 10 \\
+        --split tuning=19210:21600 --split held-out=21610:24000   (geoloc_ros/cli/eval_closures.py)
 """
 
 from __future__ import annotations
 
 import json
+
+from geoloc_ros.cli import eval_closures
 
 
 def add_parser(sub):
@@ -52,6 +56,7 @@ def add_parser(sub):
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument("--json", default=None, help="write the results as JSON to this file")
+    eval_closures.add_arguments(p)
     p.set_defaults(func=run)
 
 
@@ -61,6 +66,8 @@ def run(args):
 
     if args.threads:
         torch.set_num_threads(args.threads)
+    if args.loop_closures:
+        return eval_closures.run(args)
     if args.nordland_report:
         from geoloc_ros.model.nordland_report import report
 
@@ -78,21 +85,11 @@ def run(args):
         raise SystemExit("geoloc eval: give --database, --queries and --encoder (or --baselines), "
                          "or --nordland-report")
 
-    from geoloc_ros.datasets import load_dataset, read_image
+    from geoloc_ros.datasets import read_image
     from geoloc_ros.model import evaluation as E
     from geoloc_ros.model.nordland import frame_number
 
-    def load(path):
-        recs = load_dataset(path, sequence_spacing=args.sequence_spacing)
-        if args.frames:
-            lo, hi = (int(v) for v in args.frames.split(":"))
-            recs = [r for r in recs if lo <= frame_number(r.path) <= hi]
-        if not recs:
-            raise SystemExit(f"geoloc eval: no images in {path}" + (f" within frames {args.frames}" if args.frames
-                                                                    else ""))
-        return recs
-
-    db, q = load(args.database), load(args.queries)
+    db, q = _records(args, args.database), _records(args, args.queries)
     db_img = [read_image(r.path) for r in db]
     q_img = [read_image(r.path) for r in q]
     vg = args.protocol == "vg"
@@ -105,21 +102,7 @@ def run(args):
         step = int(np.median(np.diff(np.sort(dbf)))) if len(dbf) > 1 else 1
         protocols[f"+-{args.frame_tolerance} frames"] = E.positives_by_frame(dbf, qf, args.frame_tolerance * step)
 
-    methods = {}
-    if args.baselines:
-        methods["raw pixels (normalised)"] = (E.raw_pixel_descriptors(db_img), E.raw_pixel_descriptors(q_img))
-        methods["raw pixels (SeqSLAM patch-norm)"] = (E.raw_pixel_descriptors(db_img, patch=8),
-                                                      E.raw_pixel_descriptors(q_img, patch=8))
-    if args.encoder:
-        from geoloc_ros.model import load_encoder
-
-        enc = load_encoder(args.encoder, device=args.device)
-        options = {"batch_size": args.batch_size, "raw": vg, "native_size": args.resize == "native"}
-        try:
-            methods[f"encoder {enc.arch.get('name')} ({enc.fingerprint[:8]})"] = (
-                enc.encode(db_img, **options), enc.encode(q_img, **options))
-        except ValueError as e:
-            raise SystemExit(f"geoloc eval: {e}")
+    methods = _methods(args, db_img, q_img, vg)
 
     results = {"database": args.database, "queries": args.queries, "database_size": len(db), "queries_size": len(q),
                "protocol": args.protocol, "resize": args.resize,
@@ -136,6 +119,43 @@ def run(args):
     if args.json:
         _write_json(args.json, results)
     return 0
+
+
+def _records(args, path):
+    """The dataset at `path`, within --frames; refuses an empty one."""
+    from geoloc_ros.datasets import load_dataset
+    from geoloc_ros.model.nordland import frame_number
+
+    recs = load_dataset(path, sequence_spacing=args.sequence_spacing)
+    if args.frames:
+        lo, hi = (int(v) for v in args.frames.split(":"))
+        recs = [r for r in recs if lo <= frame_number(r.path) <= hi]
+    if not recs:
+        raise SystemExit(f"geoloc eval: no images in {path}" + (f" within frames {args.frames}" if args.frames
+                                                                else ""))
+    return recs
+
+
+def _methods(args, db_img, q_img, vg) -> dict:
+    """method name -> (database descriptors, query descriptors): the baselines and the encoder asked for."""
+    from geoloc_ros.model import evaluation as E
+
+    methods = {}
+    if args.baselines:
+        methods["raw pixels (normalised)"] = (E.raw_pixel_descriptors(db_img), E.raw_pixel_descriptors(q_img))
+        methods["raw pixels (SeqSLAM patch-norm)"] = (E.raw_pixel_descriptors(db_img, patch=8),
+                                                      E.raw_pixel_descriptors(q_img, patch=8))
+    if args.encoder:
+        from geoloc_ros.model import load_encoder
+
+        enc = load_encoder(args.encoder, device=args.device)
+        options = {"batch_size": args.batch_size, "raw": vg, "native_size": args.resize == "native"}
+        try:
+            methods[f"encoder {enc.arch.get('name')} ({enc.fingerprint[:8]})"] = (
+                enc.encode(db_img, **options), enc.encode(q_img, **options))
+        except ValueError as e:
+            raise SystemExit(f"geoloc eval: {e}")
+    return methods
 
 
 def _write_json(path, obj):

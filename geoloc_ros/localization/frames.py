@@ -26,6 +26,8 @@ class Frame:
     received_mono: float = 0.0  # time.monotonic() when it arrived, for the node's latency figures
     odom: tuple | None = None  # latest odometry (x, y, z) when it arrived
     fix: tuple | None = None  # latest valid NavSatFix (lat, lon, alt) when it arrived
+    camera_model: object | None = None  # geoloc_ros.geometry.PinholeCamera from the camera's CameraInfo, if known
+    depth: np.ndarray | None = None  # aligned depth image, HxW uint16 millimetres or float32 metres, if paired
 
     @property
     def time_ns(self) -> int:
@@ -45,6 +47,13 @@ class Candidate:
     rank: int = 0
     verified: bool = False
     inliers: int = 0
+    relative_pose: object | None = None  # geoloc_ros.geometry.RelativePose: query camera in the keyframe camera
+    confidence: float = 0.0  # of a loop closure, in [0, 1] (localization/confidence.py); 0 for plain candidates
+
+    @property
+    def relative_pose_kind(self) -> str:
+        """"metric", "direction" or "none" (no pose computed)."""
+        return self.relative_pose.kind if self.relative_pose is not None else "none"
 
     @property
     def key(self) -> tuple:
@@ -76,3 +85,4 @@ class FrameResult:
     encode_ms: float = 0.0  # per frame of the batch
     search_ms: float = 0.0
     session_keyframe: int | None = None  # id of the session keyframe this frame became, if it did
+    evidence: object = None  # confidence.Evidence of this frame's loop closure before the threshold, if it had one

@@ -12,6 +12,7 @@ import time
 
 import numpy as np
 
+from geoloc_ros.localization.confidence import ClosureHistory, Evidence, confidence, similarity_margin
 from geoloc_ros.localization.consistency import ConsistencyFilter, SequenceMatcher
 from geoloc_ros.localization.frames import SESSION_MAP_ID, Candidate, FrameResult, Pose
 from geoloc_ros.localization.fusion import covariance6, fuse
@@ -30,6 +31,8 @@ class Localizer:
         self.consistency = ConsistencyFilter(s.consistency_k, s.consistency_radius_m, s.consistency_id_window)
         self.sequence = SequenceMatcher(s.sequence_window, min_margin=s.sequence_min_margin) \
             if s.consistency_mode == "sequence" else None
+        self.history = ClosureHistory(self.consistency.agree, s.consistency_radius_m,
+                                      must_advance=self.sequence is not None)
 
     @property
     def settings(self):
@@ -46,12 +49,14 @@ class Localizer:
         encode_ms, search_ms = (t1 - t0) * 1e3 / len(frames), (t2 - t1) * 1e3 / len(frames)
         results = []
         for frame, d, cands in zip(frames, desc, candidates):
-            closures = self.closures(frame.camera, d, cands)
+            closures, sequence_margin = self.closures(frame.camera, d, cands)
             if closures and self.verifier is not None:
                 closures = self.verifier.verify(frame, closures)
+            evidence = self._rate(frame, cands, closures, sequence_margin)
+            closures = [c for c in closures if c.confidence >= self.settings.loop_closure_min_confidence]
             pose = self.pose(closures) if closures else None
             results.append(FrameResult(frame, cands, closures, pose, encode_ms, search_ms,
-                                       self._add_to_session(frame, d)))
+                                       self._add_to_session(frame, d), evidence))
         return results
 
     # -- search ------------------------------------------------------------------------------------------------
@@ -73,14 +78,15 @@ class Localizer:
         return out
 
     # -- loop closures ----------------------------------------------------------------------------------------
-    def closures(self, camera: str, desc, cands) -> list[Candidate]:
-        """The candidates believed as loop closures for this frame of `camera` (empty: none yet)."""
+    def closures(self, camera: str, desc, cands) -> tuple[list[Candidate], float | None]:
+        """The candidates believed as loop closures for this frame of `camera` (empty: none yet), before any
+        confidence threshold, and the sequence margin (sequence mode; else None)."""
         if self.sequence is not None and self.snapshot.maps:
             return self._sequence_closures(camera, desc, cands)
         best = cands[0].key if cands else None
         if not self.consistency.update(camera, best):
-            return []
-        return [_copy(c) for c in cands if self.consistency.agree(best, c.key)]
+            return [], None
+        return [_copy(c) for c in cands if self.consistency.agree(best, c.key)], None
 
     def _sequence_closures(self, camera, desc, cands):
         """The end of the best-scoring run of map rows, then the frame's own candidates that agree with it (same
@@ -92,13 +98,31 @@ class Localizer:
             if found is not None and (best is None or found[1] > best[1][1]):
                 best = (m, found)
         if best is None or best[1][2] < self.sequence.min_margin:
-            return []
-        m, (row, _score, _margin) = best
+            return [], None
+        m, (row, _score, margin) = best
         kf = m.db.keyframe(int(m.row_ids[row]))
         anchor = Candidate(m.id, m.name, kf, float(np.dot(desc, m.descriptors[row])))
         picked = [anchor] + [_copy(c) for c in cands if c.map_id == m.id and c.keyframe.id != kf.id
                              and self.consistency.agree(anchor.key, c.key)]
-        return _ranked(picked)
+        return _ranked(picked), margin
+
+    def _rate(self, frame, cands, closures, sequence_margin) -> Evidence | None:
+        """Set every closure's confidence (docs/node.md, "Loop-closure confidence"); the evidence, or None when
+        the frame has no closure. Agreement and odometry are recorded before any threshold, so the confidence of a
+        frame does not depend on loop_closure_min_confidence."""
+        s = self.settings
+        anchor = closures[0] if closures else None
+        agreement, odometry_ok = self.history.update(frame.camera, anchor, frame.odom)
+        if anchor is None:
+            return None
+        agree = self.consistency.agree
+        evidence = Evidence(similarity_margin(anchor, cands, agree), agreement, sequence_margin,
+                            anchor.inliers if anchor.verified else 0, s.verification_min_inliers, odometry_ok)
+        # a closure of consecutive agreement (also sequence mode's fallback on the session map alone) is rated so
+        value = confidence(evidence, "consecutive" if sequence_margin is None else "sequence")
+        for c in closures:
+            c.confidence = value
+        return evidence
 
     # -- pose -------------------------------------------------------------------------------------------------
     def pose(self, closures) -> Pose | None:

@@ -9,9 +9,9 @@ import threading
 
 from geoloc_ros.localization.frames import SESSION_MAP_ID, Candidate
 
-# Session keyframes keep their ORB features (for verification) within this budget; beyond it the oldest
-# keyframes' features are dropped (those keyframes can then no longer be verified). At the default 1000 features
-# a keyframe holds about 40 KB, so this is about 6,500 keyframes.
+# Session keyframes keep their local features (for verification) within this budget; beyond it the oldest
+# keyframes' features are dropped (those keyframes can then no longer be verified). SIFT at the default 2000
+# keypoints is 2000 x (128 + 8 + 4) bytes = 280 KB per keyframe, so this is about 950 keyframes (ORB: 88 KB, ~3,000).
 SESSION_FEATURE_BYTES = 256 * 1024 * 1024
 
 
@@ -24,8 +24,12 @@ class FeatureStore:
         self._lock = threading.Lock()
 
     @staticmethod
-    def _size(features) -> int:
-        return sum(getattr(a, "nbytes", 0) for a in features)
+    def _size(item) -> int:
+        """Bytes of the arrays in `item`: a tuple of arrays, or of geometry.Features (and a camera model)."""
+        arrays = []
+        for part in item if isinstance(item, tuple) else (item,):
+            arrays.extend((part.keypoints, part.descriptors, part.depth) if hasattr(part, "keypoints") else (part,))
+        return sum(getattr(a, "nbytes", 0) for a in arrays)
 
     def put(self, key, features):
         with self._lock:

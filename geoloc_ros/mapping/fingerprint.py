@@ -3,11 +3,11 @@ carries, read from its header without loading weights (or torch)."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from geoloc_ros.mapping import storage
 from geoloc_ros.mapping.storage import MapError
+from geoloc_ros.model.checkpoint import read_safetensors_metadata
 
 
 def carried_encoder(folder: Path, files: dict, fingerprint: str) -> Path | None:
@@ -36,11 +36,6 @@ def read_encoder_fingerprint(path) -> str:
     """The fingerprint in an encoder.safetensors header, read without loading weights (or torch)."""
     path = Path(path)
     try:
-        with open(path, "rb") as f:
-            n = int.from_bytes(f.read(8), "little")
-            if not 0 < n < 100_000_000:
-                raise ValueError("bad header length")
-            meta = json.loads(f.read(n)).get("__metadata__", {})
-        return meta["fingerprint"]
-    except (OSError, ValueError, KeyError) as e:
+        return read_safetensors_metadata(path)["fingerprint"]
+    except (OSError, ValueError, KeyError) as e:  # CheckpointError is a ValueError
         raise MapError(f"{path}: not an encoder checkpoint with a fingerprint ({e})") from None

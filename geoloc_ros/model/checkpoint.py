@@ -99,16 +99,27 @@ def load_encoder(path, device="auto", half: bool | None = None, arch: str | None
     return Encoder(net, preprocess, meta, device=device, half=half, batch_size=batch_size)
 
 
+def read_safetensors_metadata(file) -> dict:
+    """The ``__metadata__`` strings of a safetensors file, parsed from its header alone: no weights read and no
+    torch, so the map database reads encoder fingerprints with it too. Raises CheckpointError naming the file."""
+    file = Path(file)
+    try:
+        with open(file, "rb") as f:
+            n = int.from_bytes(f.read(8), "little")
+            if not 0 < n < 100_000_000:
+                raise ValueError("bad header length")
+            header = json.loads(f.read(n))
+        if not isinstance(header, dict):
+            raise ValueError("the header is not a JSON object")
+    except (OSError, ValueError) as e:  # JSON and UTF-8 decoding errors are ValueErrors
+        raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
+    return dict(header.get("__metadata__") or {})
+
+
 def read_header(path) -> dict:
     """The metadata of an ``encoder.safetensors`` file (no weights loaded), JSON fields decoded."""
-    from safetensors import safe_open
-
     file = find_checkpoint(path)
-    try:
-        with safe_open(str(file), framework="pt") as f:
-            meta = dict(f.metadata() or {})
-    except Exception as e:  # noqa: BLE001 - safetensors raises several types
-        raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
+    meta = read_safetensors_metadata(file)
     for k in ("arch", "preprocess", "training"):
         if k in meta:
             meta[k] = json.loads(meta[k])

@@ -58,9 +58,13 @@ def read_images(records) -> list[np.ndarray]:
     return [read_image(r.path) for r in records]
 
 
-def is_blank(img, threshold: float = 2.0) -> bool:
-    """Uniform frames (recording artefacts) have almost no variance."""
-    return float(np.asarray(img, dtype=np.float32).std()) < threshold
+def is_blank(img, threshold: float = 3.0) -> bool:
+    """Uniform frames (recording artefacts): the node's one blank-frame rule (geoloc_ros.node.images.grey_spread,
+    ROS-free), so training, the reports and the node agree on what is blank. (The standard-deviation rule used here
+    before flagged none of nordland64's 4,800 frames: their blank frames carry a few stray bright pixels.)"""
+    from geoloc_ros.node.images import is_blank as blank_by_grey_spread
+
+    return blank_by_grey_spread(np.asarray(img), threshold)
 
 
 def split(root=None, frames=TRAIN_FRAMES, seasons=SEASONS):

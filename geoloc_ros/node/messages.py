@@ -20,20 +20,24 @@ from geoloc_ros.stamps import set_stamp, stamp_ns
 
 # -- inputs -----------------------------------------------------------------------------------------------------
 def to_frame(msg, camera: str, topic: str, received_ns: int, received_mono: float, blank_threshold: float,
-             odom=None, fix=None) -> Frame:
-    """A decoded Frame of an Image / CompressedImage; FrameError (with its diagnostics kind) when unusable."""
+             odom=None, fix=None, max_pixels: int | None = MAX_IMAGE_PIXELS, mono16_max: int = 0, camera_model=None,
+             depth=None) -> Frame:
+    """A decoded Frame of an Image / CompressedImage; FrameError (with its diagnostics kind) when unusable.
+    `max_pixels` and `mono16_max`: the node's max_image_pixels and mono16_max (see images.message_to_rgb);
+    `camera_model`: the camera's PinholeCamera (CameraInfo) or None; `depth`: its paired depth image or None."""
+    rgb = pixels(msg, blank_threshold, max_pixels=max_pixels, mono16_max=mono16_max)
     return Frame(camera=camera, topic=topic, stamp_ns=stamp_ns(msg.header.stamp), frame_id=msg.header.frame_id,
-                 rgb=pixels(msg, blank_threshold), received_ns=received_ns, received_mono=received_mono,
-                 odom=odom, fix=fix)
+                 rgb=rgb, received_ns=received_ns, received_mono=received_mono, odom=odom, fix=fix,
+                 camera_model=camera_model, depth=depth)
 
 
-def pixels(msg, blank_threshold: float, max_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndarray:
+def pixels(msg, blank_threshold: float, max_pixels: int | None = MAX_IMAGE_PIXELS, mono16_max: int = 0) -> np.ndarray:
     """HxWx3 RGB of a camera message. An unpadded rgb8 Image is viewed in place (no copy: the encoder only reads
     its input, and the Frame holds the message's buffer while it is processed), with the same size and blank
     checks; everything else takes the checked, converting path (images.message_to_rgb)."""
     view = image_view(msg) if not hasattr(msg, "format") else None
     if view is None or view.ndim != 3:
-        return message_to_rgb(msg, blank_threshold, max_pixels)
+        return message_to_rgb(msg, blank_threshold, max_pixels=max_pixels, mono16_max=mono16_max)
     check_size(view.shape[1], view.shape[0], max_pixels)
     check_blank(view, blank_threshold)
     return view
@@ -64,19 +68,43 @@ def candidate_message(c) -> PlaceCandidate:
     k = c.keyframe
     m = PlaceCandidate(map_name=c.map_name, keyframe_id=int(k.id), keyframe_label=k.label, rank=int(c.rank),
                        similarity=float(c.similarity), latitude=float(k.lat), longitude=float(k.lon),
-                       altitude=float(k.alt), verified=bool(c.verified), inliers=int(c.inliers))
+                       altitude=float(k.alt), verified=bool(c.verified), inliers=int(c.inliers),
+                       confidence=float(c.confidence))
     set_stamp(m.keyframe_stamp, k.stamp_ns)
     if k.has_position:
         m.pose.position.x, m.pose.position.y = float(k.x), float(k.y)
         m.pose.position.z = float(k.z) if math.isfinite(k.z) else 0.0
     m.pose.orientation.x, m.pose.orientation.y = float(k.qx), float(k.qy)
     m.pose.orientation.z, m.pose.orientation.w = float(k.qz), float(k.qw)
+    fill_relative_pose(m, c.relative_pose)
     return m
+
+
+RELATIVE_POSE_KINDS = {"none": PlaceCandidate.RELATIVE_POSE_NONE, "direction": PlaceCandidate.RELATIVE_POSE_DIRECTION,
+                       "metric": PlaceCandidate.RELATIVE_POSE_METRIC}
+
+
+def fill_relative_pose(m: PlaceCandidate, relative) -> None:
+    """relative_pose and relative_pose_kind of a PlaceCandidate from a geometry.RelativePose (None: kind NONE,
+    identity, zero covariance -- the message's defaults)."""
+    m.relative_pose.pose.orientation.w = 1.0
+    if relative is None or relative.kind == "none":
+        m.relative_pose_kind = PlaceCandidate.RELATIVE_POSE_NONE
+        return
+    from geoloc_ros.geometry import pose_message_fields
+
+    (x, y, z), (qx, qy, qz, qw), cov = pose_message_fields(relative.T_ab, relative.covariance)
+    p = m.relative_pose.pose
+    p.position.x, p.position.y, p.position.z = x, y, z
+    p.orientation.x, p.orientation.y, p.orientation.z, p.orientation.w = qx, qy, qz, qw
+    m.relative_pose.covariance = cov
+    m.relative_pose_kind = RELATIVE_POSE_KINDS[relative.kind]
 
 
 def recognition_message(result, candidates) -> PlaceRecognition:
     """~/place_recognition (result.candidates) or ~/loop_closures (result.closures) of one frame."""
     return PlaceRecognition(header=header_of(result.frame), camera_topic=result.frame.topic,
+                            camera_frame_id=result.frame.frame_id,
                             encode_ms=float(result.encode_ms), search_ms=float(result.search_ms),
                             candidates=[candidate_message(c) for c in candidates])
 

@@ -36,6 +36,9 @@ PARAMETERS = [
      "what most drivers and image_transport publish), 'sensor_data' (best effort: matches every publisher, but "
      "best-effort frames of 640x480 and more from another process are lost with the Fast DDS of the PyPI "
      "wheels), 'system_default'. Depth 1: the newest frame wins.", None),
+    ("no_frames_warn_s", 5.0, "/diagnostics warns when a camera topic has publishers but no frame has arrived "
+     "for this long (a QoS mismatch, or best-effort frames lost in transport); 0 disables the warning.",
+     (0.0, 3600.0)),
     ("max_image_pixels", 40_000_000, "Frames whose width x height (read from the message, or from the PNG/JPEG "
      "header before decoding) exceed this are refused as 'too_large'; 40 MP is above 8K (33 MP).",
      (1, 2_000_000_000)),
@@ -58,12 +61,29 @@ PARAMETERS = [
     ("sequence_window", 8, "Frames per sequence in 'sequence' mode.", (2, 100)),
     ("sequence_min_margin", 1.0, "'sequence' mode: the best run's score over the best run elsewhere in the map "
      "must reach this (1.0 accepts every best run).", (1.0, 10.0)),
-    ("verification", False, "Geometric verification of loop closures (ORB features + RANSAC fundamental "
-     "matrix); needs the keyframe image (session keyframes, or verification_image_dir).", None),
+    ("loop_closure_min_confidence", 0.96, "Loop closures whose confidence (PlaceCandidate.confidence, in [0, 1]: "
+     "docs/node.md, 'Loop-closure confidence and operating point') is below this are not published on "
+     "~/loop_closures; the default was chosen for precision >= 0.99 on held-out Nordland data (0: publish all).",
+     (0.0, 1.0)),
+    ("verification", False, "Geometric verification of loop closures against the keyframes' stored local "
+     "features and camera models (maps built with local features; session keyframes keep theirs): verified, "
+     "inliers and relative_pose are filled in, and only verified candidates stay loop closures.", None),
     ("verification_min_inliers", 15, "RANSAC inliers needed to accept a candidate.", (4, 10000)),
-    ("verification_features", 1000, "ORB features extracted per image for verification.", (50, 20000)),
-    ("verification_image_dir", "", "Directory holding the map keyframes' images under their labels (empty: "
-     "only session keyframes can be verified).", None),
+    ("verification_require_pose", "none", "What a verified loop closure must also have: 'none' (enough inliers), "
+     "'direction' (a relative pose, at least rotation and translation direction: needs both camera models) or "
+     "'metric' (a metric relative pose: also needs depth at the query or the keyframe).", None),
+    ("verification_detector", "sift", "Local features kept for session keyframes ('sift', 'orb', 'akaze'); a "
+     "prior map's candidates are compared with the query's features of that map's own detector.", None),
+    ("verification_max_keypoints", 2000, "Keypoints detected per query frame and per session keyframe.",
+     (50, 20000)),
+    # -- camera models and depth -------------------------------------------------------------------------------
+    ("camera_info_topics", [""], "sensor_msgs/CameraInfo topic per image topic, in image_topics order ('' or "
+     "the default ['']: image_transport's sibling <namespace>/camera_info of <namespace>/image_raw, and "
+     "<image_topic>/camera_info).", None),
+    ("depth_topics", [""], "Aligned depth image (sensor_msgs/Image 16UC1 millimetres or 32FC1 metres) per "
+     "image topic, in image_topics order ('': no depth for that camera).", None),
+    ("depth_tolerance_s", 0.02, "A depth image pairs with a colour frame when their header stamps differ by at "
+     "most this.", (0.0, 1.0)),
     # -- session map ------------------------------------------------------------------------------------------
     ("session_map", False, "Add keyframes seen during the run to an in-memory session map that is searched too.",
      None),
@@ -84,6 +104,8 @@ PARAMETERS = [
     ("covariance_scale", 1.0, "Multiplies the spread-derived position variance.", (0.0, 1000.0)),
     ("yaw_floor_deg", 10.0, "Yaw standard deviation never reported below this (degrees); unknown headings "
      "report a yaw variance of 1e6.", (0.0, 180.0)),
+    ("publish_markers", False, "Publish loop closures as visualization_msgs/MarkerArray on "
+     "~/loop_closure_markers (lines from the query to each closure keyframe, in map_frame).", None),
     ("diagnostics_period_s", 1.0, "Period of /diagnostics messages.", (0.05, 60.0)),
     ("autostart", True, "Configure and activate on start (set false under a lifecycle manager).", None),
 ]
@@ -102,6 +124,7 @@ class Settings:
     image_topics: list
     subscribe_compressed: bool
     image_qos: str
+    no_frames_warn_s: float
     max_image_pixels: int
     mono16_max: int
     odom_topic: str
@@ -115,10 +138,15 @@ class Settings:
     consistency_mode: str
     sequence_window: int
     sequence_min_margin: float
+    loop_closure_min_confidence: float
     verification: bool
     verification_min_inliers: int
-    verification_features: int
-    verification_image_dir: str
+    verification_require_pose: str
+    verification_detector: str
+    verification_max_keypoints: int
+    camera_info_topics: list
+    depth_topics: list
+    depth_tolerance_s: float
     session_map: bool
     session_min_spacing_m: float
     session_min_interval_s: float
@@ -130,6 +158,7 @@ class Settings:
     covariance_floor_m: float
     covariance_scale: float
     yaw_floor_deg: float
+    publish_markers: bool
     diagnostics_period_s: float
     autostart: bool
 
@@ -140,9 +169,12 @@ class Settings:
 
 # Parameters that must be one of a few words, and those that name topics.
 CHOICES = {"consistency_mode": ("consecutive", "sequence"),
-           "image_qos": ("reliable", "sensor_data", "system_default")}
-TOPICS = ("image_topics", "odom_topic", "fix_topic")
-OPTIONAL = ("odom_topic", "fix_topic")  # may be empty: no subscription
+           "image_qos": ("reliable", "sensor_data", "system_default"),
+           "verification_require_pose": ("none", "direction", "metric"),
+           "verification_detector": ("sift", "orb", "akaze")}
+TOPICS = ("image_topics", "odom_topic", "fix_topic", "camera_info_topics", "depth_topics")
+OPTIONAL = ("odom_topic", "fix_topic", "camera_info_topics", "depth_topics")  # may be empty: no subscription
+PER_CAMERA = ("camera_info_topics", "depth_topics")  # one entry per image topic, or all empty
 STRING_OR_LIST = ("map_path",)  # `-p map_path:=/data/map` is one map; a list is several
 _ERRORS = "_geoloc_parameter_errors"
 
@@ -274,6 +306,11 @@ def read(node) -> Settings:
     settings = Settings(**values)
     if not settings.image_topics:
         raise ParameterError("image_topics is empty: nothing to listen to")
+    for name in PER_CAMERA:
+        given = getattr(settings, name)
+        if any(given) and len(given) != len(settings.image_topics):
+            raise ParameterError(f"{name}: {len(given)} entries for {len(settings.image_topics)} image_topics "
+                                 f"(give one per image topic, '' for the default)")
     if not settings.maps and not settings.encoder_path:
         raise ParameterError(f"no encoder: map_path {settings.map_path!r} names no map, so encoder_path must name "
                              f"the encoder")

@@ -63,7 +63,7 @@ class OdometryNoise:
     """Default between-factor sigmas for odometry that reports no covariance: a floor plus a share of the step."""
 
     translation_ratio: float = 0.05  # sigma per metre travelled
-    rotation_per_m: float = 0.01  # rad of heading sigma per metre travelled
+    rotation_per_m: float = 0.01  # rad of heading sigma after 1 m travelled, growing with sqrt(distance)
     rotation_ratio: float = 0.05  # sigma per radian turned
     min_translation_m: float = 0.01
     min_rotation_rad: float = 0.002
@@ -72,8 +72,13 @@ class OdometryNoise:
         dist = float(np.linalg.norm(step.translation()))
         angle = float(np.linalg.norm(gtsam.Rot3.Logmap(step.rotation())))
         st = max(self.min_translation_m, self.translation_ratio * dist)
-        sr = max(self.min_rotation_rad, self.rotation_per_m * dist + self.rotation_ratio * angle)
-        return np.diag([sr * sr] * 3 + [st * st] * 3)
+        # Heading is a random walk in distance: sigma rotation_per_m after 1 m, growing with sqrt(distance), so
+        # the model is the same whether odometry comes every metre or every 10 m (a per-metre linear term gave
+        # 0.1 rad per 10 m step: a 2.3 km lap alone then made iSAM2 raise IndeterminateLinearSystem). Only yaw
+        # wanders with distance; tilt does not (odom frames are gravity-aligned, REP-105). docs/slam.md.
+        tilt = max(self.min_rotation_rad, self.rotation_ratio * angle)
+        yaw = max(self.min_rotation_rad, self.rotation_per_m * math.sqrt(dist) + self.rotation_ratio * angle)
+        return np.diag([tilt * tilt, tilt * tilt, yaw * yaw] + [st * st] * 3)
 
 
 def odometry_covariance(step: gtsam.Pose3, orientation: gtsam.Rot3, message_cov, defaults: OdometryNoise) -> np.ndarray:

@@ -35,7 +35,8 @@ PARAMETERS = [
      (0.0, 3600.0)),
     ("odom_translation_sigma_ratio", 0.05, "Odometry without covariance: translation sigma per metre.",
      (0.0, 10.0)),
-    ("odom_rotation_sigma_per_m", 0.01, "Odometry without covariance: rotation sigma (rad) per metre.",
+    ("odom_rotation_sigma_per_m", 0.01, "Odometry without covariance: heading sigma (rad) after 1 m, growing with "
+     "the square root of the distance (a random walk); roll and pitch do not grow with distance.",
      (0.0, 10.0)),
     ("odom_rotation_sigma_ratio", 0.05, "Odometry without covariance: rotation sigma per radian turned.",
      (0.0, 10.0)),
