@@ -39,7 +39,7 @@ from visualization_msgs.msg import MarkerArray
 
 from geoloc_ros.localization import SESSION_MAP_ID, LoadError, Localizer, SessionMap, load_snapshot, verification
 from geoloc_ros.localization.localizer import CONSISTENCY_MODES
-from geoloc_ros.localization.snapshot import carries_checkpoint, describe_encoder, load_maps
+from geoloc_ros.localization.snapshot import backend_values, carries_checkpoint, describe_encoder, load_maps
 from geoloc_ros.node import messages, params
 from geoloc_ros.node.camera_inputs import CameraInputs
 from geoloc_ros.node.camera_watch import CameraWatch
@@ -268,8 +268,7 @@ class VprNode(LifecycleNode):
             self.get_logger().warning(f"{topic}: dropping frame: {text}")
 
     def _publish(self, result):
-        """~/place_recognition always, first; ~/loop_closures and the pose outputs when the frame closed a loop
-        and someone listens (building and converting a message nobody takes costs the next frame its CPU)."""
+        """~/place_recognition always, first; the rest when the frame closed a loop and someone listens to it."""
         pubs = self._pubs
         pubs["pr"].publish(messages.recognition_message(result, result.candidates))
         if not result.closures:
@@ -361,9 +360,7 @@ class VprNode(LifecycleNode):
         values = {"state": state, "device": str(getattr(encoder, "device", "none")),
                   "maps": ", ".join(m.name for m in maps), "map_keyframes": sum(len(m) for m in maps),
                   "session_keyframes": len(session) if session is not None else 0,
-                  "backend": getattr(encoder, "backend_choice", None) or getattr(encoder, "backend", None)
-                  or ("torch" if encoder is not None else "none"),
-                  "backend_reason": getattr(encoder, "backend_reason", ""), **snap,
+                  **backend_values(encoder), **snap,
                   **(self._cameras.diagnostics() if self._cameras is not None else {}),
                   **verification.diagnostics(self._localizer.verifier if self._localizer is not None else None)}
         if st.level == DiagnosticStatus.OK and "verification_problems" in values:  # maps without stored features

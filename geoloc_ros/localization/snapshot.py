@@ -137,3 +137,12 @@ def carries_checkpoint(encoder_file: str) -> bool:
     """Whether a session map can carry `encoder_file`: a PyTorch checkpoint can be attached (every backend, auto
     included, keeps its fingerprint); an ONNX file given to onnxruntime / tensorrt cannot."""
     return bool(encoder_file) and not str(encoder_file).lower().endswith(".onnx")
+
+
+def backend_values(encoder) -> dict:
+    """/diagnostics values of the inference path: `backend` (auto's choice, e.g. "onnxruntime", or the named backend)
+    and `backend_reason` (why auto chose it; empty for a named backend)."""
+    if encoder is None:
+        return {"backend": "none", "backend_reason": ""}
+    return {"backend": getattr(encoder, "backend_choice", None) or getattr(encoder, "backend", None) or "torch",
+            "backend_reason": getattr(encoder, "backend_reason", "")}
