@@ -22,7 +22,8 @@ def add_parser(sub):
     p.add_argument("--out", default=None, help="output folder (default docs/benchmarks, or docs/benchmarks/quick)")
     p.add_argument("--device", default="cpu", help="encoder device: cpu, cuda or auto (default cpu)")
     p.add_argument("--models", nargs="+", default=None,
-                   help="encoder part: bundled and/or architecture names (default: bundled RN50 ViT-B-32 ViT-B-16)")
+                   help="encoder and node parts: bundled and/or architecture names (default: bundled RN50 ViT-B-32 "
+                        "ViT-B-16 for the encoder part, bundled for the node part)")
     p.add_argument("--backends", nargs="+", default=None,
                    help="encoder part: only these backends or variant labels (torch is always the baseline)")
     p.add_argument("--repeats", type=int, default=None,
