@@ -4,9 +4,7 @@ candidates, a GeoPose, a NavSatFix, a map-frame pose and diagnostics out.
     vpr_node --ros-args -p map_path:="['maps/nordland_demo']" -p image_topics:="['/camera/image_raw']"
 
 A shell around the ROS-free Localizer (geoloc_ros/localization): it owns the ROS objects, turns messages into
-Frames, calls `Localizer.process`, and publishes the FrameResults. Read top to bottom:
-
-Lifecycle: configure loads the encoder and the maps into a Snapshot and builds the Localizer and the publishers
+Frames, calls `Localizer.process`, and publishes the FrameResults. Read top to bottom. Lifecycle: configure loads the encoder and the maps into a Snapshot and builds the Localizer and the publishers
 (a failure leaves the node unconfigured and says why, in the log and on /diagnostics); activate subscribes and
 starts the worker; deactivate stops both; cleanup destroys the publishers and releases the encoder (and the GPU
 memory it held). With `autostart` (default) the node configures and activates itself.
@@ -38,7 +36,7 @@ from visualization_msgs.msg import MarkerArray
 
 from geoloc_ros.localization import SESSION_MAP_ID, LoadError, Localizer, SessionMap, load_snapshot, verification
 from geoloc_ros.localization.localizer import CONSISTENCY_MODES
-from geoloc_ros.localization.snapshot import describe_encoder, load_maps
+from geoloc_ros.localization.snapshot import backend_values, carries_checkpoint, describe_encoder, load_maps
 from geoloc_ros.node import language_services, messages, params
 from geoloc_ros.node.camera_inputs import CameraInputs
 from geoloc_ros.node.camera_watch import CameraWatch
@@ -268,22 +266,24 @@ class VprNode(LifecycleNode):
             self.get_logger().warning(f"{topic}: dropping frame: {text}")
 
     def _publish(self, result):
-        """~/place_recognition always; ~/loop_closures and the pose outputs when the frame closed a loop."""
-        self._pubs["pr"].publish(messages.recognition_message(result, result.candidates))
+        """~/place_recognition always, first; the rest when the frame closed a loop and someone listens to it."""
+        pubs = self._pubs
+        pubs["pr"].publish(messages.recognition_message(result, result.candidates))
         self.language.on_result(result)
         if not result.closures:
             return
-        self._pubs["lc"].publish(messages.recognition_message(result, result.closures))
         self.stats.on_loop_closure()
-        if "markers" in self._pubs:
+        if pubs["lc"].get_subscription_count():
+            pubs["lc"].publish(messages.recognition_message(result, result.closures))
+        if "markers" in pubs and pubs["markers"].get_subscription_count():
             self._publish_markers(result)
-        if result.pose is None:
+        if result.pose is None or not any(pubs[k].get_subscription_count() for k in ("pose", "geopose", "fix")):
             return
         pose, geo, fix = messages.pose_messages(result, self.settings.map_frame, self.settings.base_frame)
-        self._pubs["pose"].publish(pose)
+        pubs["pose"].publish(pose)
         if geo is not None:
-            self._pubs["geopose"].publish(geo)
-            self._pubs["fix"].publish(fix)
+            pubs["geopose"].publish(geo)
+            pubs["fix"].publish(fix)
 
     def _publish_markers(self, result):
         from geoloc_ros.node.markers import closure_markers
@@ -332,7 +332,8 @@ class VprNode(LifecycleNode):
         s = localizer.settings
         path = Path(s.session_map_path or Path.home() / ".ros" / "geoloc_session_map").expanduser()
         try:
-            session.save(path, localizer.snapshot.encoder_file, attach_encoder=s.encoder_backend == "torch")
+            encoder_file = localizer.snapshot.encoder_file
+            session.save(path, encoder_file, attach_encoder=carries_checkpoint(encoder_file))
         except Exception as e:  # noqa: BLE001
             response.success, response.message = False, f"saving the session map to {path} failed: {e}"
             return response
@@ -357,7 +358,8 @@ class VprNode(LifecycleNode):
             st.level, st.message = DiagnosticStatus.OK, f"active, {snap['processed_rate_hz']:.1f} frames/s"
         values = {"state": state, "device": str(getattr(encoder, "device", "none")),
                   "maps": ", ".join(m.name for m in maps), "map_keyframes": sum(len(m) for m in maps),
-                  "session_keyframes": len(session) if session is not None else 0, **snap,
+                  "session_keyframes": len(session) if session is not None else 0,
+                  **backend_values(encoder), **snap,
                   **(self._cameras.diagnostics() if self._cameras is not None else {}),
                   **verification.diagnostics(self._localizer.verifier if self._localizer is not None else None)}
         if st.level == DiagnosticStatus.OK and "verification_problems" in values:  # maps without stored features

@@ -30,3 +30,26 @@ def test_mono8_view_and_the_cases_left_to_the_checked_path():
     assert image_view(msg) is None
     msg.encoding = "bgr8"                                        # needs a channel swap
     assert image_view(msg) is None
+
+
+def test_the_node_views_rgb8_in_place_and_still_checks_it():
+    """messages.pixels: an unpadded rgb8 frame is used in place, with the size and blank checks of the converting
+    path; mono8 (and anything else) is converted."""
+    import pytest
+
+    from geoloc_ros.node.images import FrameError
+    from geoloc_ros.node.messages import pixels
+
+    rgb = np.random.default_rng(1).integers(0, 256, (48, 64, 3), dtype=np.uint8)
+    msg = image_message(rgb, 1)
+    out = pixels(msg, 3.0)
+    np.testing.assert_array_equal(out, rgb)
+    assert np.shares_memory(out, np.frombuffer(msg.data, dtype=np.uint8))
+    with pytest.raises(FrameError) as e:
+        pixels(image_message(np.full((48, 64, 3), 7, np.uint8), 2), 3.0)
+    assert e.value.kind == "blank"
+    with pytest.raises(FrameError) as e:
+        pixels(msg, 3.0, max_pixels=100)
+    assert e.value.kind == "too_large"
+    mono = pixels(image_message(rgb, 3, encoding="mono8"), 3.0)
+    assert mono.shape == (48, 64, 3) and not np.shares_memory(mono, rgb)

@@ -110,6 +110,8 @@ def test_replayed_bag_matches_expected_keyframes_and_positions(world, graph):
     assert h.wait_for(lambda: h.diag_values().get("frames_processed") == str(len(frames)), timeout=5)
     diag = h.diag_values()
     assert diag["state"] == "active" and diag["map_keyframes"] == "40" and diag["device"] == "cpu"
+    # the default encoder_backend is auto: what it chose, and why, are on /diagnostics
+    assert diag["backend"] == node.node.encoder.backend_choice and diag["backend_reason"].startswith("auto on cpu")
 
 
 def test_lifecycle_transitions(world, graph):

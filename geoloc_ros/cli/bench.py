@@ -22,11 +22,22 @@ def add_parser(sub):
     p.add_argument("--out", default=None, help="output folder (default docs/benchmarks, or docs/benchmarks/quick)")
     p.add_argument("--device", default="cpu", help="encoder device: cpu, cuda or auto (default cpu)")
     p.add_argument("--models", nargs="+", default=None,
-                   help="encoder part: bundled and/or architecture names (default: bundled RN50 ViT-B-32 ViT-B-16)")
+                   help="encoder and node parts: bundled and/or architecture names (default: bundled RN50 ViT-B-32 "
+                        "ViT-B-16 for the encoder part, bundled for the node part)")
     p.add_argument("--backends", nargs="+", default=None,
                    help="encoder part: only these backends or variant labels (torch is always the baseline)")
     p.add_argument("--repeats", type=int, default=None,
                    help="encoder part: timed calls per backend at batch 1 (default 5; a fifth of it at batch 16)")
+    p.add_argument("--backend", default="auto", help="node part: the node's encoder_backend (default auto)")
+    p.add_argument("--image-size", default=None, metavar="WxH",
+                   help="node part: camera frame size, e.g. 640x480 (default: the Nordland frames' own size)")
+    p.add_argument("--kinds", nargs="+", default=["raw"], choices=("raw", "jpeg"),
+                   help="node part: frames as rgb8 Image (raw) and/or JPEG CompressedImage (default raw)")
+    p.add_argument("--rates", nargs="+", type=float, default=None, help="node part: camera rates, Hz (default 10 30)")
+    p.add_argument("--map-size", type=int, default=None, help="node part: map keyframes (default 480, quick 100)")
+    p.add_argument("--large-data", action="store_true",
+                   help="node part: both processes on Fast DDS's LARGE_DATA builtin transports (raw frames without "
+                        "UDP fragments; docs/node.md)")
     p.set_defaults(func=run)
 
 
@@ -57,15 +68,29 @@ def _part_encoder(args, out, machine):
 
 
 def _part_node(args, out, machine):
-    from geoloc_ros.bench.node_latency import run_node_benchmark
+    """One node run per model (--models; default bundled) and frame kind (--kinds); a single run writes into `out`
+    itself, several each into out/node_<model>_<kind>."""
+    from geoloc_ros.bench.node_latency import LARGE_DATA_TRANSPORTS, format_result, run_node_benchmark
     from geoloc_ros.model.testing import bundled_encoder_path
 
-    enc = str(bundled_encoder_path()) if bundled_encoder_path().is_file() else None
-    r = run_node_benchmark(encoder=enc, rates=(10, 30), duration_s=5 if args.quick else 20, out_dir=str(out),
-                           quick=args.quick)
-    from geoloc_ros.bench.node_latency import format_result
-
-    return "node_run", r, format_result(r)
+    size = tuple(int(v) for v in args.image_size.lower().split("x")) if args.image_size else None
+    runs = [(m, k) for m in getattr(args, "models", None) or ["bundled"] for k in getattr(args, "kinds", ["raw"])]
+    results, tables = {}, []
+    for model, kind in runs:
+        enc = model
+        if model == "bundled":
+            enc = str(bundled_encoder_path()) if bundled_encoder_path().is_file() else None
+        where = out if len(runs) == 1 else out / f"node_{model}_{kind}".replace("/", "_")
+        r = run_node_benchmark(encoder=enc, rates=tuple(args.rates or (10, 30)), duration_s=5 if args.quick else 20,
+                               out_dir=str(where), quick=args.quick, backend=getattr(args, "backend", "auto"),
+                               image_size=size, kind=kind, map_size=getattr(args, "map_size", None),
+                               device=args.device,
+                               dds_transports=LARGE_DATA_TRANSPORTS if getattr(args, "large_data", False) else None)
+        results[f"{model} {kind}"] = r
+        tables.append(format_result(r))
+    if len(runs) == 1:
+        return "node_run", results[next(iter(results))], tables[0]
+    return "node_run", {"runs": results}, "\n\n".join(tables)
 
 
 def _part_retrieval(args, out, machine):

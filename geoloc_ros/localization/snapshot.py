@@ -102,7 +102,9 @@ def open_encoder(path: str, s):
         device = "cuda" if torch.cuda.is_available() else "cpu"
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise LoadError(f"device {s.device!r}: CUDA is not available on this machine")
-    half = bool(s.half_precision) and device.startswith("cuda")
+    # `auto` takes half_precision as a permission and checks reduced precision against fp32 itself, so bf16 may
+    # run on a CPU that computes it natively; the named backends keep fp32 on a CPU.
+    half = bool(s.half_precision) and (device.startswith("cuda") or s.encoder_backend == "auto")
     if s.inference_threads > 0:
         torch.set_num_threads(s.inference_threads)
     if s.encoder_backend != "torch":
@@ -126,5 +128,21 @@ def open_encoder(path: str, s):
 def describe_encoder(encoder) -> str:
     if encoder is None:
         return "none"
+    choice = getattr(encoder, "backend_choice", None)
     return f"{getattr(encoder, 'fingerprint', '?')[:12]} dim {encoder.dim} on {getattr(encoder, 'device', '?')}" + (
-        " fp16" if getattr(encoder, "half", False) else "")
+        " fp16" if getattr(encoder, "half", False) else "") + (f" ({choice})" if choice else "")
+
+
+def carries_checkpoint(encoder_file: str) -> bool:
+    """Whether a session map can carry `encoder_file`: a PyTorch checkpoint can be attached (every backend, auto
+    included, keeps its fingerprint); an ONNX file given to onnxruntime / tensorrt cannot."""
+    return bool(encoder_file) and not str(encoder_file).lower().endswith(".onnx")
+
+
+def backend_values(encoder) -> dict:
+    """/diagnostics values of the inference path: `backend` (auto's choice, e.g. "onnxruntime", or the named backend)
+    and `backend_reason` (why auto chose it; empty for a named backend)."""
+    if encoder is None:
+        return {"backend": "none", "backend_reason": ""}
+    return {"backend": getattr(encoder, "backend_choice", None) or getattr(encoder, "backend", None) or "torch",
+            "backend_reason": getattr(encoder, "backend_reason", "")}

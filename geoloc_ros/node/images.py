@@ -132,10 +132,15 @@ def message_to_rgb(msg, blank_threshold: float = 0.0, max_pixels: int | None = M
         img = compressed_to_rgb(msg, max_pixels)
     else:
         img = image_to_rgb(msg, max_pixels, mono16_max)
+    check_blank(img, blank_threshold)
+    return img
+
+
+def check_blank(img: np.ndarray, blank_threshold: float) -> None:
+    """FrameError 'blank' when `blank_threshold` > 0 and the frame's `grey_spread` is below it."""
     if blank_threshold > 0.0 and (spread := grey_spread(img)) < blank_threshold:
         raise FrameError("blank", f"blank frame (grey levels span {spread:.1f} < {blank_threshold} from the "
                                   f"5th to the 95th percentile)")
-    return img
 
 
 def grey_spread(img: np.ndarray) -> float:

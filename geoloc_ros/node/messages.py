@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
+
 from geographic_msgs.msg import GeoPoseWithCovarianceStamped
 from geoloc_msgs.msg import PlaceCandidate, PlaceRecognition
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from sensor_msgs.msg import NavSatFix, NavSatStatus
 from std_msgs.msg import Header
 
+from geoloc_ros.frames import image_view
 from geoloc_ros.localization import Frame
-from geoloc_ros.node.images import MAX_IMAGE_PIXELS, message_to_rgb
+from geoloc_ros.node.images import MAX_IMAGE_PIXELS, check_blank, check_size, message_to_rgb
 from geoloc_ros.stamps import set_stamp, stamp_ns
 
 
@@ -22,10 +25,22 @@ def to_frame(msg, camera: str, topic: str, received_ns: int, received_mono: floa
     """A decoded Frame of an Image / CompressedImage; FrameError (with its diagnostics kind) when unusable.
     `max_pixels` and `mono16_max`: the node's max_image_pixels and mono16_max (see images.message_to_rgb);
     `camera_model`: the camera's PinholeCamera (CameraInfo) or None; `depth`: its paired depth image or None."""
-    rgb = message_to_rgb(msg, blank_threshold, max_pixels=max_pixels, mono16_max=mono16_max)
+    rgb = pixels(msg, blank_threshold, max_pixels=max_pixels, mono16_max=mono16_max)
     return Frame(camera=camera, topic=topic, stamp_ns=stamp_ns(msg.header.stamp), frame_id=msg.header.frame_id,
                  rgb=rgb, received_ns=received_ns, received_mono=received_mono, odom=odom, fix=fix,
                  camera_model=camera_model, depth=depth)
+
+
+def pixels(msg, blank_threshold: float, max_pixels: int | None = MAX_IMAGE_PIXELS, mono16_max: int = 0) -> np.ndarray:
+    """HxWx3 RGB of a camera message. An unpadded rgb8 Image is viewed in place (no copy: the encoder only reads
+    its input, and the Frame holds the message's buffer while it is processed), with the same size and blank
+    checks; everything else takes the checked, converting path (images.message_to_rgb)."""
+    view = image_view(msg) if not hasattr(msg, "format") else None
+    if view is None or view.ndim != 3:
+        return message_to_rgb(msg, blank_threshold, max_pixels=max_pixels, mono16_max=mono16_max)
+    check_size(view.shape[1], view.shape[0], max_pixels)
+    check_blank(view, blank_threshold)
+    return view
 
 
 def fix_problem(msg) -> str | None:

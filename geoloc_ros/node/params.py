@@ -18,10 +18,12 @@ PARAMETERS = [
      "encoder_path).", None),
     ("encoder_path", "", "Encoder checkpoint (file or directory). Empty: the encoder carried by the first map.",
      None),
-    ("encoder_backend", "torch", "Inference backend: 'torch', or a backend of geoloc_ros.deploy.open_encoder "
-     "('torch-tuned', 'onnxruntime').", None),
+    ("encoder_backend", "auto", "Inference backend: 'auto' (the fastest path on this machine that keeps cosine "
+     ">= 0.999 to fp32; the choice and why in /diagnostics), or one of geoloc_ros.deploy.open_encoder's: 'torch', "
+     "'torch-tuned', 'onnxruntime', 'tensorrt'.", None),
     ("device", "auto", "Inference device: auto (CUDA when available), cuda, cuda:N or cpu.", None),
-    ("half_precision", True, "fp16 inference; applies on CUDA only (CPU always runs fp32).", None),
+    ("half_precision", True, "Reduced precision: fp16 on CUDA; with encoder_backend 'auto' also bf16 on a CPU "
+     "that computes it natively, where it keeps cosine >= 0.999 to fp32 (false: fp32 only).", None),
     ("inference_threads", 0, "CPU threads for inference (torch intra-op threads); 0 keeps torch's default. On a "
      "shared CPU, fewer threads than cores avoid spin-waiting against other processes.", (0, 256)),
     # -- inputs -----------------------------------------------------------------------------------------------
@@ -287,8 +289,8 @@ def check(name: str, value):
     if name == "encoder_backend":
         from geoloc_ros.deploy.api import BACKENDS
 
-        if value not in BACKENDS:
-            raise ParameterError(f"encoder_backend: {value!r} is not one of {', '.join(BACKENDS)}")
+        if value != "auto" and value not in BACKENDS:
+            raise ParameterError(f"encoder_backend: {value!r} is not one of auto, {', '.join(BACKENDS)}")
     return value
 
 
