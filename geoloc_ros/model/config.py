@@ -66,6 +66,9 @@ class TrainConfig:
     epochs_stage1: int = _opt(480, "stage-1 (prompt learning) epochs, one group each")
     batch_size_stage1: int = _opt(512, "stage-1 batch size")
     lr_stage1: float = _opt(0.01, "stage-1 learning rate (Adam, cosine annealing)")
+    stage1_batchnorm: str = _opt("train", "BatchNorm while stage 1 embeds the images: train (ProGEO: batch "
+                                 "statistics of shuffled batches) or eval (running statistics)",
+                                 choices=("train", "eval"))
     prompt: str = _opt(PROMPT, "prompt with one contiguous run of X placeholders (the learned class context)", R)
     # stage 2
     epochs: int = _opt(64, "stage-2 epochs, one group each")

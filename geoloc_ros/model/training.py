@@ -50,6 +50,7 @@ from geoloc_ros.model.losses import SupConLoss
 from geoloc_ros.model.network import GeoLocalizationNet, build_clip, detach_attnpool
 from geoloc_ros.model.nordland import is_blank
 from geoloc_ros.model.prompts import TextSide
+from geoloc_ros.model.stage1_images import frozen_image_embeddings
 from geoloc_ros.model.stage2 import Stage2
 from geoloc_ros.model.whitening import whiten_encoder
 
@@ -173,11 +174,12 @@ class Trainer:
             return [t.to(self.device) for t in state["text_features"]]
         ctxs, opts, scheds = self._stage1_setup()
         start = self._stage1_resume(state, ctxs, opts, scheds)
-        feats, labels = self._frozen_image_embeddings()
+        feats, labels = frozen_image_embeddings(self)
         bar = progress(range(start, cfg.epochs_stage1), "stage 1", self.progress)
         for epoch in bar:
             g = epoch % len(self.groups)
-            mean_loss = self._stage1_epoch(epoch, ctxs[g], opts[g], feats[g], labels[g])
+            mean_loss = self._stage1_epoch(epoch, ctxs[g], opts[g], feats[g].to(self.device),
+                                           labels[g].to(self.device))
             scheds[g].step()
             self.history.append({"stage": 1, "epoch": epoch, "group": g, "loss": mean_loss})
             if self.progress and hasattr(bar, "set_postfix"):
@@ -209,24 +211,6 @@ class Trainer:
         self.history = list(state.get("history", []))
         log.info("stage 1: resuming at epoch %d", state["epoch"])
         return state["epoch"]
-
-    def _frozen_image_embeddings(self):
-        """The frozen CLIP image embeddings of every group's images and their class labels, computed once
-        (ProGEO: no augmentation)."""
-        self.net.eval()
-        feats, labels = [], []
-        with torch.no_grad():
-            for g in self.groups:
-                idx = [i for c in g.images for i in c]
-                lab = [k for k, c in enumerate(g.images) for _ in c]
-                out = []
-                for j in range(0, len(idx), 256):
-                    with self.autocast():
-                        out.append(self.net.clip_image_embedding(self.batch(idx[j:j + 256], False),
-                                                                 self.attnpool).float())
-                feats.append(torch.cat(out))
-                labels.append(torch.tensor(lab, device=self.device))
-        return feats, labels
 
     def _stage1_epoch(self, epoch, ctx, opt, feats, labels) -> float:
         """One epoch of one group: SupCon image -> text plus text -> image over shuffled batches; the mean loss."""
