@@ -118,6 +118,8 @@ class TrainConfig:
                       action="boolean_optional")
     # oneDNN (CPU) and cuDNN run convolutions NHWC natively, so an NCHW network pays a layout reorder around every
     # convolution (on the CPU the network's fp32 pass took 1.5x as long). Same arithmetic.
+    data_workers: int = _opt(0, "DataLoader worker processes that read and decode the training images from their paths "
+                             "(0: all images decoded into memory first, the small-set path)", R)
     channels_last: bool = _opt(True, "ResNets train channels-last", R, flag=False)
     skip_blank: bool = _opt(True, "drop uniform frames (recording artefacts) from training", R, flag=False)
     extra: dict = _opt(dict, "free-form", R, flag=False)

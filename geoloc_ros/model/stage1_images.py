@@ -81,8 +81,8 @@ def frozen_image_embeddings(trainer):
             lab = torch.tensor([k for k, c in enumerate(g.images) for _ in c])
             order = torch.randperm(len(idx), generator=gen) if shuffle else torch.arange(len(idx))
             out = []
-            for j in range(0, len(idx), batch):
-                x = trainer.batch(idx[order[j:j + batch]].tolist(), False)
+            for u8 in trainer.images_of([idx[order[j:j + batch]].tolist() for j in range(0, len(idx), batch)]):
+                x = trainer.prepare(u8, False)
                 if tuple(x.shape[-2:]) != size:
                     x = F.interpolate(x, size=size, mode="bilinear", antialias=True, align_corners=False)
                 with trainer.autocast():
