@@ -73,3 +73,30 @@ def test_the_scan_of_a_training_set_is_cached_and_rescanned_when_it_changes(tmp_
     assert not hit and len(changed) == 5  # a changed set (size / mtime) is scanned again
     assert not list(cache.glob("*.tmp"))  # written atomically: no temporary left behind
     assert PathImages([r.path for r in changed], (32, 64))[4].shape == (32, 64, 3)
+
+
+@needs_nordland
+def test_geoloc_train_with_workers_reads_paths_and_reuses_its_cached_index(tmp_path):
+    """`geoloc train --data-workers 2 --index-cache DIR` from a CSV of real frames; the second run (same command:
+    it resumes, finding the run done) reads the cached scan instead of scanning."""
+    from geoloc_ros.cli import main
+    from geoloc_ros.model import load_encoder
+
+    table = tmp_path / "train.csv"
+    with open(table, "w", newline="") as f:  # 12 places x 2 seasons, 10 m apart
+        rows = [[str(DATA / "nordland64" / s / f"images-{10 * (i + 1):05d}.png"), 63.0 + i * 9e-5, 10.0]
+                for i in range(12) for s in ("summer", "winter")]
+        csv.writer(f).writerows([["image", "lat", "lon"]] + rows)
+    cache, run = tmp_path / "cache", tmp_path / "run"
+    argv = ["train", "--train-set", str(table), "--index-cache", str(cache), "--run-dir", str(run), "--arch",
+            "RN-pico", "--dim", "32", "--image-size", "32x64", "--N", "2", "--groups-num", "1",
+            "--min-images-per-class", "2", "--epochs-stage1", "1", "--epochs", "1", "--iterations-per-epoch", "2",
+            "--batch-size", "8", "--data-workers", "2", "--device", "cpu", "--no-progress"]
+    assert main(argv) == 0
+    index = list(cache.glob("*.pkl"))
+    assert len(index) == 1
+    stamp = index[0].stat().st_mtime_ns
+    first = load_encoder(run / "encoder.safetensors").fingerprint
+    assert main(argv) == 0
+    assert index[0].stat().st_mtime_ns == stamp  # read, not rewritten
+    assert load_encoder(run / "encoder.safetensors").fingerprint == first
