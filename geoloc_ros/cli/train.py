@@ -45,6 +45,9 @@ def add_parser(sub):
     g.add_argument("--train-set", action="append", default=[], help="training images (repeatable)")
     g.add_argument("--sequence-spacing", type=float, default=None, help="metres between frames of sequences")
     g.add_argument("--frames", default=None, metavar="LO:HI", help="keep frames numbered LO..HI (file names)")
+    g.add_argument("--index-cache", default=None, metavar="DIR",
+                   help="where the scans of --train-set are cached (default ~/.cache/geoloc/file_index; 'none': "
+                        "scan every time)")
     g.add_argument("--val-database", default=None, help="validation database (selects the best epoch)")
     g.add_argument("--val-queries", default=None, help="validation queries")
     g.add_argument("--val-frames", default=None, metavar="LO:HI")
@@ -87,7 +90,8 @@ def run(args):
         torch.set_num_threads(args.threads)
     cfg = _config(args)
     records, metadata = _training_records(args)
-    images = [read_image(r.path) for r in records]
+    # with DataLoader workers the images stay on disk (read by path per batch); else decoded once into memory
+    images = None if cfg.data_workers else [read_image(r.path) for r in records]
     trainer = Trainer(cfg, records, args.run_dir, images=images, val_fn=_validation_fn(args),
                       progress=not args.no_progress, metadata=metadata)
     (Path(args.run_dir) / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
@@ -135,6 +139,7 @@ def _frames_filter(recs, spec):
 def _training_records(args):
     """(training records, the metadata that says where they came from)."""
     from geoloc_ros.datasets import load_dataset
+    from geoloc_ros.model.loader import cached_dataset
 
     if args.nordland:
         from geoloc_ros.model import nordland as N
@@ -147,7 +152,11 @@ def _training_records(args):
         raise SystemExit("geoloc train: give --train-set (repeatable) or --nordland")
     records = []
     for ts in args.train_set:
-        records += _frames_filter(load_dataset(ts, sequence_spacing=args.sequence_spacing), args.frames)
+        if args.index_cache == "none":
+            scanned = load_dataset(ts, sequence_spacing=args.sequence_spacing)
+        else:
+            scanned, _ = cached_dataset(ts, args.index_cache, sequence_spacing=args.sequence_spacing)
+        records += _frames_filter(scanned, args.frames)
     return records, {"data": {"train_sets": args.train_set, "frames": args.frames}}
 
 

@@ -66,6 +66,9 @@ class TrainConfig:
     epochs_stage1: int = _opt(480, "stage-1 (prompt learning) epochs, one group each")
     batch_size_stage1: int = _opt(512, "stage-1 batch size")
     lr_stage1: float = _opt(0.01, "stage-1 learning rate (Adam, cosine annealing)")
+    stage1_batchnorm: str = _opt("train", "BatchNorm while stage 1 embeds the images: train (ProGEO: batch "
+                                 "statistics of shuffled batches) or eval (running statistics)",
+                                 choices=("train", "eval"))
     prompt: str = _opt(PROMPT, "prompt with one contiguous run of X placeholders (the learned class context)", R)
     # stage 2
     epochs: int = _opt(64, "stage-2 epochs, one group each")
@@ -115,6 +118,8 @@ class TrainConfig:
                       action="boolean_optional")
     # oneDNN (CPU) and cuDNN run convolutions NHWC natively, so an NCHW network pays a layout reorder around every
     # convolution (on the CPU the network's fp32 pass took 1.5x as long). Same arithmetic.
+    data_workers: int = _opt(0, "DataLoader worker processes that read and decode the training images from their paths "
+                             "(0: all images decoded into memory first, the small-set path)", R)
     channels_last: bool = _opt(True, "ResNets train channels-last", R, flag=False)
     skip_blank: bool = _opt(True, "drop uniform frames (recording artefacts) from training", R, flag=False)
     extra: dict = _opt(dict, "free-form", R, flag=False)

@@ -16,15 +16,16 @@ def _other(images, i, rng):
 
 
 class ImageBank:
-    """Training images as uint8 (H, W, 3) at the model input size. Preloaded into memory when they fit in
-    `max_bytes`, else read from disk per batch."""
+    """Training images as uint8 (H, W, 3) at the model input size. Preloaded into memory when given or (with
+    `preload`) when they fit in `max_bytes`, else read from disk per batch (by loader.batches' workers)."""
 
-    def __init__(self, records, size, images=None, max_bytes=4 << 30):
+    def __init__(self, records, size, images=None, max_bytes=4 << 30, preload=True):
         self.records = records
         self.size = tuple(size)
         h, w = self.size
         self.array = None
-        if images is not None or len(records) * h * w * 3 <= max_bytes:
+        self.dataset = None  # loader.PathImages, made on first use by loader.batches
+        if images is not None or (preload and len(records) * h * w * 3 <= max_bytes):
             if images is None:
                 images = [read_image(r.path) for r in records]
             self.array = resize_batch(images, self.size)

@@ -69,6 +69,8 @@ def load_pretrained_clip(cfg: dict, pretrained: str):
     check_shapes(model, cfg, pretrained)
     model.float().eval()
     if not is_resnet(cfg):
+        # stage 1 embeds at the native size (stage1_images): keep the table the weights came with
+        model.visual.native_positional_embedding = model.visual.positional_embedding.data.clone()
         resize_vit_positions(model.visual, hw(cfg["vision_cfg"]["image_size"]))
     return model
 

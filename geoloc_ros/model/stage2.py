@@ -119,12 +119,17 @@ class Stage2:
         order, pos = rng.permutation(len(group)), 0
         losses, t0 = [], time.time()
         bar = progress(range(cfg.iterations_per_epoch), f"stage 2 epoch {epoch + 1}/{cfg.epochs}", t.progress)
-        for _ in bar:
+        plans = []  # the epoch's draws first (numpy rng only), so the DataLoader can read ahead of the steps
+        for _ in range(cfg.iterations_per_epoch):
             if pos + n_classes > len(group):  # CosPlace: batches of distinct classes, reshuffled when used up
                 order, pos = rng.permutation(len(group)), 0
             labels_np, idx = draw_batch(group, order[pos:pos + n_classes], rng, bool(cfg.pair_weight))
             pos += n_classes
-            x = t.batch(idx, True, cutmix_plan(group, labels_np, idx, rng, cfg.same_class_cutmix, t.size))
+            plans.append((labels_np, cutmix_plan(group, labels_np, idx, rng, cfg.same_class_cutmix, t.size),
+                          list(idx)))
+        images = t.images_of([idx + [j for _, j, *_ in cut] for _, cut, idx in plans])
+        for _, (labels_np, cut, _), u8 in zip(bar, plans, images):
+            x = t.prepare(u8, True, cut)
             losses.append(self.step(g, x, torch.as_tensor(labels_np, device=t.device)))
             if t.progress and hasattr(bar, "set_postfix") and len(losses) % 20 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-20:]):.3f}")

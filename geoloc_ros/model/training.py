@@ -45,11 +45,13 @@ from geoloc_ros.model.config import TrainConfig
 from geoloc_ros.model.data import ImageBank
 from geoloc_ros.model.encoder import Encoder, make_preprocess, native_bf16, resolve_device
 from geoloc_ros.model.grouping import make_groups
+from geoloc_ros.model.loader import batches
 from geoloc_ros.model.loop import atomic_save, progress, seed_epoch, stage2_lr_scale
 from geoloc_ros.model.losses import SupConLoss
 from geoloc_ros.model.network import GeoLocalizationNet, build_clip, detach_attnpool
 from geoloc_ros.model.nordland import is_blank
 from geoloc_ros.model.prompts import TextSide
+from geoloc_ros.model.stage1_images import frozen_image_embeddings
 from geoloc_ros.model.stage2 import Stage2
 from geoloc_ros.model.whitening import whiten_encoder
 
@@ -115,13 +117,15 @@ class Trainer:
     def _setup_data(self, records, images):
         cfg = self.cfg
         self.size = hw(cfg.image_size)
+        if images is None and cfg.skip_blank:
+            log.info("images read from disk: the blank-frame rule (skip_blank) needs them decoded, not applied")
         if images is not None and cfg.skip_blank:
             keep = [i for i, im in enumerate(images) if not is_blank(im)]
             records, images = [records[i] for i in keep], [images[i] for i in keep]
         self.records = records
         self.groups = make_groups(records, cfg.M, cfg.alpha, cfg.N, cfg.L, cfg.min_images_per_class,
                                   cfg.groups_num)
-        self.bank = ImageBank(records, self.size, images)
+        self.bank = ImageBank(records, self.size, images, preload=cfg.data_workers == 0)
         log.info("%d groups, classes %s, images %s", len(self.groups), [len(g) for g in self.groups],
                  [g.images_num for g in self.groups])
 
@@ -142,17 +146,23 @@ class Trainer:
         self._std = torch.tensor(self.preprocess["std"], device=self.device).view(1, 3, 1, 1)
 
     # -- batches
-    def _images(self, idx):
-        return torch.from_numpy(self.bank.get(idx)).to(self.device).permute(0, 3, 1, 2).float().div_(255.0)
+    def images_of(self, index_lists):
+        """uint8 (B, H, W, 3) images of each index list in turn (loader.batches: from memory, or decoded by
+        `data_workers` DataLoader processes, pinned for CUDA)."""
+        return batches(self.bank, index_lists, self.cfg.data_workers, pin_memory=self.device.type == "cuda")
 
     def batch(self, idx, train_aug: bool, cutmix=()):
         """Normalised (B, 3, H, W) network input of images `idx`, with the CutMix patches of `cutmix` pasted
         (data.cutmix_plan) and, for training, augmented."""
-        x = self._images(idx)
-        if cutmix:
-            other = self._images([j for _, j, *_ in cutmix])
-            for k, (row, _, top, left, ph, pw) in enumerate(cutmix):
-                x[row, :, top:top + ph, left:left + pw] = other[k, :, top:top + ph, left:left + pw]
+        return self.prepare(torch.from_numpy(self.bank.get(list(idx) + [j for _, j, *_ in cutmix])), train_aug,
+                            cutmix)
+
+    def prepare(self, images, train_aug: bool, cutmix=()):
+        """`batch` from uint8 (B + len(cutmix), H, W, 3) images: the batch's, then the CutMix sources."""
+        x = images.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
+        x, other = x[:len(x) - len(cutmix)], x[len(x) - len(cutmix):]
+        for k, (row, _, top, left, ph, pw) in enumerate(cutmix):
+            x[row, :, top:top + ph, left:left + pw] = other[k, :, top:top + ph, left:left + pw]
         if train_aug:
             x = augment(x, self.cfg)
         return ((x - self._mean) / self._std).contiguous(memory_format=self.memory_format)
@@ -173,11 +183,12 @@ class Trainer:
             return [t.to(self.device) for t in state["text_features"]]
         ctxs, opts, scheds = self._stage1_setup()
         start = self._stage1_resume(state, ctxs, opts, scheds)
-        feats, labels = self._frozen_image_embeddings()
+        feats, labels = frozen_image_embeddings(self)
         bar = progress(range(start, cfg.epochs_stage1), "stage 1", self.progress)
         for epoch in bar:
             g = epoch % len(self.groups)
-            mean_loss = self._stage1_epoch(epoch, ctxs[g], opts[g], feats[g], labels[g])
+            mean_loss = self._stage1_epoch(epoch, ctxs[g], opts[g], feats[g].to(self.device),
+                                           labels[g].to(self.device))
             scheds[g].step()
             self.history.append({"stage": 1, "epoch": epoch, "group": g, "loss": mean_loss})
             if self.progress and hasattr(bar, "set_postfix"):
@@ -209,24 +220,6 @@ class Trainer:
         self.history = list(state.get("history", []))
         log.info("stage 1: resuming at epoch %d", state["epoch"])
         return state["epoch"]
-
-    def _frozen_image_embeddings(self):
-        """The frozen CLIP image embeddings of every group's images and their class labels, computed once
-        (ProGEO: no augmentation)."""
-        self.net.eval()
-        feats, labels = [], []
-        with torch.no_grad():
-            for g in self.groups:
-                idx = [i for c in g.images for i in c]
-                lab = [k for k, c in enumerate(g.images) for _ in c]
-                out = []
-                for j in range(0, len(idx), 256):
-                    with self.autocast():
-                        out.append(self.net.clip_image_embedding(self.batch(idx[j:j + 256], False),
-                                                                 self.attnpool).float())
-                feats.append(torch.cat(out))
-                labels.append(torch.tensor(lab, device=self.device))
-        return feats, labels
 
     def _stage1_epoch(self, epoch, ctx, opt, feats, labels) -> float:
         """One epoch of one group: SupCon image -> text plus text -> image over shuffled batches; the mean loss."""
