@@ -108,15 +108,15 @@ class Harness:
 
     def __init__(self, context, node_name: str = "geoloc_vpr", image_topic: str = "/camera/image_raw",
                  namespace: str = ""):
+        from diagnostic_msgs.msg import DiagnosticArray
+        from geographic_msgs.msg import GeoPoseWithCovarianceStamped
+        from geometry_msgs.msg import PoseWithCovarianceStamped
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
         from rclpy.qos import QoSProfile, QoSReliabilityPolicy
-
-        from diagnostic_msgs.msg import DiagnosticArray
-        from geographic_msgs.msg import GeoPoseWithCovarianceStamped
-        from geoloc_msgs.msg import PlaceRecognition
-        from geometry_msgs.msg import PoseWithCovarianceStamped
         from sensor_msgs.msg import CompressedImage, Image, NavSatFix
+
+        from geoloc_msgs.msg import PlaceRecognition
 
         self.node = rclpy.create_node("geoloc_replay", context=context)
         self.data = Collected()

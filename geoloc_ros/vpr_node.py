@@ -4,10 +4,11 @@ candidates, a GeoPose, a NavSatFix, a map-frame pose and diagnostics out.
     vpr_node --ros-args -p map_path:="['maps/nordland_demo']" -p image_topics:="['/camera/image_raw']"
 
 A shell around the ROS-free Localizer (geoloc_ros/localization): it owns the ROS objects, turns messages into
-Frames, calls `Localizer.process`, and publishes the FrameResults. Read top to bottom. Lifecycle: configure loads the encoder and the maps into a Snapshot and builds the Localizer and the publishers
-(a failure leaves the node unconfigured and says why, in the log and on /diagnostics); activate subscribes and
-starts the worker; deactivate stops both; cleanup destroys the publishers and releases the encoder (and the GPU
-memory it held). With `autostart` (default) the node configures and activates itself.
+Frames, calls `Localizer.process`, and publishes the FrameResults. Read top to bottom. Lifecycle: configure loads
+the encoder and the maps into a Snapshot and builds the Localizer and the publishers (a failure leaves the node
+unconfigured and says why, in the log and on /diagnostics); activate subscribes and starts the worker; deactivate
+stops both; cleanup destroys the publishers and releases the encoder (and the GPU memory it held). With `autostart`
+(default) the node configures and activates itself.
 
 Threading: subscription callbacks only park the newest message per camera (an older one waiting is dropped and
 counted) and wake the worker, which decodes, encodes, searches and publishes with one Localizer per batch
@@ -16,24 +17,23 @@ counted) and wake the worker, which decodes, encodes, searches and publishes wit
 
 from __future__ import annotations
 
+from pathlib import Path
 import threading
 import time
-from pathlib import Path
 
+from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
+from geographic_msgs.msg import GeoPoseWithCovarianceStamped
+from geometry_msgs.msg import PoseWithCovarianceStamped
+from nav_msgs.msg import Odometry
 import rclpy
 from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
-
-from diagnostic_msgs.msg import DiagnosticArray, DiagnosticStatus, KeyValue
-from geographic_msgs.msg import GeoPoseWithCovarianceStamped
-from geoloc_msgs.msg import PlaceRecognition
-from geometry_msgs.msg import PoseWithCovarianceStamped
-from nav_msgs.msg import Odometry
 from sensor_msgs.msg import CompressedImage, Image, NavSatFix
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
+from geoloc_msgs.msg import PlaceRecognition
 from geoloc_ros.localization import SESSION_MAP_ID, LoadError, Localizer, SessionMap, load_snapshot, verification
 from geoloc_ros.localization.localizer import CONSISTENCY_MODES
 from geoloc_ros.localization.snapshot import backend_values, carries_checkpoint, describe_encoder, load_maps

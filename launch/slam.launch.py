@@ -10,10 +10,11 @@ its `odom` to odom_topic, which geoloc_vpr also reads to place its session keyfr
 from pathlib import Path
 
 from ament_index_python.packages import get_package_share_directory
-from launch import LaunchDescription
 from launch.actions import DeclareLaunchArgument
 from launch.substitutions import LaunchConfiguration
 from launch_ros.actions import LifecycleNode, Node
+
+from launch import LaunchDescription
 
 
 def generate_launch_description():

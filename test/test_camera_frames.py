@@ -75,7 +75,7 @@ def count_arrivals(photo, size, fmt, qos="best_effort") -> tuple[int, dict]:
     import rclpy
     from rclpy.context import Context
     from rclpy.executors import SingleThreadedExecutor
-    from rclpy.qos import QoSProfile, qos_profile_sensor_data, ReliabilityPolicy
+    from rclpy.qos import QoSProfile, ReliabilityPolicy, qos_profile_sensor_data
     from sensor_msgs.msg import CompressedImage, Image
 
     topic = f"/probe_{qos}_{os.getpid()}/image_raw"

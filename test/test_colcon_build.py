@@ -2,10 +2,10 @@
 README gives, and install what the launch file and the node need."""
 
 import os
+from pathlib import Path
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 

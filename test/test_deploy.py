@@ -8,8 +8,8 @@ import pytest
 
 from geoloc_ros.deploy import open_encoder
 from geoloc_ros.deploy.onnx_export import DEFAULT_OPSET, export_onnx, read_onnx_metadata
-from geoloc_ros.model.encoder import cpu_has_bf16
 from geoloc_ros.model import build_encoder, save_encoder
+from geoloc_ros.model.encoder import cpu_has_bf16
 from geoloc_ros.model.testing import bundled_encoder_path
 
 TOLERANCE = 0.999

@@ -6,10 +6,10 @@ import time
 import pytest
 
 rclpy = pytest.importorskip("rclpy")
+from geographic_msgs.msg import GeoPoseWithCovarianceStamped  # noqa: E402
 from rclpy.executors import SingleThreadedExecutor  # noqa: E402
 from rclpy.qos import QoSDurabilityPolicy, QoSProfile, QoSReliabilityPolicy  # noqa: E402
 
-from geographic_msgs.msg import GeoPoseWithCovarianceStamped  # noqa: E402
 from geoloc_msgs.msg import PlaceCandidate, PlaceRecognition  # noqa: E402
 
 RELIABLE_LATCHED = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE,

@@ -7,16 +7,14 @@ from __future__ import annotations
 import json
 import math
 
+from language_fixtures import ADDRESSES, CAPTIONS, address_csv, chat_server
 import numpy as np
 import pytest
-
-from language_fixtures import ADDRESSES, CAPTIONS, address_csv, chat_server
 
 from geoloc_ros.cli import main as geoloc
 from geoloc_ros.datasets import read_image, read_sequence
 from geoloc_ros.language import annotate
-from geoloc_ros.language.geolocate import (GeolocateSettings, Geolocator, parse_coordinates, retrieval_estimate,
-                                           retrieve)
+from geoloc_ros.language.geolocate import GeolocateSettings, Geolocator, parse_coordinates, retrieval_estimate, retrieve
 from geoloc_ros.language.lmm_client import LmmClient
 from geoloc_ros.language.text_search import TextSearch, text_search_for
 from geoloc_ros.mapping import MapDatabase
@@ -124,7 +122,7 @@ def test_address_table_polygon_then_nearest_point(tmp_path):
 
 def test_bag_string_topic_gives_the_nearest_message(tmp_path):
     from rosbags.rosbag2 import Writer
-    from rosbags.typesys import get_typestore, Stores
+    from rosbags.typesys import Stores, get_typestore
 
     from geoloc_ros.mapping import Keyframe
 
@@ -223,7 +221,7 @@ def test_geoloc_geolocate_command(text_map, capsys):
 
 def test_map_build_from_a_bag_takes_addresses_from_its_string_topic(shared_data, tmp_path):
     from rosbags.rosbag2 import Writer
-    from rosbags.typesys import get_typestore, Stores
+    from rosbags.typesys import Stores, get_typestore
 
     ts = get_typestore(Stores.ROS2_HUMBLE)
     T = ts.types

@@ -61,9 +61,9 @@ def call(harness, srv_type, name, request, timeout=30.0):
 
 
 def test_address_topic_diagnostics_and_find_place(street_text_map, running):
-    from geoloc_msgs.srv import FindPlace
     from std_msgs.msg import String
 
+    from geoloc_msgs.srv import FindPlace
     from geoloc_ros.vpr_node import RESULT_QOS
 
     records, map_dir = street_text_map
@@ -136,10 +136,10 @@ def test_geolocate_with_a_model_server_parses_refuses_and_keeps_the_camera_path_
 
 
 def test_address_stage_checkpoint_loads_in_the_node_and_answers_with_its_text_tower(shared_data, tmp_path, running):
-    from geoloc_msgs.srv import FindPlace
-
-    from geoloc_ros.language.address_training import AddressSample, address_stage
     from language_fixtures import CAPTIONS
+
+    from geoloc_msgs.srv import FindPlace
+    from geoloc_ros.language.address_training import AddressSample, address_stage
 
     records = read_sequence(shared_data / "toy_streets" / "database", spacing=50.0, origin=(45.0, 7.0))[:6]
     samples = [AddressSample(read_image(r.path), a, c, r.lat, r.lon) for r, a, c in zip(records, ADDRESSES, CAPTIONS)]

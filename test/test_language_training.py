@@ -6,11 +6,10 @@ from __future__ import annotations
 
 import math
 
+from language_fixtures import ADDRESSES, CAPTIONS
 import numpy as np
 import pytest
 import torch
-
-from language_fixtures import ADDRESSES, CAPTIONS
 
 from geoloc_ros.datasets import read_image, read_sequence
 from geoloc_ros.language.address_training import AddressSample, address_stage

@@ -15,9 +15,8 @@ import sys
 
 from ament_index_python.packages import get_package_share_directory
 import pytest
-import yaml
-
 from ros2_cli import NO_DAEMON, LaunchedNode, launch_tools_missing, ros2
+import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 LAUNCH = REPO / "launch" / "vpr.launch.py"

@@ -1,10 +1,10 @@
 """The repository passes ruff with the project's settings (ruff.toml: line length 120, pycodestyle, pyflakes,
 import order), so style problems surface in CI, not in review."""
 
+from pathlib import Path
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 

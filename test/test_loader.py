@@ -18,7 +18,7 @@ needs_nordland = pytest.mark.skipif(not (DATA / "nordland64" / "summer").is_dir(
 
 
 def _trainer(run_dir, records, workers):
-    from geoloc_ros.model.training import Trainer, TrainConfig
+    from geoloc_ros.model.training import TrainConfig, Trainer
 
     cfg = TrainConfig(arch="RN-pico", dim=32, image_size=[32, 64], M=10, N=2, groups_num=1, min_images_per_class=2,
                       epochs_stage1=2, batch_size_stage1=16, epochs=2, iterations_per_epoch=6, batch_size=16,

@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from geoloc_ros.geodesy import MapFrame
-from geoloc_ros.mapping import Keyframe, MapDatabase, MapError, Match
-from geoloc_ros.mapping import storage
+from geoloc_ros.mapping import Keyframe, MapDatabase, MapError, Match, storage
 
 DIM = 16
 
@@ -241,7 +240,8 @@ def test_radius_filter_through_the_index_selector(monkeypatch, factory):
 
     monkeypatch.setattr(database, "EXACT_SUBSET_MAX", 0)  # take the selector path even for this small map
     x = unit_rows(300, seed=2)
-    db = MapDatabase.create("sel", DIM, "fp-a", index_factory=factory, search_params="nprobe=4" if "IVF" in factory else None)
+    db = MapDatabase.create("sel", DIM, "fp-a", index_factory=factory,
+                            search_params="nprobe=4" if "IVF" in factory else None)
     db.add(x, line_keyframes(300))
     (matches,) = db.search(x[0], 5, near=(0.0, db.keyframe(150).y, 25.0))
     assert matches and {m.keyframe.id for m in matches} <= {148, 149, 150, 151, 152}

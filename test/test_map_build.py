@@ -3,8 +3,8 @@
 
 import math
 import os
-import re
 from pathlib import Path
+import re
 import signal
 import subprocess
 import sys
@@ -66,8 +66,8 @@ def test_build_from_sequence_folder_and_query(tmp_path, shared_data, encoder_fil
     printed = capsys.readouterr().out
     assert f"1. sim 1.0000  id 18  {paths[3].name}" in printed
     with pytest.raises(SystemExit, match="no VG-benchmark coordinates"):
-        geoloc(["map", "build", "--encoder", str(encoder_file), "--images", str(shared_data / "toy_streets" / "queries"),
-                "--out", str(tmp_path / "nogeo")])
+        geoloc(["map", "build", "--encoder", str(encoder_file), "--images",
+                str(shared_data / "toy_streets" / "queries"), "--out", str(tmp_path / "nogeo")])
     with pytest.raises(SystemExit, match="exists; pass --force"):
         geoloc(["map", "build", "--encoder", str(encoder_file), "--images", str(out), "--out", str(out)])
 
@@ -91,7 +91,8 @@ def test_build_from_csv_and_vg_names(tmp_path, shared_data, encoder_file, encode
     vg = tmp_path / "vg"
     vg.mkdir()
     for i, p in enumerate(streets):
-        (vg / f"@{500000 + i * 20:.2f}@{5000000:.2f}@32@T@{45.1:.5f}@{7.1 + i * 2.5e-4:.5f}@x@@{180}@@@.jpg").symlink_to(p)
+        name = f"@{500000 + i * 20:.2f}@{5000000:.2f}@32@T@{45.1:.5f}@{7.1 + i * 2.5e-4:.5f}@x@@{180}@@@.jpg"
+        (vg / name).symlink_to(p)
     geoloc(["map", "build", "--encoder", str(encoder_file), "--images", str(vg), "--out", str(tmp_path / "vgmap"),
             "--quiet", "--device", "cpu", "--index", "HNSW8"])
     db = MapDatabase.load(tmp_path / "vgmap", encoder=encoder)
@@ -109,10 +110,12 @@ def write_survey_bag(path, shared_data, storage, compressed=False, frames=40):
     T = ts.types
     Time, Header = T["builtin_interfaces/msg/Time"], T["std_msgs/msg/Header"]
     Image, CompressedImage = T["sensor_msgs/msg/Image"], T["sensor_msgs/msg/CompressedImage"]
-    NavSatFix, NavSatStatus, Odometry = T["sensor_msgs/msg/NavSatFix"], T["sensor_msgs/msg/NavSatStatus"], T["nav_msgs/msg/Odometry"]
-    Pose, PoseWithCovariance, Point, Quaternion = (T["geometry_msgs/msg/Pose"], T["geometry_msgs/msg/PoseWithCovariance"],
-                                                  T["geometry_msgs/msg/Point"], T["geometry_msgs/msg/Quaternion"])
-    Twist, TwistWithCovariance, Vector3 = T["geometry_msgs/msg/Twist"], T["geometry_msgs/msg/TwistWithCovariance"], T["geometry_msgs/msg/Vector3"]
+    NavSatFix, NavSatStatus = T["sensor_msgs/msg/NavSatFix"], T["sensor_msgs/msg/NavSatStatus"]
+    Odometry = T["nav_msgs/msg/Odometry"]
+    Pose, PoseWithCovariance = T["geometry_msgs/msg/Pose"], T["geometry_msgs/msg/PoseWithCovariance"]
+    Point, Quaternion = T["geometry_msgs/msg/Point"], T["geometry_msgs/msg/Quaternion"]
+    Twist, TwistWithCovariance = T["geometry_msgs/msg/Twist"], T["geometry_msgs/msg/TwistWithCovariance"]
+    Vector3 = T["geometry_msgs/msg/Vector3"]
     t0 = 1_600_000_000 * 10**9
 
     def header(t_ns, frame_id):

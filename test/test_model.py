@@ -9,8 +9,13 @@ import pytest
 import torch
 
 from geoloc_ros.model import CheckpointError, build_encoder, load_encoder, read_header, save_encoder
-from geoloc_ros.model.testing import (bundled_encoder_path, nordland_records, nordland_root, tiny_encoder,
-                                      write_progeo_checkpoint)
+from geoloc_ros.model.testing import (
+    bundled_encoder_path,
+    nordland_records,
+    nordland_root,
+    tiny_encoder,
+    write_progeo_checkpoint,
+)
 
 torch.set_num_threads(1)  # the CI/dev machines are small and shared; one thread is fastest there
 DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"

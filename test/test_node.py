@@ -340,9 +340,9 @@ def test_reload_map_refuses_no_map_and_survives_a_bad_manifest(world, graph, tmp
     import json
     import shutil
 
-    from geoloc_ros.mapping.storage import manifest_bytes
-
     from rclpy.parameter import Parameter
+
+    from geoloc_ros.mapping.storage import manifest_bytes
 
     start, h = graph
     n = start({"map_path": [world["map"]]})

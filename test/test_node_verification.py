@@ -57,10 +57,10 @@ def test_verified_closures_carry_relative_poses(desk_map, graph):
     """Colour frames with their CameraInfo (on the image_transport sibling topic) and depth (16UC1 and 32FC1)
     from the test node: every loop closure is verified with a metric relative pose that matches the ground truth
     (query camera in the keyframe camera's frame), and markers are drawn."""
-    from geoloc_msgs.msg import PlaceCandidate
     from sensor_msgs.msg import CameraInfo
     from visualization_msgs.msg import MarkerArray
 
+    from geoloc_msgs.msg import PlaceCandidate
     from geoloc_ros.geometry import benchmark as bench
     from geoloc_ros.node.params import image_qos_profile
 

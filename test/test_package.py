@@ -2,12 +2,12 @@
 where the robot's installer looks for it (package.xml for rosdep, requirements.txt for pip)."""
 
 import ast
+from pathlib import Path
 import re
 import sys
-from pathlib import Path
 
-import pytest
 from catkin_pkg.package import parse_package
+import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 

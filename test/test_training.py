@@ -24,7 +24,7 @@ def test_tiny_training_lowers_loss_raises_recall_and_resumes(tmp_path):
     the identical result."""
     from geoloc_ros.model import evaluation as E
     from geoloc_ros.model import nordland as N
-    from geoloc_ros.model.training import Trainer, TrainConfig, untrained_encoder
+    from geoloc_ros.model.training import TrainConfig, Trainer, untrained_encoder
 
     recs = nordland_records((10, 480))
     imgs = N.read_images(recs)
@@ -81,7 +81,7 @@ def test_tiny_training_lowers_loss_raises_recall_and_resumes(tmp_path):
 def _one_group_trainer(run_dir, **options):
     """A Trainer on 20 Nordland places x 2 seasons in one CosPlace group, with the given TrainConfig options."""
     from geoloc_ros.model import nordland as N
-    from geoloc_ros.model.training import Trainer, TrainConfig
+    from geoloc_ros.model.training import TrainConfig, Trainer
 
     recs = nordland_records((10, 200))
     # skip_blank off: the blank-frame rule flags some of these first frames, and these tests need all 20 places
@@ -128,7 +128,7 @@ def test_weight_average_decay_and_pairs_resume_to_the_same_weights(tmp_path):
     import dataclasses
 
     from geoloc_ros.model import nordland as N
-    from geoloc_ros.model.training import Trainer, TrainConfig
+    from geoloc_ros.model.training import TrainConfig, Trainer
 
     recs = nordland_records((10, 200))
     imgs = N.read_images(recs)
@@ -207,10 +207,10 @@ def test_an_all_nan_validation_still_writes_the_encoder(tmp_path):
 def test_vit_fine_tuning_freezes_what_progeo_freezes():
     """ProGEO's get_backbone freezes conv1, ln_pre and the first freeze_trans blocks of a pretrained ViT; the class
     and positional embeddings, the later blocks, ln_post and proj train."""
+    import dataclasses
+
     from geoloc_ros.model.stage2 import freeze_pretrained_layers
     from geoloc_ros.model.training import TrainConfig, init_model
-
-    import dataclasses
 
     cfg = TrainConfig(arch="ViT-nano", image_size=(32, 32), freeze_trans=1)
     arch, _, _, net = init_model(cfg)  # random weights; the freezing rule only asks whether the run is pretrained

@@ -147,12 +147,13 @@ def test_reload_keeps_counters_and_session_features(maps):
 def test_docs_between_factor_matches_sampled_relative_poses():
     """docs/node.md's GTSAM snippet turns a PlaceCandidate into a between-factor on base poses: its covariance,
     pushed through T_bc and GTSAM's tangent order, agrees with relative poses sampled from the message's."""
-    import re
     from pathlib import Path
+    import re
 
     gtsam = pytest.importorskip("gtsam")
-    from geoloc_msgs.msg import PlaceCandidate
     from scipy.spatial.transform import Rotation
+
+    from geoloc_msgs.msg import PlaceCandidate
 
     doc = (Path(__file__).resolve().parents[1] / "docs" / "node.md").read_text()
     snippet = next(b for b in re.findall(r"```python\n(.*?)```", doc, re.S) if "def loop_closure_factor" in b)

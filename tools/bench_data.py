@@ -15,12 +15,12 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+from pathlib import Path
 import platform
 import resource
 import subprocess
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 

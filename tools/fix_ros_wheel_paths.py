@@ -6,9 +6,9 @@ CMake stops at "non-existent path" when an interface package is built against th
 paths to this environment's include directory, site-packages and prefix. Idempotent.
 """
 
+from pathlib import Path
 import sys
 import sysconfig
-from pathlib import Path
 
 BUILD_PREFIX = "/opt/python/cp311-cp311"
 

@@ -27,8 +27,8 @@ import time
 import numpy as np
 import torch
 
-from geoloc_ros.model.config import load_recipe
 from geoloc_ros.model import archs, evaluation, nordland
+from geoloc_ros.model.config import load_recipe
 from geoloc_ros.model.training import TrainConfig, Trainer
 from geoloc_ros.model.whitening import fit_learned_whitening, projection_outputs
 

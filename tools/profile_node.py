@@ -78,9 +78,9 @@ def median_ms(fn, repeats: int = 30) -> float:
 def steps(encoder, sizes=tuple(SIZES), kinds=("raw", "jpeg")) -> dict:
     from rclpy.serialization import deserialize_message, serialize_message
 
+    from geoloc_msgs.msg import PlaceCandidate, PlaceRecognition
     from geoloc_ros.frames import image_view
     from geoloc_ros.node.images import message_to_rgb
-    from geoloc_msgs.msg import PlaceCandidate, PlaceRecognition
 
     out = {}
     for size in sizes:

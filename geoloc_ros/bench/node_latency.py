@@ -24,7 +24,6 @@ import time
 
 import numpy as np
 
-
 # Fast DDS's large-data mode with room for a 1280x720 rgb8 frame in one message (shared memory / TCP instead of
 # 64 KB UDP fragments): publish -> callback of a 640x480 raw frame 13 -> 4 ms here (docs/node.md)
 LARGE_DATA_TRANSPORTS = "LARGE_DATA?max_msg_size=4MB&sockets_size=4MB"

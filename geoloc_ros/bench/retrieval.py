@@ -18,9 +18,9 @@ during the recorded run a training job), and OpenMP threads that wait for a busy
 from __future__ import annotations
 
 import json
+from pathlib import Path
 import tempfile
 import time
-from pathlib import Path
 
 import numpy as np
 
@@ -115,7 +115,8 @@ REAL_CONFIGS = {
 }
 
 
-def real_descriptor_recall(encoder_path=Path(__file__).resolve().parents[2] / "maps" / "nordland_demo", data=None, configs=None, log=print) -> dict:
+def real_descriptor_recall(encoder_path=Path(__file__).resolve().parents[2] / "maps" / "nordland_demo", data=None,
+                           configs=None, log=print) -> dict:
     """Recall on real descriptors: Nordland summer (all 2,400 frames) as the map, winter as the queries, encoded
     with the bundled encoder; a query is right when its top-1 lies within 2 frames (~25 m). Small (the data has
     no more), so it checks what compression does to real descriptors, not scale."""

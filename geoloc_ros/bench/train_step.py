@@ -21,7 +21,7 @@ def run_train_benchmark(steps: int = 20, quick: bool = False, device: str = "cpu
     from geoloc_ros.model import nordland as N
     from geoloc_ros.model.config import load_recipe
     from geoloc_ros.model.encoder import native_bf16, resolve_device
-    from geoloc_ros.model.training import Trainer, TrainConfig
+    from geoloc_ros.model.training import TrainConfig, Trainer
 
     steps = 3 if quick else int(steps)
     frames = (10, 4800) if quick else N.TRAIN_FRAMES

@@ -76,6 +76,7 @@ def run_demo(map_dir, bag, out_dir="runs/demo", rate=None, device="auto", image_
              extra_params=None) -> dict:
     """Run the demo end to end; returns the summary dict (also written to out_dir/summary.json)."""
     import numpy as np
+
     from geoloc_ros.replay import node_process, read_bag
 
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
@@ -159,7 +160,10 @@ def evaluate(frames, data, diag, rate) -> dict:
     lat = data.latencies_ms()
     rejected = int(diag.get("frames_rejected", 0) or 0)
     n = len(answered)
-    pct = (lambda a, q: float(np.percentile(a, q)) if len(a) else float("nan"))
+
+    def pct(a, q):
+        return float(np.percentile(a, q)) if len(a) else float("nan")
+
     return {
         "frames_sent": len(frames), "frames_answered": n, "frames_rejected": rejected,
         "frames_dropped": int(diag.get("frames_dropped", 0) or 0), "replay_rate_hz": round(rate, 2),
@@ -169,19 +173,26 @@ def evaluate(frames, data, diag, rate) -> dict:
         "geopose_count": int(len(geo_err)), "geopose_error_m_p50": pct(geo_err, 50),
         "geopose_error_m_p95": pct(geo_err, 95),
         "latency_ms_p50": pct(lat, 50), "latency_ms_p95": pct(lat, 95),
-        "encode_ms_p50": float(diag.get("encode_ms_p50", "nan")), "search_ms_p50": float(diag.get("search_ms_p50", "nan")),
+        "encode_ms_p50": float(diag.get("encode_ms_p50", "nan")),
+        "search_ms_p50": float(diag.get("search_ms_p50", "nan")),
         "device": diag.get("device", "?"), "tolerance_m": TOLERANCE_M,
     }
 
 
 def print_summary(s: dict):
+    config = " ".join(s["node_params"]) or "shipped config"
     print(f"""
 geoloc demo summary ({s['frames_sent']} bag frames against the map, correct = within {s['tolerance_m']:.0f} m)
   ~/place_recognition  Recall@1 {s['recall_at_1']:.1%} of {s['frames_answered']} answered frames
-  ~/loop_closures      ({' '.join(s['node_params']) or 'shipped config'}) {s['loop_closures']} published, precision {s['loop_closure_precision']:.1%}, recall {s['loop_closure_recall']:.1%}
-  ~/geopose            {s['geopose_count']} poses, error p50 {s['geopose_error_m_p50']:.1f} m, p95 {s['geopose_error_m_p95']:.1f} m
-  latency              publish -> ~/place_recognition p50 {s['latency_ms_p50']:.1f} ms, p95 {s['latency_ms_p95']:.1f} ms (encode p50 {s['encode_ms_p50']:.1f} ms, search {s['search_ms_p50']:.2f} ms, {s['device']})
-  frames               {s['frames_dropped']} dropped (newest wins), {s['frames_rejected']} rejected (blank or bad), replayed at {s['replay_rate_hz']} Hz
+  ~/loop_closures      ({config}) {s['loop_closures']} published, precision {s['loop_closure_precision']:.1%}, \
+recall {s['loop_closure_recall']:.1%}
+  ~/geopose            {s['geopose_count']} poses, error p50 {s['geopose_error_m_p50']:.1f} m, \
+p95 {s['geopose_error_m_p95']:.1f} m
+  latency              publish -> ~/place_recognition p50 {s['latency_ms_p50']:.1f} ms, \
+p95 {s['latency_ms_p95']:.1f} ms (encode p50 {s['encode_ms_p50']:.1f} ms, search {s['search_ms_p50']:.2f} ms, \
+{s['device']})
+  frames               {s['frames_dropped']} dropped (newest wins), {s['frames_rejected']} rejected (blank or bad), \
+replayed at {s['replay_rate_hz']} Hz
   plot                 {s['plot']}""")
 
 

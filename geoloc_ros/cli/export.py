@@ -2,7 +2,8 @@
 
 TRTEXEC_HINT = ("TensorRT engine (on the Jetson, with the TensorRT of its JetPack):\n"
                 "  trtexec --onnx={onnx} --saveEngine={engine} --fp16 \\\n"
-                "          --minShapes=images:1x3x{h}x{w} --optShapes=images:1x3x{h}x{w} --maxShapes=images:16x3x{h}x{w}")
+                "          --minShapes=images:1x3x{h}x{w} --optShapes=images:1x3x{h}x{w} "
+                "--maxShapes=images:16x3x{h}x{w}")
 
 
 def add_parser(sub):

@@ -15,7 +15,6 @@ import json
 
 from geoloc_ros.model.config import TrainConfig, config_fields, load_recipe
 
-
 _GROUPS = {"model": "model", "hyperparameters": "hyperparameters (defaults: ProGEO/CosPlace)", "run": "run"}
 
 

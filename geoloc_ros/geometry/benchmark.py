@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import argparse
 import json
-import platform
 from pathlib import Path
+import platform
 import statistics
 import subprocess
 import time

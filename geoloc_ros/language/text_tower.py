@@ -51,7 +51,7 @@ class TextTower:
 
 
 def _build_tower(arch: dict):
-    from open_clip.model import _build_text_tower, CLIPTextCfg
+    from open_clip.model import CLIPTextCfg, _build_text_tower
 
     return _build_text_tower(arch["embed_dim"], CLIPTextCfg(**arch["text_cfg"]),
                              quick_gelu=bool(arch.get("quick_gelu")))
@@ -60,8 +60,8 @@ def _build_tower(arch: dict):
 def save_text_tower(clip, folder, encoder, projection=None) -> Path:
     """Write the text tower of the open_clip CLIP model `clip` for `encoder` into `folder` (beside its
     checkpoint). `projection`: a torch.nn.Linear(embed_dim, encoder.dim), needed when they differ."""
-    import torch
     from safetensors.torch import save_file
+    import torch
 
     embed = int(encoder.arch["embed_dim"])
     if projection is None and embed != encoder.dim:
@@ -87,8 +87,8 @@ def save_text_tower(clip, folder, encoder, projection=None) -> Path:
 
 def load_text_tower(path, encoder) -> TextTower:
     """Load `path` for `encoder`; ValueError naming the file when it is not one of ours or not this encoder's."""
-    import torch
     from safetensors import safe_open
+    import torch
 
     path = Path(path)
     try:

@@ -12,7 +12,6 @@ import numpy as np
 from geoloc_ros.mapping.errors import MapError
 from geoloc_ros.mapping.keyframe import FLOAT_FIELDS, KEYFRAME_FIELDS, TEXT_FIELDS
 
-
 _SQL_TYPES = {"id": "INTEGER PRIMARY KEY", "label": "TEXT NOT NULL", "stamp_ns": "INTEGER NOT NULL",
               "source": "TEXT NOT NULL", "synthetic": "INTEGER NOT NULL",
               **{c: "TEXT NOT NULL DEFAULT ''" for c in TEXT_FIELDS}}

@@ -4,7 +4,8 @@ Public API (stable; see docs/model.md):
 
     from geoloc_ros.model import load_encoder
     enc = load_encoder(path, device="auto")   # checkpoint file, or a directory holding encoder.safetensors
-    enc.encode(images)   # list of HxWx3 uint8 RGB (any size; grey / RGBA accepted) -> float32 (N, enc.dim), L2-normalised
+    enc.encode(images)   # list of HxWx3 uint8 RGB (any size; grey / RGBA accepted)
+                         # -> float32 (N, enc.dim), L2-normalised
     enc.dim, enc.fingerprint, enc.device
 
     build_encoder(arch="RN-nano", dim=None, image_size=None)   # a fresh (random or open_clip-pretrained) encoder

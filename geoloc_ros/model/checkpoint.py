@@ -33,8 +33,8 @@ class CheckpointError(ValueError):
 def save_encoder(encoder, path, training: dict | None = None) -> Path:
     """Write `encoder` to `path` (a file, or a directory that receives ``encoder.safetensors``), atomically.
     `training` metadata is merged into the encoder's own metadata. Returns the file written."""
-    import torch
     from safetensors.torch import save_file
+    import torch
 
     path = Path(path)
     if path.is_dir() or (not path.suffix and not path.exists()):

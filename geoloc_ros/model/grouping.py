@@ -11,9 +11,9 @@ same as CosPlace).
 
 from __future__ import annotations
 
-import math
 from collections import defaultdict
 from dataclasses import dataclass
+import math
 
 COSPLACE_DEFAULTS = {"M": 10, "alpha": 30, "N": 5, "L": 2, "min_images_per_class": 10, "groups_num": 8}
 

@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import pickle
 from pathlib import Path
+import pickle
 
 import numpy as np
 import torch

@@ -19,8 +19,8 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.nn.functional as F
 from torch import nn
+import torch.nn.functional as F
 
 from geoloc_ros.model.archs import feature_channels, hw, is_resnet
 
@@ -95,7 +95,7 @@ def build_clip(cfg: dict, pretrained: str | None = None):
 
 def build_visual(cfg: dict):
     """Only the visual tower (inference does not need the text tower)."""
-    from open_clip.model import _build_vision_tower, CLIPVisionCfg
+    from open_clip.model import CLIPVisionCfg, _build_vision_tower
 
     vision_cfg = dict(cfg["vision_cfg"])
     if is_resnet(cfg):

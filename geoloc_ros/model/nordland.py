@@ -14,8 +14,8 @@ For tuning, the last 320 places of the training stretch (16010..19200) are our o
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
+import re
 
 import numpy as np
 

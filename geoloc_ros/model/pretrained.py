@@ -21,8 +21,8 @@ then adapted the way ProGEO's ``clip.build_model(..., image_size=512)`` adapts i
 
 from __future__ import annotations
 
-import zipfile
 from pathlib import Path
+import zipfile
 
 from geoloc_ros.model.archs import hw, is_resnet
 
@@ -87,8 +87,8 @@ def native_clip(cfg: dict):
 
 def check_shapes(model, cfg: dict, source: str):
     """The loaded visual tower must have cfg's shapes (an OpenAI file builds whatever architecture it holds)."""
-    import torch
     from open_clip.model import CLIPVisionCfg, _build_vision_tower
+    import torch
 
     with torch.device("meta"):  # shapes only: no memory, no initialisation time
         vision_cfg = CLIPVisionCfg(**{**cfg["vision_cfg"], "image_size": native_image_size(cfg)})

@@ -16,10 +16,10 @@ import threading
 
 from rclpy.callback_groups import MutuallyExclusiveCallbackGroup
 from rclpy.qos import QoSProfile, QoSReliabilityPolicy
-
-from geoloc_msgs.srv import FindPlace, Geolocate
 from sensor_msgs.msg import NavSatFix, NavSatStatus
 from std_msgs.msg import String
+
+from geoloc_msgs.srv import FindPlace, Geolocate
 
 ADDRESS_QOS = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE)
 

@@ -4,14 +4,13 @@ from __future__ import annotations
 
 import math
 
-import numpy as np
-
 from geographic_msgs.msg import GeoPoseWithCovarianceStamped
-from geoloc_msgs.msg import PlaceCandidate, PlaceRecognition
 from geometry_msgs.msg import PoseWithCovarianceStamped
+import numpy as np
 from sensor_msgs.msg import NavSatFix, NavSatStatus
 from std_msgs.msg import Header
 
+from geoloc_msgs.msg import PlaceCandidate, PlaceRecognition
 from geoloc_ros.frames import image_view
 from geoloc_ros.localization import Frame
 from geoloc_ros.node.images import MAX_IMAGE_PIXELS, check_blank, check_size, message_to_rgb

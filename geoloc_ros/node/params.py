@@ -352,8 +352,7 @@ _BY_NAME = {name: (default, bounds) for name, default, _, bounds in PARAMETERS}
 def image_qos_profile(name: str):
     """The rclpy QoSProfile of the camera subscriptions for an `image_qos` value. Depth 1: a frame that waits is
     replaced by the next one (the node localises the newest frame; older ones are worth nothing)."""
-    from rclpy.qos import (DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy,
-                           qos_profile_system_default)
+    from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_system_default
 
     reliability = {"reliable": ReliabilityPolicy.RELIABLE, "sensor_data": ReliabilityPolicy.BEST_EFFORT,
                    "system_default": None}
