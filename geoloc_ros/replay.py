@@ -88,6 +88,40 @@ def image_message(rgb: np.ndarray, stamp: int, frame_id: str = "camera", encodin
     return msg
 
 
+def wait_for(predicate, timeout: float = 30.0) -> bool:
+    """Poll `predicate` every 50 ms until it holds (True) or `timeout` seconds pass (False)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+class SpinThread:
+    """Spins `executor` in a daemon thread until stop(). An exception after stop() (the context shut down under
+    us at the end) ends the thread quietly; one before it is raised."""
+
+    def __init__(self, executor):
+        self.executor = executor
+        self._running = True
+        self._thread = threading.Thread(target=self._spin, daemon=True)
+        self._thread.start()
+
+    def _spin(self):
+        while self._running:
+            try:
+                self.executor.spin_once(timeout_sec=0.05)
+            except Exception:  # noqa: BLE001
+                if self._running:
+                    raise
+                return
+
+    def stop(self, timeout: float = 5.0):
+        self._running = False
+        self._thread.join(timeout=timeout)
+
+
 @dataclass
 class Collected:
     """What came back from the node, keyed by image stamp (ns)."""
@@ -137,18 +171,7 @@ class Harness:
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
         self.executor = SingleThreadedExecutor(context=context)
         self.executor.add_node(self.node)
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._running = True
-        self._thread.start()
-
-    def _spin(self):
-        while self._running:
-            try:
-                self.executor.spin_once(timeout_sec=0.05)
-            except Exception:  # noqa: BLE001 - context shut down under us at the end
-                if self._running:
-                    raise
-                return
+        self._spinner = SpinThread(self.executor)
 
     def _on_result(self, topic, msg):
         now = time.perf_counter()
@@ -210,16 +233,10 @@ class Harness:
             time.sleep(0.05)
 
     def wait_for(self, predicate, timeout: float = 30.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if predicate():
-                return True
-            time.sleep(0.05)
-        return False
+        return wait_for(predicate, timeout)
 
     def close(self):
-        self._running = False
-        self._thread.join(timeout=5.0)
+        self._spinner.stop()
         self.executor.shutdown()
         self.node.destroy_node()
 
@@ -238,22 +255,10 @@ class InProcessNode:
         self.active = start(self.node) if autostart else False
         self.executor = MultiThreadedExecutor(context=context)  # as vpr_node's main: services in their own groups
         self.executor.add_node(self.node)
-        self._running = True
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self):
-        while self._running:
-            try:
-                self.executor.spin_once(timeout_sec=0.05)
-            except Exception:  # noqa: BLE001
-                if self._running:
-                    raise
-                return
+        self._spinner = SpinThread(self.executor)
 
     def close(self):
-        self._running = False
-        self._thread.join(timeout=5.0)
+        self._spinner.stop()
         self.node._stop_worker()
         self.node._release()
         self.executor.shutdown()

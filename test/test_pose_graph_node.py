@@ -22,7 +22,7 @@ from geoloc_msgs.msg import PlaceCandidate, PlaceRecognition  # noqa: E402
 from geoloc_ros.datasets import read_image  # noqa: E402
 from geoloc_ros.model import nordland, save_encoder  # noqa: E402
 from geoloc_ros.model.testing import tiny_encoder  # noqa: E402
-from geoloc_ros.replay import Harness, InProcessNode, image_message, stamp_ns  # noqa: E402
+from geoloc_ros.replay import Harness, InProcessNode, image_message, stamp_ns, wait_for  # noqa: E402
 from geoloc_ros.slam.pose_graph_node import PoseGraphNode  # noqa: E402
 
 T0 = 1_700_000_000 * 10**9
@@ -102,15 +102,6 @@ class Backend:
         self._thread.join(timeout=5)
         self.node.destroy_node()
         self.test.destroy_node()
-
-
-def wait_for(predicate, timeout=30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.05)
-    return False
 
 
 def closure_message(query_ns, keyframe_ns, frame="camera"):

@@ -42,6 +42,7 @@ class _Back:
         import rclpy
         from rclpy.executors import SingleThreadedExecutor
 
+        from geoloc_ros.replay import SpinThread
         from geoloc_ros.slam.pose_graph_node import PATH_QOS, PoseGraphNode
 
         self.node = PoseGraphNode(context=context, namespace=namespace,
@@ -53,18 +54,7 @@ class _Back:
         self.executor = SingleThreadedExecutor(context=context)
         for n in (self.node, self.listener):
             self.executor.add_node(n)
-        self._running = True
-        self._thread = threading.Thread(target=self._spin, daemon=True)
-        self._thread.start()
-
-    def _spin(self):
-        while self._running:
-            try:
-                self.executor.spin_once(timeout_sec=0.05)
-            except Exception:  # noqa: BLE001 - the context shut down under us at the end
-                if self._running:
-                    raise
-                return
+        self._spinner = SpinThread(self.executor)
 
     def _on_path(self, msg):
         with self._lock:
@@ -78,8 +68,7 @@ class _Back:
                     self.diag = {kv.key: kv.value for kv in st.values}
 
     def close(self):
-        self._running = False
-        self._thread.join(timeout=5.0)
+        self._spinner.stop()
         self.executor.shutdown()
         self.listener.destroy_node()
         self.node.destroy_node()
