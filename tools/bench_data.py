@@ -16,27 +16,19 @@ import argparse
 import csv
 import json
 from pathlib import Path
-import platform
 import resource
-import subprocess
 import tempfile
 import time
 
 import numpy as np
 
+from geoloc_ros.bench.machine import cpu_model as cpu_name
+from geoloc_ros.bench.machine import rss_bytes
+
 
 def rss_mb() -> float:
-    """Current resident set size of this process, MiB (Linux /proc)."""
-    with open("/proc/self/statm") as f:
-        return int(f.read().split()[1]) * resource.getpagesize() / 2**20
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        return next(line.split(":", 1)[1].strip() for line in out.splitlines() if line.startswith("Model name"))
-    except (OSError, subprocess.CalledProcessError, StopIteration):
-        return platform.processor()
+    """Current resident set size of this process, MiB."""
+    return rss_bytes()[0] / 2**20
 
 
 def write_index(path: Path, image: Path, n: int, per_place: int = 4):

@@ -17,10 +17,10 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-import platform
 
 import numpy as np
 
+from geoloc_ros.bench.machine import cpu_model
 from geoloc_ros.resources import resource
 
 SITUATIONS = ("prior_map", "two_laps")
@@ -202,16 +202,6 @@ def plot(trip, d, r, path):
                  f"{r['lap_gap_pose_graph_m']:.1f} m; both drawn aligned")
     pairs = [(steps.index(i), steps.index(j)) for i, j in trip.same_place_pairs() if i in steps and j in steps]
     plot_trajectories(path, truth, aligned(truth, odom), opt, title, closures=pairs[::10])
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def print_summary(s: dict):

@@ -11,14 +11,13 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-import platform
 import statistics
-import subprocess
 import time
 
 import numpy as np
 from scipy.spatial.transform import Rotation
 
+from geoloc_ros.bench.machine import cpu_model as cpu_name  # the CPU a figure came from, as lscpu names it
 from geoloc_ros.geometry.camera import PinholeCamera
 from geoloc_ros.geometry.features import DEFAULT_MAX_KEYPOINTS, DETECTORS, available_detectors, detect
 from geoloc_ros.geometry.relative_pose import solve
@@ -143,17 +142,6 @@ def feature_sizes(data: Path, detector: str, timings: list, max_keypoints: int =
         timings.append((time.perf_counter() - t0) * 1e3)
         sizes.append(len(f.to_bytes()))
     return sizes
-
-
-def cpu_name() -> str:
-    try:
-        out = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
-        for line in out.splitlines():
-            if line.startswith("Model name"):
-                return line.split(":", 1)[1].strip()
-    except (OSError, subprocess.CalledProcessError):
-        pass
-    return platform.processor() or "unknown CPU"
 
 
 def _fmt(v, digits=2):
