@@ -24,6 +24,8 @@ import time
 
 import numpy as np
 
+from geoloc_ros.stamps import stamp_ns
+
 # Fast DDS's large-data mode with room for a 1280x720 rgb8 frame in one message (shared memory / TCP instead of
 # 64 KB UDP fragments): publish -> callback of a 640x480 raw frame 13 -> 4 ms here (docs/node.md)
 LARGE_DATA_TRANSPORTS = "LARGE_DATA?max_msg_size=4MB&sockets_size=4MB"
@@ -201,7 +203,7 @@ def _at_rate(h, batch, rate, bare) -> dict:
     h.wait_quiet(quiet_s=3.0, timeout=60, expect=len(before) + len(batch))
     time.sleep(0.6)  # one diagnostics period
     d1 = h.diag_values()
-    sent = {int(m.header.stamp.sec) * 10**9 + int(m.header.stamp.nanosec) for m in batch}
+    sent = {stamp_ns(m.header.stamp) for m in batch}
     lat = np.array([(h.data.received[s] - h.data.published[s]) * 1e3 for s in sent if s in h.data.received])
     answered = len(lat)
     p50 = float(np.percentile(lat, 50)) if answered else float("nan")

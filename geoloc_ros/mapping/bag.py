@@ -19,6 +19,7 @@ import numpy as np
 from geoloc_ros.geodesy import from_utm, to_utm
 from geoloc_ros.mapping.keyframe import Keyframe, heading_from_quaternion, quaternion_from_heading
 from geoloc_ros.mapping.storage import MapError
+from geoloc_ros.stamps import stamp_ns
 
 IMAGE_TYPES = ("sensor_msgs/msg/Image", "sensor_msgs/msg/CompressedImage")
 FIX_TYPE = "sensor_msgs/msg/NavSatFix"
@@ -33,8 +34,7 @@ def _typestore():
 
 def _stamp_ns(msg, bag_time_ns: int) -> int:
     """The header stamp; the recording time when the publisher left the stamp at zero."""
-    stamp = msg.header.stamp
-    ns = int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
+    ns = stamp_ns(msg.header.stamp)
     return ns if ns > 0 else int(bag_time_ns)
 
 

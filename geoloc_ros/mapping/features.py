@@ -21,6 +21,7 @@ import numpy as np
 from geoloc_ros.geometry.camera import PinholeCamera
 from geoloc_ros.geometry.features import DEFAULT_DETECTOR, DEFAULT_MAX_KEYPOINTS, DETECTORS, Features, detect
 from geoloc_ros.mapping.storage import CAMERAS, LOCAL_FEATURES, MapError
+from geoloc_ros.stamps import stamp_ns
 
 _ARRAYS = ("ids", "offsets", "keypoints", "descriptors", "depth", "has_depth", "image_size", "camera")
 
@@ -209,7 +210,7 @@ def bag_cameras(bag, image_topic: str, info_topic: str | None = None):
             models = []
             for conn, t, raw in reader.messages(connections=conns):
                 msg = reader.deserialize(raw, conn.msgtype)
-                stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+                stamp = stamp_ns(msg.header.stamp)
                 try:
                     models.append((stamp or int(t), PinholeCamera.from_camera_info(msg)))
                 except ValueError as e:
@@ -246,7 +247,7 @@ class BagDepth:
                 if msg.encoding not in ("16UC1", "mono16", "32FC1"):
                     raise MapError(f"{self.bag}: depth topic {self.topic!r} has encoding {msg.encoding!r}, expected "
                                    f"16UC1 (millimetres) or 32FC1 (metres)")
-                stamp = int(msg.header.stamp.sec) * 1_000_000_000 + int(msg.header.stamp.nanosec)
+                stamp = stamp_ns(msg.header.stamp)
                 yield stamp or int(t), message_to_cvimage(msg)
 
     def __call__(self, keyframe):

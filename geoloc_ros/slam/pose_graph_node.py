@@ -31,6 +31,7 @@ from geoloc_ros.slam import params
 from geoloc_ros.slam.g2o import G2oError, write_g2o
 from geoloc_ros.slam.graph import PoseGraph
 from geoloc_ros.slam.noise import is_unset, pose_from_msg
+from geoloc_ros.stamps import set_stamp, stamp_ns
 
 NODE_NAME = "geoloc_pose_graph"
 SESSION_MAP_NAME = "session"  # geoloc_vpr's name for keyframes added during the run
@@ -42,10 +43,6 @@ TF_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 # Odometry best effort (it matches reliable and best-effort publishers alike, and poses are absolute, so a lost
 # message costs nothing) with a deep queue, so a burst at 50-100 Hz is not dropped while iSAM2 runs a closure.
 ODOM_QOS = QoSProfile(depth=200, reliability=ReliabilityPolicy.BEST_EFFORT)
-
-
-def stamp_ns(stamp) -> int:
-    return int(stamp.sec) * 1_000_000_000 + int(stamp.nanosec)
 
 
 class PoseGraphNode(Node):
@@ -206,8 +203,7 @@ class PoseGraphNode(Node):
 def _time(ns: int):
     from builtin_interfaces.msg import Time
 
-    sec, nanosec = divmod(int(ns), 1_000_000_000)
-    return Time(sec=sec, nanosec=nanosec)
+    return set_stamp(Time(), ns)
 
 
 def _fill_pose(msg, pose: gtsam.Pose3):
