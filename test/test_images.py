@@ -87,3 +87,24 @@ def test_one_blank_rule(shared_data):
     with pytest.raises(FrameError) as e:
         message_to_rgb(image_message(blank, 1), blank_threshold=3.0)
     assert e.value.kind == "blank"
+
+
+def test_blank_rule_histogram_path_equals_the_percentile_definition(shared_data):
+    """grey_spread's fast path for uint8 RGB (a histogram of channel sums) gives what its definition says: the
+    5th..95th percentile span of the channel mean, on Nordland frames (blank ones included), camera-sized frames and
+    edge cases (one pixel, uniform, extremes)."""
+    from geoloc_ros.node.images import grey_spread
+
+    def definition(img):
+        small = img[:: max(1, img.shape[0] // 128), :: max(1, img.shape[1] // 128)]
+        lo, hi = np.percentile(small.mean(axis=2), (5, 95))
+        return float(hi - lo)
+
+    rng = np.random.default_rng(0)
+    frames = [read_image(shared_data / "nordland64" / s / f"images-{i:05d}.png")
+              for s in ("summer", "winter") for i in (10, 20, 5000, 19500)]
+    frames += [rng.integers(0, 256, (480, 640, 3), dtype=np.uint8), np.zeros((1, 1, 3), np.uint8),
+               np.full((720, 1280, 3), 255, np.uint8), np.full((37, 53, 3), 7, np.uint8),
+               cv2.resize(rng.integers(0, 256, (6, 8, 3), dtype=np.uint8), (640, 480))]
+    for img in frames:
+        assert grey_spread(img) == pytest.approx(definition(img), abs=1e-9)

@@ -74,10 +74,11 @@ def open_encoder(source, backend: str = "torch", device="auto", half: bool | Non
     "cuda[:N]". `half`: reduced precision. For "auto": None or True allow it where it passes the check, False
     keeps fp32. Otherwise None = the backend's default (torch: fp16 on CUDA, fp32 on CPU; torch-tuned: fp16 on
     CUDA, fp32 on CPU; onnxruntime: fp32; tensorrt: fp16); True on CUDA = fp16; True on CPU = bf16 weights
-    (torch-tuned only); False = fp32. `threads`: CPU threads (torch-tuned and onnxruntime: default one core fewer
-    than available; "torch" sets torch's process-wide count when given). Other `options` go to the backend
-    (torch-tuned: precision="fp32"|"fp16"|"bf16", channels_last=bool; tensorrt: max_batch=int; auto:
-    check_images=list of images for the agreement check, log=callable).
+    (torch-tuned only); False = fp32. `threads`: CPU threads (torch-tuned and onnxruntime: default
+    `base.default_threads()`, all cores on a 1-2 core CPU, else one fewer; "torch" sets torch's process-wide count
+    when given). Other `options` go to the backend (torch-tuned: precision="fp32"|"fp16"|"bf16",
+    channels_last=bool; tensorrt: max_batch=int; auto: check_images=list of images for the agreement check,
+    log=callable).
     """
     from geoloc_ros.model.encoder import resolve_device
 

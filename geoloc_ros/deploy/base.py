@@ -10,12 +10,15 @@ from geoloc_ros.model.encoder import resize_batch
 
 
 def default_threads() -> int:
-    """CPU threads for the tuned backends: one core fewer than this process may use (at least 1).
+    """CPU threads for the tuned backends: every core this process may use on a machine of one or two cores,
+    one core fewer on a larger one.
 
-    The encoder shares the robot's CPU with the camera driver, DDS and the node's own callbacks. OpenMP-style
-    thread pools stall at every barrier when one of their threads is descheduled, so a pool as wide as the machine
-    collapses under load (measured on the shared 2-core bench machine: ViT-B-32 fp32 at batch 1 went from ~0.4 s
-    with 1 thread to ~2.3 s with 2). Leaving a core free costs a little on an idle machine and avoids that cliff."""
+    On four or more cores, leaving one to the camera driver, DDS and the node's own callbacks costs the encoder a
+    quarter of its speed or less, and OpenMP-style pools stall at every barrier when one of their threads is
+    descheduled, so a pool as wide as a busy machine can collapse (measured on a 2-core machine shared with other
+    jobs: ViT-B-32 fp32 at batch 1 went from ~0.4 s with 1 thread to ~2.3 s with 2). On two cores leaving one free
+    halves the encoder: ViT-B-32 bf16 at batch 1 on an idle 2-core AMD EPYC (Zen 4) took 326 ms with 1 thread and
+    182 ms with 2 (docs/benchmarks.md). `inference_threads` (the node) and `threads=` (open_encoder) override this."""
     n = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
     try:
         import torch
@@ -23,7 +26,7 @@ def default_threads() -> int:
         n = min(n, torch.get_num_threads())      # torch's own default: physical cores, or what the user set
     except ImportError:
         pass
-    return max(1, n - 1)
+    return max(1, n if n <= 2 else n - 1)
 
 
 def as_image_list(images) -> list:

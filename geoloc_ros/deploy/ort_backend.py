@@ -29,7 +29,7 @@ class OnnxRuntimeEncoder(DeployedEncoder):
 
     def __init__(self, onnx_path, device="auto", threads: int | None = None, batch_size: int = 64):
         """`device`: "auto" (CUDA provider when ONNX Runtime has it), "cuda", "cpu". `threads`: intra-op threads
-        (None: `default_threads()`, one core fewer than available, as torch-tuned)."""
+        (None: `default_threads()`, as torch-tuned)."""
         import onnxruntime as ort
 
         self.path = str(onnx_path)

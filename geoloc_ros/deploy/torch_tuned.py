@@ -34,7 +34,7 @@ class TunedTorchEncoder(DeployedEncoder):
         caller's encoder stays as it was). `precision`: "fp32", "fp16" (CUDA only) or "bf16"; None = fp16 on CUDA,
         fp32 on CPU (bf16 is opt-in there: see the module docstring). `threads`: torch's intra-op threads while
         this encoder runs (set and restored around each call, so the rest of the process keeps its own); None =
-        `default_threads()`: one core fewer than available. `channels_last`: None = on for ResNets, off for ViTs
+        `default_threads()` (all cores on 1-2, else one fewer). `channels_last`: None = on for ResNets, off for ViTs
         (a ViT has one convolution)."""
         import torch
 

@@ -24,8 +24,9 @@ PARAMETERS = [
     ("device", "auto", "Inference device: auto (CUDA when available), cuda, cuda:N or cpu.", None),
     ("half_precision", True, "Reduced precision: fp16 on CUDA; with encoder_backend 'auto' also bf16 on a CPU "
      "that computes it natively, where it keeps cosine >= 0.999 to fp32 (false: fp32 only).", None),
-    ("inference_threads", 0, "CPU threads for inference (torch intra-op threads); 0 keeps torch's default. On a "
-     "shared CPU, fewer threads than cores avoid spin-waiting against other processes.", (0, 256)),
+    ("inference_threads", 0, "CPU threads for inference; 0: the backend's default (torch's for eager torch; for the "
+     "tuned backends every core on a 1-2 core CPU, else one fewer). On a shared CPU, fewer threads than cores avoid "
+     "spin-waiting against other processes.", (0, 256)),
     # -- inputs -----------------------------------------------------------------------------------------------
     ("image_topics", ["/camera/image_raw"], "Camera topics (sensor_msgs/Image). Each also gets a "
      "sensor_msgs/CompressedImage subscription on <topic>/compressed (image_transport's convention).", None),
