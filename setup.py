@@ -20,7 +20,7 @@ setup(
         ("share/ament_index/resource_index/packages", ["resource/" + package_name]),
         ("share/" + package_name, ["package.xml"]),
         ("share/" + package_name + "/launch", files("launch/*.py")),
-        ("share/" + package_name + "/config", files("config/*.yaml")),
+        ("share/" + package_name + "/config", files("config/*.yaml") + files("config/*.xml")),
         ("share/" + package_name + "/maps/nordland_demo", files("maps/nordland_demo/*")),
     ],
     install_requires=["setuptools"],

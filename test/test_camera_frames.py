@@ -4,7 +4,8 @@ processed, as /diagnostics shows.
 
 The transport fact these tests pin down (docs/node.md, "Camera QoS"): with the Fast DDS of the ROS 2 Kilted
 wheels, best-effort Image samples of 640x480 and more sent from another process never arrive, while reliable
-ones do; so the node is run with `image_qos:=reliable` and the publisher is reliable.
+ones do; so the node is run with `image_qos:=reliable` and the publisher is reliable. With
+config/fastdds_large_frames.xml in both processes best-effort raw frames arrive too (test_large_frames.py).
 """
 
 import json

@@ -31,6 +31,7 @@ def test_setup_installs_launch_config_and_maps(tmp_path):
     share = tmp_path / "share" / "geoloc_ros"
     assert (share / "launch" / "vpr.launch.py").read_text() == LAUNCH.read_text()
     assert (share / "config" / "vpr.yaml").is_file() and (share / "package.xml").is_file()
+    assert (share / "config" / "fastdds_large_frames.xml").is_file()
     assert (tmp_path / "share" / "ament_index" / "resource_index" / "packages" / "geoloc_ros").is_file()
     bundled = [p.name for p in BUNDLED_MAP.iterdir() if p.is_file()]
     assert sorted(p.name for p in (share / "maps" / "nordland_demo").iterdir()) == sorted(bundled)
@@ -67,6 +68,28 @@ def test_launch_arguments_reach_the_node_parameters(launched):
     assert {p[0] for p in PARAMETERS} <= set(params)
     assert {k: params[k] for k in config if k not in ("map_path", "image_topics", "autostart")} == \
         {k: v for k, v in config.items() if k not in ("map_path", "image_topics", "autostart")}
+
+
+def launched_node_environment(launched) -> dict:
+    """The environment of the vpr_node process the launch started (same session as the `ros2 launch` process)."""
+    sid = os.getsid(launched.process.pid)
+    for proc in Path("/proc").iterdir():
+        try:
+            if proc.name.isdigit() and os.getsid(int(proc.name)) == sid and \
+                    b"vpr_node" in (proc / "cmdline").read_bytes():
+                pairs = (item.split(b"=", 1) for item in (proc / "environ").read_bytes().split(b"\0") if b"=" in item)
+                return {k.decode(): v.decode() for k, v in pairs}
+        except (OSError, ProcessLookupError):
+            continue  # a process that ended while we looked
+    raise AssertionError("no vpr_node process in the launch's session")
+
+
+def test_launch_exports_the_large_frames_dds_profile(launched):
+    """vpr.launch.py's dds_profile: config/fastdds_large_frames.xml for the processes it starts, unless
+    FASTDDS_DEFAULT_PROFILES_FILE was set already (then that one is kept)."""
+    share = Path(get_package_share_directory("geoloc_ros"))
+    expected = os.environ.get("FASTDDS_DEFAULT_PROFILES_FILE") or str(share / "config" / "fastdds_large_frames.xml")
+    assert launched_node_environment(launched).get("FASTDDS_DEFAULT_PROFILES_FILE") == expected
 
 
 def test_diagnostics_echo_reports_the_active_node(launched):
