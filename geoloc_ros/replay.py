@@ -266,18 +266,20 @@ class InProcessNode:
 
 
 @contextmanager
-def node_process(params, log_path, name: str = "geoloc_replay", params_file=None):
+def node_process(params, log_path, name: str = "geoloc_replay", params_file=None,
+                 module: str = "geoloc_ros.vpr_node"):
     """Run vpr_node as a process in a namespace of its own (so two runs, or a robot on the same DDS domain, stay
     apart), with its camera topic set, and yield a Harness talking to it (its `process` attribute is the
     Popen). On exit the harness closes and the node gets SIGINT, then SIGKILL after 30 s.
 
-    `params` are extra ``name:=value`` parameters, applied after `params_file`."""
+    `params` are extra ``name:=value`` parameters, applied after `params_file`; `module`: what runs as the node
+    (the benchmark's floor runs geoloc_ros.bench.echo_node in its place)."""
     import rclpy
     from rclpy.context import Context
 
     ns = f"/{name}_{os.getpid()}"
     camera = f"{ns}/camera/image_raw"
-    cmd = [sys.executable, "-m", "geoloc_ros.vpr_node", "--ros-args", "-r", f"__ns:={ns}"]
+    cmd = [sys.executable, "-m", module, "--ros-args", "-r", f"__ns:={ns}"]
     if params_file and Path(params_file).is_file():
         cmd += ["--params-file", str(params_file)]
     overrides = [f"image_topics:=['{camera}']", "diagnostics_period_s:=0.5", *params]

@@ -10,9 +10,10 @@ unconfigured and says why, in the log and on /diagnostics); activate subscribes 
 stops both; cleanup destroys the publishers and releases the encoder (and the GPU memory it held). With `autostart`
 (default) the node configures and activates itself.
 
-Threading: subscription callbacks only park the newest message per camera (an older one waiting is dropped and
-counted) and wake the worker, which decodes, encodes, searches and publishes with one Localizer per batch
-(`reload_map` swaps a new one in whole); ~/find_place and ~/geolocate get executor threads of their own.
+Threading: the camera callbacks (node/intake.py: a hidden node on an executor thread of their own) only park the
+newest message per camera (an older one waiting is dropped and counted) and wake the worker, which decodes,
+encodes, searches and publishes with one Localizer per batch (`reload_map` swaps a new one in whole);
+~/find_place and ~/geolocate get executor threads of their own.
 """
 
 from __future__ import annotations
@@ -26,10 +27,9 @@ from geographic_msgs.msg import GeoPoseWithCovarianceStamped
 from geometry_msgs.msg import PoseWithCovarianceStamped
 from nav_msgs.msg import Odometry
 import rclpy
-from rclpy.event_handler import SubscriptionEventCallbacks
 from rclpy.lifecycle import LifecycleNode, LifecycleState, TransitionCallbackReturn
 from rclpy.qos import QoSProfile, QoSReliabilityPolicy, qos_profile_sensor_data
-from sensor_msgs.msg import CompressedImage, Image, NavSatFix
+from sensor_msgs.msg import NavSatFix
 from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
@@ -42,6 +42,7 @@ from geoloc_ros.node.camera_inputs import CameraInputs
 from geoloc_ros.node.camera_watch import CameraWatch
 from geoloc_ros.node.diagnostics import NodeStats
 from geoloc_ros.node.images import FrameError
+from geoloc_ros.node.intake import CameraIntake
 from geoloc_ros.node.services import empty_gpu_cache as _empty_gpu_cache
 from geoloc_ros.node.services import service
 
@@ -73,6 +74,7 @@ class VprNode(LifecycleNode):
         self._worker = None
         self._stop = True
         self._subs = []
+        self._intake = None  # the camera subscriptions' node, made at activate
         self._pubs = {}
         self._warned = set()
         self._watch = CameraWatch([], 0.0, "")  # the camera topics' watch, made at activate
@@ -130,15 +132,11 @@ class VprNode(LifecycleNode):
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         s = self.settings
-        cameras = [(Image, t, t) for t in s.image_topics]
-        if s.subscribe_compressed:
-            cameras += [(CompressedImage, t, t.rstrip("/") + "/compressed") for t in s.image_topics]
-        self._watch = CameraWatch([topic for _, _, topic in cameras], s.no_frames_warn_s, s.image_qos)
         qos = params.image_qos_profile(s.image_qos)
-        for kind, camera, topic in cameras:
-            events = SubscriptionEventCallbacks(incompatible_qos=lambda e, t=topic: self._on_incompatible_qos(t, e))
-            self._subs.append(self.create_subscription(
-                kind, topic, lambda m, c=camera, t=topic: self._on_image(m, c, t), qos, event_callbacks=events))
+        self._intake = CameraIntake(self)  # frames on a thread and executor of their own: node/intake.py says why
+        topics = self._intake.subscribe(s.image_topics, s.subscribe_compressed, qos, self._on_image,
+                                        self._on_incompatible_qos)
+        self._watch = CameraWatch(topics, s.no_frames_warn_s, s.image_qos)
         self._subs.extend(self._cameras.subscribe(self, qos))  # CameraInfo and depth: the cameras' QoS
         if s.odom_topic:
             self._subs.append(self.create_subscription(Odometry, s.odom_topic, self._on_odom, qos_profile_sensor_data))
@@ -184,6 +182,9 @@ class VprNode(LifecycleNode):
         for sub in self._subs:
             self.destroy_subscription(sub)
         self._subs = []
+        if self._intake is not None:
+            self._intake.close()
+            self._intake = None
 
     def _release(self):
         """Drop the localizer (encoder, maps, session); the GPU memory they held goes back to the driver."""

@@ -11,11 +11,18 @@ this process publishes camera frames (Nordland winter frames at their own size, 
 `image_size`; rgb8 or JPEG; reliable, as camera drivers publish) at each rate on a fixed schedule and records when
 each answer arrives. Reported per rate: latency p50/p95, sustained answers per second, dropped frames (newest wins),
 and `overhead_ratio` = end-to-end p50 / bare (encode + search) p50 of the same backend in this process (issue 20's
-targets at 10 Hz with 640x480 frames: <= 1.2 for ViT-B-32, <= 1.5 for the bundled encoder).
+targets at 10 Hz with 640x480 frames: <= 1.2 for ViT-B-32, <= 1.5 for the bundled encoder). The floor under it:
+the same frames at the same rate into geoloc_ros.bench.echo_node, a stand-in node that answers at once (DDS both
+ways, rclpy and the executor; no decoding, encoder or search), so `beyond_floor_ms` = e2e p50 - floor p50 is what
+the node itself adds on top of encode + search.
+
+Both processes run with config/fastdds_large_frames.xml (what vpr.launch.py exports; `dds_profile`), since the
+profile must be in the camera's process to matter; dds_profile=None keeps the environment's.
 """
 
 from __future__ import annotations
 
+from contextlib import contextmanager
 import json
 import os
 from pathlib import Path
@@ -26,9 +33,29 @@ import numpy as np
 
 from geoloc_ros.stamps import stamp_ns
 
-# Fast DDS's large-data mode with room for a 1280x720 rgb8 frame in one message (shared memory / TCP instead of
-# 64 KB UDP fragments): publish -> callback of a 640x480 raw frame 13 -> 4 ms here (docs/node.md)
-LARGE_DATA_TRANSPORTS = "LARGE_DATA?max_msg_size=4MB&sockets_size=4MB"
+PROFILE_ENV = "FASTDDS_DEFAULT_PROFILES_FILE"  # read by Fast DDS when a process creates its first participant
+
+
+@contextmanager
+def _dds_profile(dds_profile):
+    """FASTDDS_DEFAULT_PROFILES_FILE for the processes started inside (the node, the echo node) and for this one's
+    first participant; yields what the run used, for the report, and restores the environment after."""
+    saved = os.environ.get(PROFILE_ENV)
+    if dds_profile == "default":
+        from geoloc_ros.resources import resource
+
+        dds_profile = str(resource("config", "fastdds_large_frames.xml"))
+    if dds_profile and dds_profile != "none":
+        if not Path(dds_profile).is_file():
+            raise FileNotFoundError(f"dds_profile {dds_profile!r}: no such file")
+        os.environ[PROFILE_ENV] = str(dds_profile)
+    try:
+        yield os.environ.get(PROFILE_ENV, "none (Fast DDS defaults)")
+    finally:
+        if saved is None:
+            os.environ.pop(PROFILE_ENV, None)
+        else:
+            os.environ[PROFILE_ENV] = saved
 
 
 def _encoder(encoder):
@@ -130,22 +157,20 @@ def _bare(enc, db, messages, n: int) -> dict:
 def run_node_benchmark(encoder=None, rates=(10, 30), duration_s: float = 20.0, out_dir="runs/bench/node",
                        quick: bool = False, map_size: int | None = None, device: str = "cpu",
                        threads: int | None = None, backend: str = "auto", image_size=None,
-                       kind: str = "raw", dds_transports: str | None = None) -> dict:
+                       kind: str = "raw", dds_profile: str | None = "default", floor: bool = True) -> dict:
     """Measure the node at each camera rate in `rates`; returns (and writes to out_dir/node_latency.json) a dict
     with `bare` (encode/search/total ms p50/p95 of the same backend in this process) and `rates` (per rate: latency
     p50/p95, fps, dropped, ratio). `encoder`: see `_encoder`; `backend`: the node's encoder_backend (also what the
     bare figures run); `image_size`: (W, H) of the frames (None: the Nordland frames' own size); `kind`: "raw"
     (rgb8 Image) or "jpeg" (CompressedImage); frames are published reliable. `threads`: CPU threads for both.
-    `dds_transports`: a FASTDDS_BUILTIN_TRANSPORTS value for this process and the node (e.g. LARGE_DATA_TRANSPORTS,
-    which carries a 640x480 raw frame without UDP fragments); None keeps the environment's."""
+    `dds_profile`: "default" (config/fastdds_large_frames.xml), a Fast DDS XML file, or None / "none" (the
+    environment's), for this process (set before its first DDS participant) and the node. `floor`: also time the
+    echo node (module docstring) at each rate."""
     from geoloc_ros.bench.machine import load_average
     from geoloc_ros.deploy import open_encoder
     from geoloc_ros.model import save_encoder
-    from geoloc_ros.replay import node_process
 
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
-    if dds_transports:
-        os.environ["FASTDDS_BUILTIN_TRANSPORTS"] = dds_transports   # read when a DDS participant is created
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     if quick:
@@ -166,23 +191,16 @@ def run_node_benchmark(encoder=None, rates=(10, 30), duration_s: float = 20.0, o
     stamp = [1_700_000_000 * 10**9]
     msgs = lambda n: [_message(queries[i % len(queries)], _next(stamp), kind) for i in range(n)]  # noqa: E731
     bare = _bare(fast, db, msgs(len(queries)), len(queries))
-    per_rate = {}
     params = [f"map_path:=['{tmp / 'map'}']", f"device:={device}", f"inference_threads:={int(threads or 0)}",
               f"encoder_backend:={backend}", "image_qos:=reliable"]
-    with node_process(params, out_dir / "vpr_node.log", name="geoloc_bench") as h:
-        if not h.wait_for_subscriber(timeout=300):
-            raise RuntimeError(f"vpr_node did not start; see {out_dir / 'vpr_node.log'}")
-        h.play(msgs(5), 2)  # warm-up: first inference allocations, DDS discovery of the result topics
-        h.wait_quiet(quiet_s=2.0, timeout=60, expect=5)
-        for rate in rates:
-            per_rate[str(rate)] = _at_rate(h, msgs(int(rate * duration_s)), rate, bare)
-        node_backend = h.diag_values().get("backend", "?")
+    with _dds_profile(dds_profile) as profile:
+        per_rate, node_backend = _node_runs(params, msgs, rates, duration_s, bare, out_dir, floor)
     shape = "x".join(map(str, queries[0].shape[1::-1]))
     result = {"encoder": what, "backend": backend, "backend_choice": getattr(fast, "backend_choice", backend),
               "node_backend": node_backend, "open_s_first": round(open_s, 1), "frames": f"{shape} {kind}",
               "map_keyframes": len(db), "device": device, "duration_s": duration_s,
               "threads": threads or "default", "load_average": load_average(),
-              "dds_transports": os.environ.get("FASTDDS_BUILTIN_TRANSPORTS", "default"), "bare": bare,
+              "dds_profile": profile, "bare": bare,
               "rates": per_rate}
     _plot(result, out_dir / "node_latency.png")
     for r in per_rate.values():
@@ -191,6 +209,35 @@ def run_node_benchmark(encoder=None, rates=(10, 30), duration_s: float = 20.0, o
     result["figure"] = str(out_dir / "node_latency.png")
     print(format_result(result))
     return result
+
+
+def _node_runs(params, msgs, rates, duration_s, bare, out_dir, floor: bool):
+    """vpr_node at each rate, then (with `floor`) the echo node at each rate: ({rate: figures}, node backend)."""
+    from geoloc_ros.replay import node_process
+
+    per_rate = {}
+    with node_process(params, out_dir / "vpr_node.log", name="geoloc_bench") as h:
+        if not h.wait_for_subscriber(timeout=300):
+            raise RuntimeError(f"vpr_node did not start; see {out_dir / 'vpr_node.log'}")
+        h.play(msgs(5), 2)  # warm-up: first inference allocations, DDS discovery of the result topics
+        h.wait_quiet(quiet_s=2.0, timeout=60, expect=5)
+        for rate in rates:
+            per_rate[str(rate)] = _at_rate(h, msgs(int(rate * duration_s)), rate, bare)
+        node_backend = h.diag_values().get("backend", "?")
+    if not floor:
+        return per_rate, node_backend
+    with node_process(params[-1:], out_dir / "echo_node.log", name="geoloc_bench_echo",
+                      module="geoloc_ros.bench.echo_node") as h:
+        if not h.wait_for_subscriber(timeout=60):
+            raise RuntimeError(f"echo_node did not start; see {out_dir / 'echo_node.log'}")
+        h.play(msgs(5), 2)
+        h.wait_quiet(quiet_s=1.0, timeout=30, expect=5)
+        for rate in rates:
+            f = _at_rate(h, msgs(int(rate * duration_s)), rate, bare)
+            r = per_rate[str(rate)]
+            r["floor_ms_p50"], r["floor_ms_p95"] = f["latency_ms_p50"], f["latency_ms_p95"]
+            r["beyond_floor_ms"] = r["latency_ms_p50"] - f["latency_ms_p50"] - bare["total_ms_p50"]
+    return per_rate, node_backend
 
 
 def _at_rate(h, batch, rate, bare) -> dict:
@@ -207,8 +254,8 @@ def _at_rate(h, batch, rate, bare) -> dict:
     lat = np.array([(h.data.received[s] - h.data.published[s]) * 1e3 for s in sent if s in h.data.received])
     answered = len(lat)
     p50 = float(np.percentile(lat, 50)) if answered else float("nan")
-    return {"rate_hz": rate, "sent": len(batch), "answered": answered,
-            "dropped": int(d1.get("frames_dropped", 0)) - int(d0.get("frames_dropped", 0)),
+    drops = lambda d: int(d.get("frames_dropped", 0))  # noqa: E731 - the echo node has no /diagnostics: 0
+    return {"rate_hz": rate, "sent": len(batch), "answered": answered, "dropped": drops(d1) - drops(d0),
             "fps": answered / t_play, "latency_ms_p50": p50,
             "latency_ms_p95": float(np.percentile(lat, 95)) if answered else float("nan"),
             "node_encode_ms_p50": float(d1.get("encode_ms_p50", "nan")),
@@ -225,15 +272,17 @@ def format_result(r: dict) -> str:
     b = r["bare"]
     lines = [f"node latency ({r['encoder']}, backend {r['backend']} -> {r['backend_choice']} (node: "
              f"{r['node_backend']}), frames {r['frames']}, map {r['map_keyframes']} keyframes, {r['device']}, "
-             f"threads {r['threads']}, DDS transports {r.get('dds_transports', 'default')}, load average "
+             f"threads {r['threads']}, DDS profile {r.get('dds_profile', 'none')}, load average "
              f"{r['load_average']}): bare encode {b['encode_ms_p50']:.1f} ms "
              f"+ search {b['search_ms_p50']:.2f} ms = {b['total_ms_p50']:.1f} ms p50 (decode alone "
              f"{b['decode_ms_p50']:.2f} ms)",
-             "| camera rate | sent | answered | dropped | answers/s | e2e p50 ms | e2e p95 ms | p50 / bare |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| camera rate | sent | answered | dropped | answers/s | e2e p50 ms | e2e p95 ms | p50 / bare "
+             "| echo floor p50 ms | node beyond floor + bare ms |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     for x in r["rates"].values():
+        floor = (f"{x['floor_ms_p50']:.1f} | {x['beyond_floor_ms']:.1f}" if "floor_ms_p50" in x else "— | —")
         lines.append(f"| {x['rate_hz']} Hz | {x['sent']} | {x['answered']} | {x['dropped']} | {x['fps']:.1f} | "
-                     f"{x['latency_ms_p50']:.1f} | {x['latency_ms_p95']:.1f} | {x['overhead_ratio']:.2f} |")
+                     f"{x['latency_ms_p50']:.1f} | {x['latency_ms_p95']:.1f} | {x['overhead_ratio']:.2f} | {floor} |")
     return "\n".join(lines)
 
 

@@ -35,9 +35,12 @@ def add_parser(sub):
                    help="node part: frames as rgb8 Image (raw) and/or JPEG CompressedImage (default raw)")
     p.add_argument("--rates", nargs="+", type=float, default=None, help="node part: camera rates, Hz (default 10 30)")
     p.add_argument("--map-size", type=int, default=None, help="node part: map keyframes (default 480, quick 100)")
-    p.add_argument("--large-data", action="store_true",
-                   help="node part: both processes on Fast DDS's LARGE_DATA builtin transports (raw frames without "
-                        "UDP fragments; docs/node.md)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="node part: CPU threads of the encoder in the node and in the bare figures (default: the "
+                        "backend's, deploy.base.default_threads)")
+    p.add_argument("--dds-profile", default=None, metavar="XML|none",
+                   help="node part: FASTDDS_DEFAULT_PROFILES_FILE of both processes (default: "
+                        "config/fastdds_large_frames.xml, what vpr.launch.py gives; none: the environment's)")
     p.set_defaults(func=run)
 
 
@@ -70,7 +73,7 @@ def _part_encoder(args, out, machine):
 def _part_node(args, out, machine):
     """One node run per model (--models; default bundled) and frame kind (--kinds); a single run writes into `out`
     itself, several each into out/node_<model>_<kind>."""
-    from geoloc_ros.bench.node_latency import LARGE_DATA_TRANSPORTS, format_result, run_node_benchmark
+    from geoloc_ros.bench.node_latency import format_result, run_node_benchmark
     from geoloc_ros.model.testing import bundled_encoder_path
 
     size = tuple(int(v) for v in args.image_size.lower().split("x")) if args.image_size else None
@@ -84,8 +87,8 @@ def _part_node(args, out, machine):
         r = run_node_benchmark(encoder=enc, rates=tuple(args.rates or (10, 30)), duration_s=5 if args.quick else 20,
                                out_dir=str(where), quick=args.quick, backend=getattr(args, "backend", "auto"),
                                image_size=size, kind=kind, map_size=getattr(args, "map_size", None),
-                               device=args.device,
-                               dds_transports=LARGE_DATA_TRANSPORTS if getattr(args, "large_data", False) else None)
+                               device=args.device, dds_profile=getattr(args, "dds_profile", None) or "default",
+                               threads=getattr(args, "threads", None))
         results[f"{model} {kind}"] = r
         tables.append(format_result(r))
     if len(runs) == 1:

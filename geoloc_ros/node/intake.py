@@ -1,0 +1,56 @@
+"""Camera intake: geoloc_vpr's image subscriptions on a hidden node of their own (`_geoloc_vpr_intake`), spun by
+a SingleThreadedExecutor in a thread of its own; the callbacks only park the newest frame for the worker.
+
+Why not on geoloc_vpr itself: that node is spun by a MultiThreadedExecutor, so that a slow model server behind
+~/geolocate holds one executor thread and not the cameras (language_services.py), and that executor hands every
+callback to a pool thread. For a 640x480 rgb8 frame the hand-off cost ~2 ms p50 and doubled p95: the benchmark's
+echo floor (docs/node.md, "Where the time goes") was 6.3-6.7 ms under the MultiThreadedExecutor, 4.0-4.4 ms with
+the subscriptions here. Topic names are resolved by geoloc_vpr (its remappings and namespace apply) and the
+intake node ignores the process's global arguments, so a `-r __node:=...` cannot give two nodes one name.
+"""
+
+from __future__ import annotations
+
+import threading
+
+from rclpy.event_handler import SubscriptionEventCallbacks
+from rclpy.executors import ExternalShutdownException, SingleThreadedExecutor
+from rclpy.node import Node
+from sensor_msgs.msg import CompressedImage, Image
+
+
+class CameraIntake:
+    def __init__(self, owner: Node):
+        self.node = Node(f"_{owner.get_name()}_intake", namespace=owner.get_namespace(), context=owner.context,
+                         use_global_arguments=False, start_parameter_services=False, enable_rosout=False)
+        self._resolve = owner.resolve_topic_name
+        self._executor = SingleThreadedExecutor(context=owner.context)
+        self._executor.add_node(self.node)
+        self._thread = threading.Thread(target=self._spin, name="geoloc_vpr_intake", daemon=True)
+        self._thread.start()
+
+    def subscribe(self, image_topics, compressed: bool, qos, on_image, on_incompatible_qos) -> list[str]:
+        """Image (and with `compressed` CompressedImage on TOPIC/compressed) subscriptions; `on_image(msg,
+        camera, topic)`, `on_incompatible_qos(topic, event)`. Returns the topics subscribed, as the user named them.
+        As image_transport does, /compressed follows the remapped image topic."""
+        cameras = [(Image, t, t, self._resolve(t)) for t in image_topics]
+        if compressed:
+            cameras += [(CompressedImage, t, t.rstrip("/") + "/compressed", self._resolve(t) + "/compressed")
+                        for t in image_topics]
+        for kind, camera, topic, resolved in cameras:
+            events = SubscriptionEventCallbacks(incompatible_qos=lambda e, t=topic: on_incompatible_qos(t, e))
+            self.node.create_subscription(kind, resolved, lambda m, c=camera, t=topic: on_image(m, c, t), qos,
+                                          event_callbacks=events)
+        return [topic for _, _, topic, _ in cameras]
+
+    def _spin(self):
+        try:
+            self._executor.spin()
+        except ExternalShutdownException:
+            pass
+
+    def close(self):
+        """Stop the thread and destroy the node and its subscriptions."""
+        self._executor.shutdown(timeout_sec=5.0)
+        self._thread.join(timeout=5.0)
+        self.node.destroy_node()
