@@ -24,6 +24,9 @@ def _device(kind: str):
         return kind
 
 
+ALLOW_SPINNING = False  # why: OnnxRuntimeEncoder.__init__
+
+
 class OnnxRuntimeEncoder(DeployedEncoder):
     backend = "onnxruntime"
 
@@ -51,6 +54,11 @@ class OnnxRuntimeEncoder(DeployedEncoder):
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         self.threads = int(threads) if threads else default_threads()
         opts.intra_op_num_threads = self.threads
+        # ONNX Runtime's pool threads spin after each run by default. On a CPU shared with the camera driver, DDS
+        # and the node's own threads that spinning takes the cores they need: the bundled encoder's eager PyTorch
+        # call right after an ONNX Runtime call took 9-16 ms with spinning and 6-8 ms without, for ~0.4 ms more
+        # per ONNX Runtime call (2.2 -> 2.6 ms; idle 2-core AMD EPYC, docs/benchmarks.md).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if ALLOW_SPINNING else "0")
         self.session = ort.InferenceSession(self.path, opts, providers=providers)
         self.device = _device(want)
         meta = self.session.get_modelmeta().custom_metadata_map
