@@ -118,10 +118,11 @@ def compressed_to_rgb(msg, max_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndar
         raise FrameError("empty", "compressed image with no data")
     width, height, kind = compressed_size(data)
     check_size(width, height, max_pixels, f"{kind} header says ")
-    bgr = cv2.imdecode(data, cv2.IMREAD_COLOR)
-    if bgr is None or bgr.size == 0:
+    rgb_flag = getattr(cv2, "IMREAD_COLOR_RGB", None)  # OpenCV >= 4.10 decodes to RGB itself: no extra pass
+    img = cv2.imdecode(data, cv2.IMREAD_COLOR if rgb_flag is None else rgb_flag)
+    if img is None or img.size == 0:
         raise FrameError("corrupt", f"{data.size} bytes of {msg.format!r} could not be decoded")
-    return cv2.cvtColor(bgr, cv2.COLOR_BGR2RGB)
+    return cv2.cvtColor(img, cv2.COLOR_BGR2RGB) if rgb_flag is None else img
 
 
 def message_to_rgb(msg, blank_threshold: float = 0.0, max_pixels: int | None = MAX_IMAGE_PIXELS,
