@@ -351,7 +351,7 @@ class VprNode(LifecycleNode):
             st.level, st.message = DiagnosticStatus.ERROR, self.last_error
         elif state != "active":
             st.level, st.message = DiagnosticStatus.WARN, f"{state}"
-        elif self._watch.warn_after_s > 0 and (silent := self._watch.warnings(self.count_publishers)):
+        elif silent := self._watch.warnings((self._intake or self).count_publishers):
             st.level, st.message = DiagnosticStatus.WARN, "; ".join(silent)
         elif snap["frames_received"] == 0:
             st.level, st.message = DiagnosticStatus.WARN, "active, no images received yet"

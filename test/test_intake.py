@@ -1,5 +1,6 @@
 """node/intake.py: geoloc_vpr's camera subscriptions live on a hidden node of their own, spun by its own
-SingleThreadedExecutor, under geoloc_vpr's namespace and remappings; deactivating the node removes them."""
+SingleThreadedExecutor, under geoloc_vpr's namespace and remappings (publishers are counted there too);
+deactivating the node removes them."""
 
 from pathlib import Path
 
@@ -12,6 +13,7 @@ def test_camera_subscriptions_follow_the_node_remapping_on_their_own_node():
     import rclpy
     from rclpy.context import Context
     from rclpy.parameter import Parameter
+    from sensor_msgs.msg import Image
 
     from geoloc_ros.vpr_node import VprNode, start
 
@@ -29,6 +31,10 @@ def test_camera_subscriptions_follow_the_node_remapping_on_their_own_node():
         assert node.count_subscribers("/intake_test/camera/image_raw") == 0   # the remapping applied
         assert ("_geoloc_vpr_intake", "/intake_test") in node.get_node_names_and_namespaces()
         assert node._intake.node.get_subscriptions_info_by_topic("/remapped/image_raw")  # on the intake node
+        # /diagnostics' "publishers but no frames" watch counts the camera on the name subscribed, remapped
+        camera = node.create_publisher(Image, "/remapped/image_raw", 1)
+        assert wait_for(lambda: node._intake.count_publishers("camera/image_raw") == 1, timeout=10)
+        node.destroy_publisher(camera)
         node.trigger_deactivate()
         assert wait_for(lambda: node.count_subscribers("/remapped/image_raw") == 0, timeout=10)
         assert node._intake is None

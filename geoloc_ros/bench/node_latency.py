@@ -213,31 +213,30 @@ def run_node_benchmark(encoder=None, rates=(10, 30), duration_s: float = 20.0, o
 
 def _node_runs(params, msgs, rates, duration_s, bare, out_dir, floor: bool):
     """vpr_node at each rate, then (with `floor`) the echo node at each rate: ({rate: figures}, node backend)."""
-    from geoloc_ros.replay import node_process
-
-    per_rate = {}
-    with node_process(params, out_dir / "vpr_node.log", name="geoloc_bench") as h:
-        if not h.wait_for_subscriber(timeout=300):
-            raise RuntimeError(f"vpr_node did not start; see {out_dir / 'vpr_node.log'}")
-        h.play(msgs(5), 2)  # warm-up: first inference allocations, DDS discovery of the result topics
-        h.wait_quiet(quiet_s=2.0, timeout=60, expect=5)
-        for rate in rates:
-            per_rate[str(rate)] = _at_rate(h, msgs(int(rate * duration_s)), rate, bare)
-        node_backend = h.diag_values().get("backend", "?")
-    if not floor:
-        return per_rate, node_backend
-    with node_process(params[-1:], out_dir / "echo_node.log", name="geoloc_bench_echo",
-                      module="geoloc_ros.bench.echo_node") as h:
-        if not h.wait_for_subscriber(timeout=60):
-            raise RuntimeError(f"echo_node did not start; see {out_dir / 'echo_node.log'}")
-        h.play(msgs(5), 2)
-        h.wait_quiet(quiet_s=1.0, timeout=30, expect=5)
-        for rate in rates:
-            f = _at_rate(h, msgs(int(rate * duration_s)), rate, bare)
-            r = per_rate[str(rate)]
+    per_rate, node_backend = _measure("geoloc_ros.vpr_node", params, msgs, rates, duration_s, bare, out_dir)
+    if floor:
+        echo, _ = _measure("geoloc_ros.bench.echo_node", params[-1:], msgs, rates, duration_s, bare, out_dir)
+        for key, f in echo.items():
+            r = per_rate[key]
             r["floor_ms_p50"], r["floor_ms_p95"] = f["latency_ms_p50"], f["latency_ms_p95"]
             r["beyond_floor_ms"] = r["latency_ms_p50"] - f["latency_ms_p50"] - bare["total_ms_p50"]
     return per_rate, node_backend
+
+
+def _measure(module, params, msgs, rates, duration_s, bare, out_dir):
+    """`module` as the node process (log: out_dir/<its last name>.log), warmed up, then played at each rate:
+    ({rate: figures}, the backend its /diagnostics name, "?" for the echo node)."""
+    from geoloc_ros.replay import node_process
+
+    what = module.rsplit(".", 1)[1]
+    log = out_dir / f"{what}.log"
+    with node_process(params, log, name=f"geoloc_bench_{what}", module=module) as h:
+        if not h.wait_for_subscriber(timeout=300):
+            raise RuntimeError(f"{what} did not start; see {log}")
+        h.play(msgs(5), 2)  # warm-up: first inference allocations, DDS discovery of the result topics
+        h.wait_quiet(quiet_s=2.0, timeout=60, expect=5)
+        per_rate = {str(rate): _at_rate(h, msgs(int(rate * duration_s)), rate, bare) for rate in rates}
+        return per_rate, h.diag_values().get("backend", "?")
 
 
 def _at_rate(h, batch, rate, bare) -> dict:

@@ -13,8 +13,8 @@ def default_threads() -> int:
     """CPU threads for the tuned backends: every core this process may use on a machine of one or two cores,
     one core fewer on a larger one.
 
-    On four or more cores, leaving one to the camera driver, DDS and the node's own callbacks costs the encoder a
-    quarter of its speed or less, and OpenMP-style pools stall at every barrier when one of their threads is
+    From three cores up, leaving one to the camera driver, DDS and the node's own callbacks costs the encoder a
+    third of its speed or less, and OpenMP-style pools stall at every barrier when one of their threads is
     descheduled, so a pool as wide as a busy machine can collapse (measured on a 2-core machine shared with other
     jobs: ViT-B-32 fp32 at batch 1 went from ~0.4 s with 1 thread to ~2.3 s with 2). On two cores leaving one free
     halves the encoder: ViT-B-32 bf16 at batch 1 on an idle 2-core AMD EPYC (Zen 4) took 326 ms with 1 thread and

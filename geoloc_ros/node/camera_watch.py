@@ -41,7 +41,10 @@ class CameraWatch:
         return f"{topic}: a publisher's QoS is incompatible with image_qos {self.image_qos} ({policy}): {hint}"
 
     def warnings(self, count_publishers, now: float | None = None) -> list[str]:
-        """One line per camera topic that has publishers (`count_publishers(topic)` > 0) but delivers nothing."""
+        """One line per camera topic that has publishers (`count_publishers(topic)` > 0) but delivers nothing;
+        none at all when the watch is off (no_frames_warn_s 0)."""
+        if self.warn_after_s <= 0:
+            return []
         now = time.monotonic() if now is None else now
         out = []
         with self._lock:

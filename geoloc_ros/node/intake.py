@@ -24,6 +24,7 @@ class CameraIntake:
         self.node = Node(f"_{owner.get_name()}_intake", namespace=owner.get_namespace(), context=owner.context,
                          use_global_arguments=False, start_parameter_services=False, enable_rosout=False)
         self._resolve = owner.resolve_topic_name
+        self._resolved = {}  # topic as the user named it -> the name subscribed
         self._executor = SingleThreadedExecutor(context=owner.context)
         self._executor.add_node(self.node)
         self._thread = threading.Thread(target=self._spin, name="geoloc_vpr_intake", daemon=True)
@@ -38,10 +39,15 @@ class CameraIntake:
             cameras += [(CompressedImage, t, t.rstrip("/") + "/compressed", self._resolve(t) + "/compressed")
                         for t in image_topics]
         for kind, camera, topic, resolved in cameras:
+            self._resolved[topic] = resolved
             events = SubscriptionEventCallbacks(incompatible_qos=lambda e, t=topic: on_incompatible_qos(t, e))
             self.node.create_subscription(kind, resolved, lambda m, c=camera, t=topic: on_image(m, c, t), qos,
                                           event_callbacks=events)
         return [topic for _, _, topic, _ in cameras]
+
+    def count_publishers(self, topic: str) -> int:
+        """Publishers of camera topic `topic` (as the user named it) on the name actually subscribed, remapped."""
+        return self.node.count_publishers(self._resolved.get(topic, self._resolve(topic)))
 
     def _spin(self):
         try:
