@@ -166,8 +166,9 @@ class Harness:
         reliable = QoSProfile(depth=100, reliability=QoSReliabilityPolicy.RELIABLE)
         types = {"place_recognition": PlaceRecognition, "loop_closures": PlaceRecognition,
                  "geopose": GeoPoseWithCovarianceStamped, "fix": NavSatFix, "pose": PoseWithCovarianceStamped}
-        for topic, t in types.items():
-            self.node.create_subscription(t, f"{prefix}/{topic}", lambda m, k=topic: self._on_result(k, m), reliable)
+        self._result_subs = {topic: self.node.create_subscription(t, f"{prefix}/{topic}",
+                                                                  lambda m, k=topic: self._on_result(k, m), reliable)
+                             for topic, t in types.items()}
         self.node.create_subscription(DiagnosticArray, "/diagnostics", self._on_diag, 10)
         self.executor = SingleThreadedExecutor(context=context)
         self.executor.add_node(self.node)
@@ -194,13 +195,15 @@ class Harness:
             st = self.data.diagnostics[-1]
         return {"level": st.level, "message": st.message, **{kv.key: kv.value for kv in st.values}}
 
+    def ready(self) -> bool:
+        """The node subscribes to the camera and its ~/place_recognition has matched this harness: frames played
+        from now on are answered where the harness hears it (an answer published before the match is lost)."""
+        return self.image_pub.get_subscription_count() > 0 and \
+            self._result_subs["place_recognition"].get_publisher_count() > 0
+
     def wait_for_subscriber(self, timeout: float = 30.0) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.image_pub.get_subscription_count() > 0:
-                return True
-            time.sleep(0.05)
-        return False
+        """Wait until `ready()`."""
+        return wait_for(self.ready, timeout)
 
     def publish(self, msg):
         """Publish an Image or CompressedImage now, recording the publish time under its stamp."""

@@ -96,7 +96,7 @@ def run_demo(map_dir, bag, out_dir="runs/demo", rate=None, device="auto", image_
     # The shipped parameters (config), then the map, topic and device of this run.
     with node_process(params, node_log, name="geoloc_demo", params_file=config) as h:
         t0 = time.monotonic()
-        while h.image_pub.get_subscription_count() == 0:
+        while not h.ready():
             if h.process.poll() is not None or time.monotonic() - t0 > 120:
                 raise SystemExit(f"geoloc demo: the node did not start (see {node_log}):\n"
                                  + node_log.read_text()[-3000:])

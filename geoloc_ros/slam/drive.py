@@ -126,7 +126,7 @@ def drive(trip, vpr_params: list[str], log_path, rate_hz: float = 8.0, config=No
 
 def _wait_started(h, odom_pub, log_path, timeout: float = 180.0):
     t0 = time.monotonic()
-    while h.image_pub.get_subscription_count() == 0 or odom_pub.get_subscription_count() < 2:
+    while not h.ready() or odom_pub.get_subscription_count() < 2:
         if h.process.poll() is not None or time.monotonic() - t0 > timeout:
             raise SystemExit(f"geoloc demo --slam: the nodes did not start (see {log_path}):\n"
                              + log_path.read_text()[-3000:])
