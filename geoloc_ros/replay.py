@@ -212,13 +212,16 @@ class Harness:
         (self.compressed_pub if hasattr(msg, "format") else self.image_pub).publish(msg)
 
     def play(self, messages, rate_hz: float):
-        """Publish `messages` at `rate_hz` (a fixed schedule, so a slow subscriber cannot slow the camera)."""
+        """Publish `messages` at `rate_hz`, on a fixed schedule (a slow subscriber cannot slow the camera). A
+        publish that is late (this process was not scheduled) still comes at least half a period after the one
+        before: a camera does not send two frames at once, and the node's newest-wins would drop the first."""
         period = 1.0 / rate_hz
-        t0 = time.perf_counter()
+        t0 = last = time.perf_counter()
         for i, msg in enumerate(messages):
-            delay = t0 + i * period - time.perf_counter()
+            delay = max(t0 + i * period, last + period / 2 if i else t0) - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
+            last = time.perf_counter()
             self.publish(msg)
 
     def wait_quiet(self, quiet_s: float = 1.0, timeout: float = 30.0, expect: int | None = None):

@@ -246,6 +246,30 @@ def test_flood_at_100hz_still_answers_newest_frame(world, graph):
     assert n.node.lifecycle_state == "active"
 
 
+def test_a_burst_of_frames_is_received_whole_and_what_is_dropped_is_counted(world, graph):
+    """Frames published back to back (a driver flushing its buffer): DDS holds them all for the camera intake
+    (depth params.IMAGE_QUEUE_DEPTH), so each one is counted as received, and each is then answered or counted as
+    dropped by newest-wins. With depth 1 DDS overwrote the first of two untaken frames and nothing counted it."""
+    from geoloc_ros.node.params import IMAGE_QUEUE_DEPTH
+
+    start, h = graph
+    n = start({"map_path": [world["map"]]})
+    assert n.active and h.wait_for_subscriber()
+    images = [read_image(r.path) for r in world["records"]]
+    sent = 0
+    for burst in range(4):
+        for i in range(IMAGE_QUEUE_DEPTH):
+            h.publish(image_message(images[i], T0 + (burst * 10 + i) * 10_000_000))
+            sent += 1
+        last = T0 + (burst * 10 + IMAGE_QUEUE_DEPTH - 1) * 10_000_000
+        assert h.wait_for(lambda: last in h.data.received, timeout=15)  # newest wins: the last one is answered
+        time.sleep(0.3)
+    assert h.wait_for(lambda: h.diag_values().get("frames_received") == str(sent), timeout=5), h.diag_values()
+    d = h.diag_values()
+    assert int(d["frames_processed"]) + int(d["frames_dropped"]) == sent and int(d["frames_rejected"]) == 0, d
+    assert len(h.data.received) == int(d["frames_processed"])
+
+
 def test_session_map_exclusion_window_and_services(world, graph, tmp_path):
     start, h = graph
     n = start({"map_path": [""], "encoder_path": world["encoder"], "session_map": True, "session_min_interval_s": 0.5,

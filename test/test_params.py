@@ -68,7 +68,7 @@ def test_defaults_and_new_parameters(rclpy_context):
     assert whole.min_similarity == 1.0 and isinstance(whole.min_similarity, float)  # `:=1` for a float is fine
     assert params.image_qos_profile("reliable").reliability == ReliabilityPolicy.RELIABLE
     assert params.image_qos_profile("sensor_data").reliability == ReliabilityPolicy.BEST_EFFORT
-    assert params.image_qos_profile("reliable").depth == 1
+    assert params.image_qos_profile("reliable").depth == params.IMAGE_QUEUE_DEPTH == 5
     params.image_qos_profile("system_default")
     with pytest.raises(params.ParameterError, match="image_qos"):
         params.image_qos_profile("bogus")

@@ -350,9 +350,17 @@ def defaults() -> dict:
 _BY_NAME = {name: (default, bounds) for name, default, _, bounds in PARAMETERS}
 
 
+# Camera messages DDS may hold per subscription until the intake takes them: the depth of ROS's sensor-data profile.
+# Newest-wins is the node's job (vpr_node._on_image parks the newest frame and counts the one it replaces). With
+# depth 1, DDS itself replaced a frame the intake had not yet taken, and nothing counted it: two frames published
+# back to back lost the first one 8 times in 12 (in-process, 64x32), where depth 5 received all 12.
+IMAGE_QUEUE_DEPTH = 5
+
+
 def image_qos_profile(name: str):
-    """The rclpy QoSProfile of the camera subscriptions for an `image_qos` value. Depth 1: a frame that waits is
-    replaced by the next one (the node localises the newest frame; older ones are worth nothing)."""
+    """The rclpy QoSProfile of the camera subscriptions for an `image_qos` value: KEEP_LAST, depth
+    IMAGE_QUEUE_DEPTH, volatile (the node localises the newest frame; older ones are worth nothing, but the node,
+    not DDS, drops them, so that /diagnostics counts every frame that arrived)."""
     from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_system_default
 
     reliability = {"reliable": ReliabilityPolicy.RELIABLE, "sensor_data": ReliabilityPolicy.BEST_EFFORT,
@@ -361,5 +369,5 @@ def image_qos_profile(name: str):
         raise ParameterError(f"image_qos: {name!r} is not one of {', '.join(reliability)}")
     if reliability[name] is None:
         return qos_profile_system_default
-    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=1, reliability=reliability[name],
+    return QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=IMAGE_QUEUE_DEPTH, reliability=reliability[name],
                       durability=DurabilityPolicy.VOLATILE)
