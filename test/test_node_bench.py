@@ -17,7 +17,8 @@ def test_node_benchmark_measures_the_node_and_its_echo_floor(tmp_path, monkeypat
     x = r["rates"]["10"]
     assert x["sent"] == 30 and x["answered"] >= 1 and math.isfinite(x["latency_ms_p50"])
     assert math.isfinite(x["floor_ms_p50"]) and math.isfinite(x["beyond_floor_ms"])
+    assert r["bare"]["at_rate_ms_p50"]["10.0"] > 0 and math.isfinite(x["overhead_ratio_at_rate"])
     assert r["dds_profile"].endswith("fastdds_large_frames.xml") and PROFILE_ENV not in os.environ
     assert r["frames"] == "640x480 raw" and r["node_backend"] != "?"
     assert (tmp_path / "node_latency.json").is_file() and (tmp_path / "echo_node.log").is_file()
-    assert "echo floor" in format_result(r)
+    assert "echo floor" in format_result(r) and "bare at camera rate" in format_result(r)
