@@ -218,7 +218,10 @@ class Harness:
         period = 1.0 / rate_hz
         t0 = last = time.perf_counter()
         for i, msg in enumerate(messages):
-            delay = max(t0 + i * period, last + period / 2 if i else t0) - time.perf_counter()
+            due = t0 + i * period
+            if i:
+                due = max(due, last + period / 2)
+            delay = due - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
             last = time.perf_counter()

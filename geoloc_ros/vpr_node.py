@@ -10,9 +10,9 @@ unconfigured and says why, in the log and on /diagnostics); activate subscribes 
 stops both; cleanup destroys the publishers and releases the encoder (and the GPU memory it held). With `autostart`
 (default) the node configures and activates itself.
 
-Threading: the camera callbacks (node/intake.py: a hidden node on an executor thread of their own) only park the
-newest message per camera (an older one waiting is dropped and counted) and wake the worker, which decodes,
-encodes, searches and publishes with one Localizer per batch (`reload_map` swaps a new one in whole);
+Threading: the camera callbacks (node/intake.py: a hidden node on an executor thread of their own, with odometry
+and fix) only park the newest message per camera with the pose held then (an older one waiting is dropped and
+counted) and wake the worker, which decodes, encodes, searches and publishes with one Localizer per batch;
 ~/find_place and ~/geolocate get executor threads of their own.
 """
 
@@ -65,10 +65,10 @@ class VprNode(LifecycleNode):
         self.settings: params.Settings | None = None
         self._localizer: Localizer | None = None  # swapped whole by reload_map; read once per batch
         self._swap_lock = threading.Lock()
-        self._odom = None  # latest (x, y, z) from odom_topic
-        self._fix = None  # latest valid (lat, lon, alt) from fix_topic
+        self._odom = None  # latest (x, y, z) from odom_topic; a frame takes the one held when it arrives
+        self._fix = None  # latest valid (lat, lon, alt) from fix_topic; likewise
         self._cv = threading.Condition()
-        self._pending = {}  # camera -> (message, topic, ROS receive time ns, monotonic receive time)
+        self._pending = {}  # camera -> (message, topic, ROS receive time ns, monotonic receive time, odom, fix)
         self._cameras: CameraInputs | None = None  # camera models and depth per camera, from configure
         self._markers = 0  # id of the next loop-closure marker
         self._worker = None
@@ -134,14 +134,14 @@ class VprNode(LifecycleNode):
         s = self.settings
         qos = params.image_qos_profile(s.image_qos)
         self._intake = CameraIntake(self)  # frames on a thread and executor of their own: node/intake.py says why
+        if s.odom_topic:  # before the cameras: a pose that came first is held when a frame is parked
+            self._intake.subscribe_input(Odometry, s.odom_topic, self._on_odom, qos_profile_sensor_data)
+        if s.fix_topic:
+            self._intake.subscribe_input(NavSatFix, s.fix_topic, self._on_fix, qos_profile_sensor_data)
         topics = self._intake.subscribe(s.image_topics, s.subscribe_compressed, qos, self._on_image,
                                         self._on_incompatible_qos)
         self._watch = CameraWatch(topics, s.no_frames_warn_s, s.image_qos)
         self._subs.extend(self._cameras.subscribe(self, qos))  # CameraInfo and depth: the cameras' QoS
-        if s.odom_topic:
-            self._subs.append(self.create_subscription(Odometry, s.odom_topic, self._on_odom, qos_profile_sensor_data))
-        if s.fix_topic:
-            self._subs.append(self.create_subscription(NavSatFix, s.fix_topic, self._on_fix, qos_profile_sensor_data))
         self._stop = False
         self._worker = threading.Thread(target=self._work, name="geoloc_vpr_worker", daemon=True)
         self._worker.start()
@@ -200,7 +200,7 @@ class VprNode(LifecycleNode):
         with self._cv:
             if camera in self._pending:
                 self.stats.on_drop()  # newest wins: the worker was busy, the older frame is stale anyway
-            self._pending[camera] = (msg, topic, received_ns, time.monotonic())
+            self._pending[camera] = (msg, topic, received_ns, time.monotonic(), self._odom, self._fix)
             self._cv.notify()
 
     def _on_incompatible_qos(self, topic: str, event):
@@ -245,11 +245,11 @@ class VprNode(LifecycleNode):
             self.stats.on_processed(result.encode_ms, result.search_ms,
                                     (time.monotonic() - result.frame.received_mono) * 1e3)
 
-    def _decode(self, camera, msg, topic, received_ns, received_mono):
+    def _decode(self, camera, msg, topic, received_ns, received_mono, odom, fix):
         try:
             s = self.settings
             return messages.to_frame(msg, camera, topic, received_ns, received_mono, s.blank_threshold,
-                                     odom=self._odom, fix=self._fix, max_pixels=s.max_image_pixels,
+                                     odom=odom, fix=fix, max_pixels=s.max_image_pixels,
                                      mono16_max=s.mono16_max, camera_model=self._cameras.model(camera),
                                      depth=self._cameras.depth_for(camera, messages.stamp_ns(msg.header.stamp)))
         except FrameError as e:

@@ -419,3 +419,28 @@ def test_bad_navsatfix_is_ignored_and_counted(world, graph, tmp_path):
     assert h.wait_for(lambda: T0 in h.data.received, timeout=20)
     kf = n.node.session.db.keyframe(0)
     assert (kf.lat, kf.lon) == (66.5, 14.25) and math.isfinite(kf.x) and math.isfinite(kf.y)
+
+
+def test_session_keyframes_take_the_odometry_published_just_before_their_frame(world, graph):
+    """Odometry and frames are taken on one intake thread, odometry first: a pose published right before its frame
+    (no pause between them) positions that frame's session keyframe, every time."""
+    from nav_msgs.msg import Odometry
+    from rclpy.qos import qos_profile_sensor_data
+
+    start, h = graph
+    n = start({"map_path": [""], "encoder_path": world["encoder"], "session_map": True, "odom_topic": "/odom",
+               "session_min_interval_s": 0.0, "session_min_spacing_m": 1.0})
+    assert n.active, n.node.last_error
+    odom = h.node.create_publisher(Odometry, "/odom", qos_profile_sensor_data)
+    assert h.wait_for_subscriber() and h.wait_for(lambda: odom.get_subscription_count() > 0, 10)
+    images = [read_image(r.path) for r in world["records"][:12]]
+    for i, im in enumerate(images):
+        pose = Odometry()
+        pose.header.stamp.sec = 1_700_000_000 + i
+        pose.pose.pose.position.x = 2.0 * i  # 2 m per frame: every frame is far enough for a keyframe
+        odom.publish(pose)
+        h.publish(image_message(im, T0 + i * 10**9))
+        assert h.wait_for(lambda: len(h.data.received) > i, timeout=10)
+        time.sleep(0.05)
+    kfs = sorted(n.node.session.db.keyframes(), key=lambda k: k.stamp_ns)
+    assert [k.x for k in kfs] == [2.0 * i for i in range(len(images))]

@@ -5,8 +5,11 @@ Why not on geoloc_vpr itself: that node is spun by a MultiThreadedExecutor, so t
 ~/geolocate holds one executor thread and not the cameras (language_services.py), and that executor hands every
 callback to a pool thread. For a 640x480 rgb8 frame the hand-off cost ~2 ms p50 and doubled p95: the benchmark's
 echo floor (docs/node.md, "Where the time goes") was 6.3-6.7 ms under the MultiThreadedExecutor, 4.0-4.4 ms with
-the subscriptions here. Topic names are resolved by geoloc_vpr (its remappings and namespace apply) and the
-intake node ignores the process's global arguments, so a `-r __node:=...` cannot give two nodes one name.
+the subscriptions here. Odometry and NavSatFix, which tag the frames, are taken on the same thread, so a frame is
+parked with the pose that arrived before it (on separate executors a pose could still be waiting when the frame
+was processed, and a session keyframe then took the previous pose). Topic names are resolved by geoloc_vpr (its
+remappings and namespace apply) and the intake node ignores the process's global arguments, so a `-r __node:=...`
+cannot give two nodes one name.
 """
 
 from __future__ import annotations
@@ -44,6 +47,12 @@ class CameraIntake:
             self.node.create_subscription(kind, resolved, lambda m, c=camera, t=topic: on_image(m, c, t), qos,
                                           event_callbacks=events)
         return [topic for _, _, topic, _ in cameras]
+
+    def subscribe_input(self, kind, topic: str, callback, qos):
+        """A subscription to a message the frames are tagged with (odometry, NavSatFix) on the same thread as the
+        cameras. Call it before `subscribe`: an executor takes ready messages in the order their subscriptions
+        were made, so a pose that arrived before a frame is always held when the frame is parked."""
+        self.node.create_subscription(kind, self._resolve(topic), callback, qos)
 
     def count_publishers(self, topic: str) -> int:
         """Publishers of camera topic `topic` (as the user named it) on the name actually subscribed, remapped."""
