@@ -353,7 +353,7 @@ _BY_NAME = {name: (default, bounds) for name, default, _, bounds in PARAMETERS}
 # Camera messages DDS may hold per subscription until the intake takes them: the depth of ROS's sensor-data profile.
 # Newest-wins is the node's job (vpr_node._on_image parks the newest frame and counts the one it replaces). With
 # depth 1, DDS itself replaced a frame the intake had not yet taken, and nothing counted it: two frames published
-# back to back lost the first one 8 times in 12 (in-process, 64x32), where depth 5 received all 12.
+# back to back lost the first one 8 times in 12 (a one-off in-process probe, 64x32), where depth 5 received all 12.
 IMAGE_QUEUE_DEPTH = 5
 
 
