@@ -156,9 +156,9 @@ def _bare(enc, db, messages, n: int) -> dict:
 
 def _bare_at_rate(enc, db, images, rate: float, n: int = 40) -> float:
     """Encode + search p50 (ms) with the calls started at `rate` Hz, as the camera paces the node: between frames
-    the backend's threads sleep and other processes take the caches, which back-to-back calls never see (measured
-    for the bundled encoder: 3.4-3.5 ms against 2.3-2.9 back to back). A figure beside the issue's ratio, not
-    instead of it."""
+    the backend's threads sleep and other processes take the caches, which back-to-back calls never see (the bundled
+    encoder on a Zen 5 EPYC: 3.9 ms against 2.6 ms back to back, docs/benchmarks/node_zen5_640x480). A figure
+    beside the issue's ratio, not instead of it."""
     period, ms = 1.0 / rate, []
     t0 = time.perf_counter()
     for i in range(n):
