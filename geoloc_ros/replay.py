@@ -212,19 +212,8 @@ class Harness:
         (self.compressed_pub if hasattr(msg, "format") else self.image_pub).publish(msg)
 
     def play(self, messages, rate_hz: float):
-        """Publish `messages` at `rate_hz`, on a fixed schedule (a slow subscriber cannot slow the camera). A
-        publish that is late (this process was not scheduled) still comes at least half a period after the one
-        before: a camera does not send two frames at once, and the node's newest-wins would drop the first."""
-        period = 1.0 / rate_hz
-        t0 = last = time.perf_counter()
-        for i, msg in enumerate(messages):
-            due = t0 + i * period
-            if i:
-                due = max(due, last + period / 2)
-            delay = due - time.perf_counter()
-            if delay > 0:
-                time.sleep(delay)
-            last = time.perf_counter()
+        """Publish `messages` at `rate_hz`, on `paced`'s schedule (a slow subscriber cannot slow the camera)."""
+        for msg in paced(messages, rate_hz):
             self.publish(msg)
 
     def wait_quiet(self, quiet_s: float = 1.0, timeout: float = 30.0, expect: int | None = None):
@@ -272,6 +261,23 @@ class InProcessNode:
         self.node._release()
         self.executor.shutdown()
         self.node.destroy_node()
+
+
+def paced(items, rate_hz: float):
+    """Yield `items` as a camera at `rate_hz` would send them: on a fixed schedule, and when late (this process was
+    not scheduled) still at least half a period after the one before. A camera does not send two frames at once,
+    and the node's newest-wins would drop the first."""
+    period = 1.0 / rate_hz
+    t0 = last = time.perf_counter()
+    for i, item in enumerate(items):
+        due = t0 + i * period
+        if i:
+            due = max(due, last + period / 2)
+        delay = due - time.perf_counter()
+        if delay > 0:
+            time.sleep(delay)
+        last = time.perf_counter()
+        yield item
 
 
 @contextmanager

@@ -159,14 +159,12 @@ def _bare_at_rate(enc, db, images, rate: float, n: int = 40) -> float:
     the backend's threads sleep and other processes take the caches, which back-to-back calls never see (the bundled
     encoder on a Zen 5 EPYC: 3.9 ms against 2.6 ms back to back, docs/benchmarks/node_zen5_640x480). A figure
     beside the issue's ratio, not instead of it."""
-    period, ms = 1.0 / rate, []
-    t0 = time.perf_counter()
-    for i in range(n):
-        delay = t0 + i * period - time.perf_counter()
-        if delay > 0:
-            time.sleep(delay)
+    from geoloc_ros.replay import paced
+
+    ms = []
+    for im in paced((images[i % len(images)] for i in range(n)), rate):
         a = time.perf_counter()
-        db.search(enc.encode([images[i % len(images)]]), 5)
+        db.search(enc.encode([im]), 5)
         ms.append((time.perf_counter() - a) * 1e3)
     return float(np.median(ms))
 
