@@ -18,6 +18,7 @@ counted) and wake the worker, which decodes, encodes, searches and publishes wit
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 import threading
 import time
@@ -35,7 +36,6 @@ from visualization_msgs.msg import MarkerArray
 
 from geoloc_msgs.msg import PlaceRecognition
 from geoloc_ros.localization import SESSION_MAP_ID, LoadError, Localizer, SessionMap, load_snapshot, verification
-from geoloc_ros.localization.localizer import CONSISTENCY_MODES
 from geoloc_ros.localization.snapshot import backend_values, carries_checkpoint, describe_encoder, load_maps
 from geoloc_ros.node import language_services, messages, params
 from geoloc_ros.node.camera_inputs import CameraInputs
@@ -107,8 +107,6 @@ class VprNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             s = params.read(self)
-            if s.consistency_mode not in CONSISTENCY_MODES:  # before anything heavy loads
-                raise LoadError(f"consistency_mode {s.consistency_mode!r}: expected consecutive or sequence")
             self._localizer = self._build_localizer(s)
         except Exception as e:  # noqa: BLE001 - any failure leaves the node unconfigured with the reason
             self.last_error = f"configure failed: {e}"
@@ -118,7 +116,8 @@ class VprNode(LifecycleNode):
         self.settings, self.last_error, self._cameras = s, "", CameraInputs(s)
         self._pubs = {k: self.create_lifecycle_publisher(t, name, RESULT_QOS) for k, (t, name) in PUBLISHERS.items()
                       if k != "markers" or s.publish_markers}
-        for problem in getattr(self._localizer.verifier, "problems", list)():  # maps without stored features
+        verifier = self._localizer.verifier
+        for problem in verifier.problems() if verifier is not None else ():  # maps without stored features
             self.get_logger().warning(problem)
         sizes = ", ".join(f"{m.name} ({len(m)} keyframes)" for m in self.maps) or "none"
         self.get_logger().info(f"configured: encoder {describe_encoder(self.encoder)}; maps: {sizes}")
@@ -126,9 +125,10 @@ class VprNode(LifecycleNode):
 
     @staticmethod
     def _build_localizer(s: params.Settings) -> Localizer:
-        snapshot = load_snapshot(s)
+        config = params.localizer_config(s)
+        snapshot = load_snapshot(config)
         session = SessionMap(snapshot.encoder, frame=snapshot.primary_frame) if s.session_map else None
-        return Localizer(snapshot, session, verification.build_verifier(s, snapshot, session))
+        return Localizer(snapshot, session, verification.build_verifier(config, snapshot, session))
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         s = self.settings
@@ -314,10 +314,10 @@ class VprNode(LifecycleNode):
             self.get_logger().error(response.message)
             return response
         verifier = localizer.verifier.with_maps(maps) if localizer.verifier is not None else None
-        fresh = Localizer(localizer.snapshot.with_maps(maps, s.map_path), localizer.session, verifier)
+        fresh = Localizer(localizer.snapshot.with_maps(maps, s.maps), localizer.session, verifier)
         with self._swap_lock:
             self._localizer = fresh
-        self.settings.map_path = s.map_path
+        self.settings = replace(self.settings, map_path=s.map_path)
         response.success = True
         response.message = "reloaded " + ", ".join(f"{m.name} ({len(m.db)} keyframes)" for m in maps)
         self.get_logger().info(response.message)
@@ -330,7 +330,7 @@ class VprNode(LifecycleNode):
         if session is None:
             response.success, response.message = False, "no session map (set session_map: true and configure)"
             return response
-        s = localizer.settings
+        s = self.settings
         path = Path(s.session_map_path or Path.home() / ".ros" / "geoloc_session_map").expanduser()
         try:
             encoder_file = localizer.snapshot.encoder_file

@@ -87,10 +87,11 @@ class PoseGraph:
         self.aligned = False  # True once absolute factors hold the trajectory in the map frame
         self._factors = gtsam.NonlinearFactorGraph()  # every factor but the gauge prior, for re-anchoring
         self._unaligned: list[tuple[int, np.ndarray, np.ndarray]] = []  # (node, position, cov) before aligning
-        self.accepted = 0
-        self.rejected = 0
+        self.closures_accepted = 0  # loop closures that became factors
+        self.closures_rejected = 0  # ... refused: gate, no odometry at a stamp, timed out
+        self.absolute_rejected = 0  # absolute positions refused: gate, no pose, alignment outlier, timed out
         self.last_optimise_ms = float("nan")
-        self._pending: list[tuple[int, callable]] = []  # (stamp_ns it waits for, retry)
+        self._pending: list[tuple[int, callable, bool]] = []  # (stamp_ns it waits for, retry, is a closure)
         self._estimate = None
 
     def __len__(self) -> int:
@@ -153,20 +154,23 @@ class PoseGraph:
         last = self.history.last_stamp
         return last is None or stamp_ns > last
 
-    def _defer(self, stamp_ns: int, retry) -> str:
-        self._pending.append((stamp_ns, retry))
+    def _defer(self, stamp_ns: int, retry, closure: bool) -> str:
+        self._pending.append((stamp_ns, retry, closure))
         return Verdict.PENDING
 
     def _retry_pending(self, now_ns: int):
         timeout = int(self.settings.pending_timeout_s * 1e9)
         waiting, self._pending = self._pending, []
-        for stamp, retry in waiting:
+        for stamp, retry, closure in waiting:
             if stamp <= now_ns:
                 retry()
             elif now_ns - stamp < timeout:
-                self._pending.append((stamp, retry))
+                self._pending.append((stamp, retry, closure))
             else:
-                self.rejected += 1
+                if closure:
+                    self.closures_rejected += 1
+                else:
+                    self.absolute_rejected += 1
 
     # -- loop closures ----------------------------------------------------------------------------------------
     def add_session_closure(self, query_stamp_ns: int, keyframe_stamp_ns: int, relative_pose: gtsam.Pose3,
@@ -175,10 +179,10 @@ class PoseGraph:
         (p_k = T p_q) with its ROS-ordered covariance and geoloc_msgs RELATIVE_POSE_* kind."""
         if self._waits_for_odometry(query_stamp_ns):
             return self._defer(query_stamp_ns, lambda: self.add_session_closure(
-                query_stamp_ns, keyframe_stamp_ns, relative_pose, covariance, kind))
+                query_stamp_ns, keyframe_stamp_ns, relative_pose, covariance, kind), closure=True)
         query, keyframe = self.locate(query_stamp_ns), self.locate(keyframe_stamp_ns)
         if query is None or keyframe is None:
-            self.rejected += 1
+            self.closures_rejected += 1
             return Verdict.NO_POSE
         (a, d_a), (b, d_b) = query, keyframe
         if a == b:
@@ -189,14 +193,14 @@ class PoseGraph:
         measured = d_b.compose(base).compose(d_a.inverse())  # node b -> node a
         cov = noise.transform_covariance(d_a, noise.transform_covariance(e, cov_cam))
         if not self._gate_between(X(b), X(a), measured, cov):
-            self.rejected += 1
+            self.closures_rejected += 1
             return Verdict.REJECTED
         s = self.settings
         graph = gtsam.NonlinearFactorGraph()
         self._add(graph, gtsam.BetweenFactorPose3(X(b), X(a), measured,
                                                   noise.robust(s.robust_kernel, s.robust_k, cov)))
         self.edges.append(Edge(X(b), X(a), measured, cov, "closure"))
-        self.accepted += 1
+        self.closures_accepted += 1
         self._update(graph, gtsam.Values(), iterations=s.relinearize_iterations)
         return Verdict.ACCEPTED
 
@@ -238,10 +242,11 @@ class PoseGraph:
         """The robot (base) position at `stamp_ns` in the map frame, with a 3x3 covariance (ENU, m^2): a
         prior-map keyframe's position or a projected GPS fix. Becomes a robust gtsam.GPSFactor."""
         if self._waits_for_odometry(stamp_ns):
-            return self._defer(stamp_ns, lambda: self.add_absolute(stamp_ns, position, covariance3))
+            return self._defer(stamp_ns, lambda: self.add_absolute(stamp_ns, position, covariance3),
+                               closure=False)
         where = self.locate(stamp_ns)
         if where is None:
-            self.rejected += 1
+            self.absolute_rejected += 1
             return Verdict.NO_POSE
         i, offset = where
         cov = np.asarray(covariance3, float).reshape(3, 3)
@@ -252,7 +257,7 @@ class PoseGraph:
             self._unaligned.append((i, target, cov))
             return Verdict.ACCEPTED if self._try_align() else Verdict.PENDING
         if not self._gate_position(X(i), node, target, cov):
-            self.rejected += 1
+            self.absolute_rejected += 1
             return Verdict.REJECTED
         graph = gtsam.NonlinearFactorGraph()
         self._add_absolute_factor(graph, i, target, cov)
@@ -263,7 +268,6 @@ class PoseGraph:
         s = self.settings
         self._add(graph, gtsam.GPSFactor(X(i), target, noise.robust(s.robust_kernel, s.robust_k, cov)))
         self.absolute_factors += 1
-        self.accepted += 1
 
     def _try_align(self) -> bool:
         """Place the trajectory in the map frame from the buffered absolute measurements (a rigid x-y-yaw fit,
@@ -288,7 +292,7 @@ class PoseGraph:
         yaw = math.atan2(rot[1, 0], rot[0, 0])
         self._rebuild(gtsam.Pose3(gtsam.Rot3.Yaw(yaw), np.array([trans[0], trans[1], 0.0])),
                       [m for m, k in zip(self._unaligned, keep) if k])
-        self.rejected += int((~keep).sum())
+        self.absolute_rejected += int((~keep).sum())
         self._unaligned = []
         return True
 
