@@ -114,9 +114,9 @@ class Localizer:
         agreement, odometry_ok = self.history.update(frame.camera, anchor, frame.odom)
         if anchor is None:
             return closures, None
-        evidence = Evidence(similarity_margin(anchor, cands, self.consistency.same_place), agreement,
-                            sequence_margin,
-                            anchor.inliers if anchor.verified else 0, s.verification_min_inliers, odometry_ok)
+        margin = similarity_margin(anchor, cands, self.consistency.same_place)
+        evidence = Evidence(margin, agreement, sequence_margin, anchor.inliers if anchor.verified else 0,
+                            s.verification_min_inliers, odometry_ok)
         # a closure of consecutive agreement (also sequence mode's fallback on the session map alone) is rated so
         value = confidence(evidence, "consecutive" if sequence_margin is None else "sequence")
         return [replace(c, confidence=value) for c in closures], evidence

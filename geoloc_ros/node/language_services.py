@@ -49,7 +49,7 @@ class LanguageServices:
         with self._lock:
             self._latest_rgb = result.frame.rgb
         best = result.candidates[0] if result.candidates else None
-        address = getattr(best.keyframe, "address", "") if best is not None else ""
+        address = best.keyframe.address if best is not None else ""
         if address:
             self.last_address = address
             self.address_pub.publish(String(data=address))
