@@ -119,3 +119,45 @@ def test_two_prior_maps_built_apart_give_the_back_end_one_frame(maps_built_apart
         assert b.paths[-1].header.frame_id == "map"
     finally:
         b.close()
+
+
+def test_the_back_end_classifies_by_source_and_has_position_never_by_name(rclpy_context):
+    """Whatever the name, id, source byte and position flag, a candidate is a session closure, a prior-map
+    position, no position, or an unsupported source, and the callback never raises."""
+    import gtsam
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+    from test_pose_graph_node import odometry_message
+
+    from geoloc_msgs.msg import PlaceRecognition
+    from geoloc_ros.slam.pose_graph_node import PoseGraphNode
+
+    node = PoseGraphNode(context=rclpy_context)
+    for k in range(5):
+        node._on_odom(odometry_message(T0 + k * 10**8, gtsam.Pose3(gtsam.Rot3(), [float(k), 0.0, 0.0])))
+
+    @settings(max_examples=40, deadline=None)
+    @given(name=st.sampled_from(["session", "map", ""]), map_id=st.sampled_from(["session", "/maps/session", ""]),
+           source=st.integers(0, 255), has_position=st.booleans(),
+           xy=st.tuples(st.floats(-1e4, 1e4), st.floats(-1e4, 1e4)))
+    def check(name, map_id, source, has_position, xy):
+        c = PlaceCandidate(map_name=name, map_id=map_id, source=source, has_position=has_position, confidence=1.0)
+        c.pose.position.x, c.pose.position.y = xy
+        msg = PlaceRecognition(candidates=[c])
+        msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(T0 + 2 * 10**8, 10**9)
+        before = dict(node.counts)
+        node._on_closures(msg)
+        (verdict,) = [k for k, v in node.counts.items() if v != before.get(k, 0)]
+        if source == PlaceCandidate.SOURCE_SESSION:
+            assert verdict in ("closure_no_pose", "closure_same_node", "closure_accepted", "closure_rejected")
+        elif source != PlaceCandidate.SOURCE_PRIOR_MAP:
+            assert verdict == "closure_unsupported_source"
+        elif not has_position:
+            assert verdict == "closure_no_position"
+        else:
+            assert verdict in ("closure_pending", "closure_accepted", "closure_rejected")
+
+    try:
+        check()
+    finally:
+        node.destroy_node()
