@@ -33,10 +33,12 @@ PARAMETERS = [
     ("subscribe_compressed", True, "Also subscribe to <topic>/compressed for every image topic.", None),
     ("odom_topic", "", "nav_msgs/Odometry giving the poses of session keyframes (empty: no subscription).", None),
     ("fix_topic", "", "sensor_msgs/NavSatFix giving geotags of session keyframes (empty: no subscription).", None),
-    ("image_qos", "reliable", "QoS of the camera subscriptions: 'reliable' (matches reliable publishers only; "
-     "what most drivers and image_transport publish), 'sensor_data' (best effort: matches every publisher, but "
-     "best-effort frames of 640x480 and more from another process are lost with the Fast DDS of the PyPI "
-     "wheels), 'system_default'. Depth 1: the newest frame wins.", None),
+    ("image_qos", "auto", "QoS of the camera subscriptions (images, CameraInfo, depth): 'auto' (per topic: "
+     "reliable while every publisher is reliable, best effort when one is not, as `ros2 bag record` chooses; "
+     "re-checked every second, the choice in /diagnostics), 'reliable' (matches reliable publishers only), "
+     "'sensor_data' (best effort: matches every publisher, but camera-sized frames from another process are lost "
+     "with the Fast DDS of the PyPI wheels unless both processes load config/fastdds_large_frames.xml), "
+     "'system_default'. Depth 5; the node keeps the newest frame.", None),
     ("no_frames_warn_s", 5.0, "/diagnostics warns when a camera topic has publishers but no frame has arrived "
      "for this long (a QoS mismatch, or best-effort frames lost in transport); 0 disables the warning.",
      (0.0, 3600.0)),
@@ -192,7 +194,7 @@ class Settings:
 
 # Parameters that must be one of a few words, and those that name topics.
 CHOICES = {"consistency_mode": ("consecutive", "sequence"),
-           "image_qos": ("reliable", "sensor_data", "system_default"),
+           "image_qos": ("auto", "reliable", "sensor_data", "system_default"),
            "verification_require_pose": ("none", "direction", "metric"),
            "verification_detector": ("sift", "orb", "akaze")}
 TOPICS = ("image_topics", "odom_topic", "fix_topic", "camera_info_topics", "depth_topics")
@@ -363,8 +365,9 @@ def image_qos_profile(name: str):
     not DDS, drops them, so that /diagnostics counts every frame that arrived)."""
     from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_system_default
 
-    reliability = {"reliable": ReliabilityPolicy.RELIABLE, "sensor_data": ReliabilityPolicy.BEST_EFFORT,
-                   "system_default": None}
+    # auto: reliable until the publishers call for best effort (node/camera_qos.py re-subscribes then)
+    reliability = {"auto": ReliabilityPolicy.RELIABLE, "reliable": ReliabilityPolicy.RELIABLE,
+                   "sensor_data": ReliabilityPolicy.BEST_EFFORT, "system_default": None}
     if name not in reliability:
         raise ParameterError(f"image_qos: {name!r} is not one of {', '.join(reliability)}")
     if reliability[name] is None:
