@@ -19,6 +19,7 @@ counted) and wake the worker, which decodes, encodes, searches and publishes wit
 from __future__ import annotations
 
 from dataclasses import replace
+import math
 from pathlib import Path
 import threading
 import time
@@ -214,6 +215,9 @@ class VprNode(LifecycleNode):
 
     def _on_odom(self, msg: Odometry):
         p = msg.pose.pose.position
+        if not (math.isfinite(p.x) and math.isfinite(p.y) and math.isfinite(p.z)):
+            self.stats.on_ignored_odom()  # a NaN position would enter the session map and its spacing test
+            return
         self._odom = (p.x, p.y, p.z)
 
     def _on_fix(self, msg: NavSatFix):
