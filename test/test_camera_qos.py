@@ -9,6 +9,7 @@ be the only one on /diagnostics while it counts frames."""
 
 import os
 
+import numpy as np
 import pytest
 from test_camera_frames import BUNDLED_MAP, REPO, counters, publish
 
@@ -95,3 +96,28 @@ def test_best_effort_without_the_profile_is_measured(photo, tmp_path):
         print(f"image_qos auto, best effort 640x480 raw, no profile: received {d['frames_received']}/20, "
               f"processed {d['frames_processed']}, frames_missing {d.get('frames_missing')}")
         assert int(d["frames_received"]) <= 20
+
+
+def test_frames_missing_are_counted_from_the_stamps():
+    from geoloc_ros.node.camera_watch import CameraWatch, StampGaps
+
+    gaps, period = StampGaps(), 33_333_333
+    t0 = 1_700_000_000 * 10**9
+    stamps = [t0 + i * period for i in range(40) if i not in (20, 21, 30)]  # 3 frames lost on the way
+    assert sum(gaps.add(s) for s in stamps) == 3 and gaps.missing == 3
+    assert gaps.add(t0) == 0 and gaps.add(0) == 0  # back in time (a replay restarting), no stamp: nothing
+    assert gaps.add(t0 + 10**12) == 0  # a long pause is not frames lost
+    heavy, rng = StampGaps(), np.random.default_rng(0)  # two frames in three lost: most steps span periods
+    kept = [t0 + i * period for i in range(300) if i < 6 or rng.random() < 0.35]
+    for s in kept:
+        heavy.add(s)
+    lost = kept[-1] // period - kept[0] // period + 1 - len(kept)
+    assert abs(heavy.missing - lost) <= 0.1 * lost, (heavy.missing, lost)
+
+    watch = CameraWatch(["/cam"], 5.0, "auto", lambda topic: "best_effort")
+    for s in stamps:
+        watch.on_frame("/cam", s)
+    assert watch.diagnostics() == {"frames_missing": 3, "frames_missing /cam": 3}
+    (warning,) = watch.warnings(lambda topic: 1)
+    assert "3 frames missing" in warning and "fastdds_large_frames.xml" in warning and "best effort" in warning
+    assert CameraWatch(["/cam"], 0.0, "auto").warnings(lambda topic: 1) == []  # the watch off

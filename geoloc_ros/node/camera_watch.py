@@ -23,8 +23,9 @@ MISSING_RECENT_S = 10.0  # frames missing within this long make /diagnostics war
 
 
 class StampGaps:
-    """Frames missing from one stream, by its header stamps: a step of more than 1.5 periods (the median of the
-    last PERIODS steps) is round(step / period) - 1 missing frames. Steps back in time (a replay restarting, two
+    """Frames missing from one stream, by its header stamps: a step of more than 1.5 periods is round(step /
+    period) - 1 missing frames. The period is the 10th percentile of the last PERIODS steps, not their median: under
+    heavy loss most steps that arrive span several periods. Steps back in time (a replay restarting, two
     publishers) restart the count; a gap of more than MAX_GAP periods (a camera paused) counts nothing."""
 
     PERIODS = 30
@@ -47,11 +48,10 @@ class StampGaps:
             return 0
         missing = 0
         if len(self.steps) >= self.MIN_PERIODS:
-            period = float(np.median(self.steps))
+            period = float(np.percentile(self.steps, 10))
             if period > 0 and 1.5 * period < step <= self.MAX_GAP * period:
                 missing = round(step / period) - 1
-        if missing == 0:
-            self.steps.append(step)
+        self.steps.append(step)
         self.missing += missing
         return missing
 
