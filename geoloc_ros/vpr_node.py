@@ -140,7 +140,7 @@ class VprNode(LifecycleNode):
             self._intake.subscribe_input(Odometry, s.odom_topic, self._on_odom, qos_profile_sensor_data)
         if s.fix_topic:
             self._intake.subscribe_input(NavSatFix, s.fix_topic, self._on_fix, qos_profile_sensor_data)
-        self._watch = CameraWatch([], s.no_frames_warn_s, s.image_qos)
+        self._watch = CameraWatch([], s.no_frames_warn_s, s.image_qos)  # for a QoS change before the next line
         topics = self._intake.subscribe(s.image_topics, s.subscribe_compressed, s.image_qos, self._on_image,
                                         self._on_incompatible_qos)
         self._watch = CameraWatch(topics, s.no_frames_warn_s, s.image_qos, self._intake.qos.reliability)

@@ -35,6 +35,26 @@ def photo(shared_data):
     return shared_data / "geometry" / "lund_street" / "01.jpg"
 
 
+def test_best_effort_without_the_profile_is_measured(photo, tmp_path, monkeypatch):
+    """What a best-effort 640x480 raw camera without the profile delivers to a node with defaults (also without
+    it): printed (docs/node.md quotes test/measure_camera_qos.py), asserted only to be matched. Placed before the
+    module's node starts, so that its node is the only vpr_node on /diagnostics."""
+    from geoloc_ros.replay import node_process
+
+    monkeypatch.delenv("FASTDDS_DEFAULT_PROFILES_FILE", raising=False)  # for the node's and the camera's process
+    log = tmp_path / "vpr_node.log"
+    with node_process([f"map_path:=['{BUNDLED_MAP}']"], log, name="camera_qos_bare") as h:
+        assert h.wait_for(lambda: h.diag_values().get("state") == "active", timeout=90), log.read_text()[-3000:]
+        camera = f"/camera_qos_bare_{os.getpid()}/camera/image_raw"
+        sent = publish(camera, photo, "640x480", "raw", "best_effort", count=20)
+        assert sent["published"] == 20 and sent["matched"] >= 1, sent
+        h.wait_for(lambda: False, timeout=2)
+        d = h.diag_values()
+        print(f"image_qos auto, best effort 640x480 raw, no profile: received {d['frames_received']}/20, "
+              f"processed {d['frames_processed']}, frames_missing {d.get('frames_missing')}")
+        assert int(d["frames_received"]) <= 20 and d["image_qos"] == "auto"
+
+
 @pytest.fixture(scope="module")
 def node(tmp_path_factory):
     """vpr_node as a process with default parameters (image_qos left alone), both processes with the profile."""
@@ -77,25 +97,6 @@ def test_cameras_of_either_qos_are_answered_with_defaults(node, photo, size, fmt
     # the harness's own reliable publisher stays on the topic: with the camera gone, reliable again
     assert node.wait_for(lambda: node.diag_values().get(f"image_qos {topic}") == "reliable", timeout=10), d
     assert int(node.diag_values()["frames_rejected"]) == 0
-
-
-def test_best_effort_without_the_profile_is_measured(photo, tmp_path):
-    """What a best-effort 640x480 raw camera without the profile delivers to a node with defaults (also without
-    it): printed for docs/node.md, asserted only to be matched and counted."""
-    from geoloc_ros.replay import node_process
-
-    assert "FASTDDS_DEFAULT_PROFILES_FILE" not in os.environ or pytest.skip("the environment sets a profile")
-    log = tmp_path / "vpr_node.log"
-    with node_process([f"map_path:=['{BUNDLED_MAP}']"], log, name="camera_qos_bare") as h:
-        assert h.wait_for(lambda: h.diag_values().get("state") == "active", timeout=90), log.read_text()[-3000:]
-        camera = f"/camera_qos_bare_{os.getpid()}/camera/image_raw"
-        sent = publish(camera, photo, "640x480", "raw", "best_effort", count=20)
-        assert sent["published"] == 20 and sent["matched"] >= 1, sent
-        h.wait_for(lambda: False, timeout=2)
-        d = h.diag_values()
-        print(f"image_qos auto, best effort 640x480 raw, no profile: received {d['frames_received']}/20, "
-              f"processed {d['frames_processed']}, frames_missing {d.get('frames_missing')}")
-        assert int(d["frames_received"]) <= 20
 
 
 def test_frames_missing_are_counted_from_the_stamps():

@@ -139,6 +139,8 @@ class CameraWatch:
             elif now - t >= self.warn_after_s:
                 hint = (f"best-effort camera-sized frames from another process are lost: {PROFILE_ADVICE}"
                         if best_effort else
+                        "`ros2 topic info -v` shows the publishers' QoS: docs/node.md, Camera QoS"
+                        if self.image_qos == "auto" else
                         "a best-effort camera needs image_qos auto or sensor_data: docs/node.md, Camera QoS")
                 out.append(f"{topic}: {publishers} publisher(s) but no frame for {now - t:.0f} s ({qos}); {hint}")
             elif at is not None and now - at < max(MISSING_RECENT_S, self.warn_after_s):

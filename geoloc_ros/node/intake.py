@@ -70,10 +70,6 @@ class CameraIntake:
         """Publishers of camera topic `topic` (as the user named it) on the name actually subscribed, remapped."""
         return self.node.count_publishers(self._resolved.get(topic, self._resolve(topic)))
 
-    def publishers_info(self, topic: str) -> list:
-        """rclpy TopicEndpointInfo of each publisher of camera topic `topic` (as the user named it)."""
-        return self.node.get_publishers_info_by_topic(self._resolved.get(topic, self._resolve(topic)))
-
     def diagnostics(self) -> dict:
         return self.qos.diagnostics() if self.qos is not None else {}
 
