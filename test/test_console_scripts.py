@@ -80,8 +80,28 @@ def test_pose_graph_node_runs_without_ament_prefix_path():
     rclpy.init(context=context, domain_id=int(DOMAIN))
     probe = rclpy.create_node("console_script_probe", context=context)
     try:
-        names = lambda _: any(name != "console_script_probe" for name in probe.get_node_names())  # noqa: E731
-        run_until([script("pose_graph_node")], env, names)
+        seen = lambda _: "geoloc_pose_graph" in probe.get_node_names()  # noqa: E731
+        run_until([script("pose_graph_node")], env, seen)
     finally:
         probe.destroy_node()
         context.try_shutdown()
+
+
+def test_an_installed_layout_finds_its_share_directory_without_ament_prefix_path(tmp_path):
+    """A pip --prefix/--user install or an unsourced colcon install: <prefix>/lib/pythonX.Y/site-packages/geoloc_ros
+    beside <prefix>/share/geoloc_ros, and no AMENT_PREFIX_PATH: the installed config is found, not a path into
+    site-packages."""
+    prefix = tmp_path / "prefix"
+    package = prefix / "lib" / f"python{sys.version_info.major}.{sys.version_info.minor}" / "site-packages"
+    (package / "geoloc_ros").mkdir(parents=True)
+    for name in ("__init__.py", "resources.py"):
+        (package / "geoloc_ros" / name).write_bytes((REPO / "geoloc_ros" / name).read_bytes())
+    share = prefix / "share" / "geoloc_ros"
+    (share / "config").mkdir(parents=True)
+    (share / "package.xml").write_bytes((REPO / "package.xml").read_bytes())
+    (share / "config" / "vpr.yaml").write_bytes((REPO / "config" / "vpr.yaml").read_bytes())
+    code = "from geoloc_ros.resources import resource; print(resource('config', 'vpr.yaml'))"
+    r = subprocess.run([sys.executable, "-I", "-c", f"import sys; sys.path.insert(0, {str(package)!r}); {code}"],
+                       env=bare_env(), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert Path(r.stdout.strip()) == share / "config" / "vpr.yaml"
