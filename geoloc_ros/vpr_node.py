@@ -19,6 +19,7 @@ counted) and wake the worker, which decodes, encodes, searches and publishes wit
 from __future__ import annotations
 
 from dataclasses import replace
+import math
 from pathlib import Path
 import threading
 import time
@@ -132,16 +133,17 @@ class VprNode(LifecycleNode):
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         s = self.settings
-        qos = params.image_qos_profile(s.image_qos)
-        self._intake = CameraIntake(self)  # frames on a thread and executor of their own: node/intake.py says why
+        # frames on a thread and executor of their own: node/intake.py says why
+        self._intake = CameraIntake(self, on_qos_change=self._on_qos_change)
         if s.odom_topic:  # before the cameras: a pose that came first is held when a frame is parked
             self._intake.subscribe_input(Odometry, s.odom_topic, self._on_odom, qos_profile_sensor_data)
         if s.fix_topic:
             self._intake.subscribe_input(NavSatFix, s.fix_topic, self._on_fix, qos_profile_sensor_data)
-        topics = self._intake.subscribe(s.image_topics, s.subscribe_compressed, qos, self._on_image,
+        self._watch = CameraWatch([], s.no_frames_warn_s, s.image_qos)  # for a QoS change before the next line
+        topics = self._intake.subscribe(s.image_topics, s.subscribe_compressed, s.image_qos, self._on_image,
                                         self._on_incompatible_qos)
-        self._watch = CameraWatch(topics, s.no_frames_warn_s, s.image_qos)
-        self._subs.extend(self._cameras.subscribe(self, qos))  # CameraInfo and depth: the cameras' QoS
+        self._watch = CameraWatch(topics, s.no_frames_warn_s, s.image_qos, self._intake.qos.reliability)
+        self._cameras.subscribe(self._intake.subscribe_camera)  # CameraInfo and depth: the cameras' QoS
         self._stop = False
         self._worker = threading.Thread(target=self._work, name="geoloc_vpr_worker", daemon=True)
         self._worker.start()
@@ -195,7 +197,7 @@ class VprNode(LifecycleNode):
     # -- inputs: park the newest message per camera -----------------------------------------------------------
     def _on_image(self, msg, camera: str, topic: str):
         self.stats.on_receive(topic)
-        self._watch.on_frame(topic)
+        self._watch.on_frame(topic, messages.stamp_ns(msg.header.stamp))
         received_ns = self.get_clock().now().nanoseconds
         with self._cv:
             if camera in self._pending:
@@ -206,8 +208,15 @@ class VprNode(LifecycleNode):
     def _on_incompatible_qos(self, topic: str, event):
         self.get_logger().warning(self._watch.on_incompatible_qos(topic, event))
 
+    def _on_qos_change(self, topic: str, reliability: str):
+        self._watch.on_qos_change(topic)
+        self.get_logger().info(f"{topic}: image_qos auto now subscribes {reliability} (the publishers' QoS)")
+
     def _on_odom(self, msg: Odometry):
         p = msg.pose.pose.position
+        if not (math.isfinite(p.x) and math.isfinite(p.y) and math.isfinite(p.z)):
+            self.stats.on_ignored_odom()  # a NaN position would enter the session map and its spacing test
+            return
         self._odom = (p.x, p.y, p.z)
 
     def _on_fix(self, msg: NavSatFix):
@@ -248,10 +257,11 @@ class VprNode(LifecycleNode):
     def _decode(self, camera, msg, topic, received_ns, received_mono, odom, fix):
         try:
             s = self.settings
-            return messages.to_frame(msg, camera, topic, received_ns, received_mono, s.blank_threshold,
-                                     odom=odom, fix=fix, max_pixels=s.max_image_pixels,
-                                     mono16_max=s.mono16_max, camera_model=self._cameras.model(camera),
-                                     depth=self._cameras.depth_for(camera, messages.stamp_ns(msg.header.stamp)))
+            frame = messages.to_frame(msg, camera, topic, received_ns, received_mono, s.blank_threshold,
+                                      odom=odom, fix=fix, max_pixels=s.max_image_pixels, mono16_max=s.mono16_max,
+                                      depth=self._cameras.depth_for(camera, messages.stamp_ns(msg.header.stamp)))
+            model = self._cameras.model(camera, frame.rgb.shape[1], frame.rgb.shape[0])  # None: does not fit
+            return replace(frame, camera_model=model) if model is not None else frame
         except FrameError as e:
             self.stats.on_reject(e.kind)
             self._warn_once(topic, e.kind, f"{e} (further '{e.kind}' frames are only counted in /diagnostics)")
@@ -361,6 +371,7 @@ class VprNode(LifecycleNode):
                   "maps": ", ".join(m.name for m in maps), "map_keyframes": sum(len(m) for m in maps),
                   "session_keyframes": len(session) if session is not None else 0,
                   **backend_values(encoder), **snap,
+                  **(self._intake.diagnostics() if self._intake is not None else {}), **self._watch.diagnostics(),
                   **(self._cameras.diagnostics() if self._cameras is not None else {}),
                   **verification.diagnostics(self._localizer.verifier if self._localizer is not None else None)}
         if st.level == DiagnosticStatus.OK and "verification_problems" in values:  # maps without stored features

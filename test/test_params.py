@@ -26,7 +26,7 @@ BAD_AT_STARTUP = [
     ("top_k:=2.5", r"top_k: expected an integer, got 2.5"),
     ("verification:=maybe", r"verification: expected true or false, got 'maybe'"),
     ("consistency_mode:=bogus", r"consistency_mode: 'bogus' is not one of consecutive, sequence"),
-    ("image_qos:=fast", r"image_qos: 'fast' is not one of reliable, sensor_data, system_default"),
+    ("image_qos:=fast", r"image_qos: 'fast' is not one of auto, reliable, sensor_data, system_default"),
     ("image_topics:=['/camera/image raw']", r"image_topics: '/camera/image raw' is not a valid topic name"),
     ("fix_topic:=gnss fix", r"fix_topic: 'gnss fix' is not a valid topic name"),
     ("device:=gpu", r"device: 'gpu'"),
@@ -63,10 +63,11 @@ def test_an_empty_map_path_needs_a_session_map(rclpy_context):
 
 def test_defaults_and_new_parameters(rclpy_context):
     s = params.read(node_with(rclpy_context, f"map_path:={MAP}"))
-    assert (s.image_qos, s.max_image_pixels, s.mono16_max) == ("reliable", 40_000_000, 0)
+    assert (s.image_qos, s.max_image_pixels, s.mono16_max) == ("auto", 40_000_000, 0)
     whole = params.read(node_with(rclpy_context, f"map_path:={MAP}", "min_similarity:=1", name="whole"))
     assert whole.min_similarity == 1.0 and isinstance(whole.min_similarity, float)  # `:=1` for a float is fine
     assert params.image_qos_profile("reliable").reliability == ReliabilityPolicy.RELIABLE
+    assert params.image_qos_profile("auto").reliability == ReliabilityPolicy.RELIABLE  # until publishers say
     assert params.image_qos_profile("sensor_data").reliability == ReliabilityPolicy.BEST_EFFORT
     assert params.image_qos_profile("reliable").depth == params.IMAGE_QUEUE_DEPTH == 5
     params.image_qos_profile("system_default")

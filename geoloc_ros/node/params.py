@@ -93,12 +93,14 @@ SPEC = (
               "subscription).", validate=_optional_topics),
         Param("fix_topic", "", "sensor_msgs/NavSatFix giving geotags of session keyframes (empty: no "
               "subscription).", validate=_optional_topics),
-        Param("image_qos", "reliable", f"QoS of the camera subscriptions, depth {IMAGE_QUEUE_DEPTH} (the node, not "
-              "DDS, keeps the newest frame and counts the ones it drops): 'reliable' (matches reliable publishers "
-              "only; what most drivers and image_transport publish), 'sensor_data' (best effort: matches every "
-              "publisher, but best-effort frames of 640x480 and more from another process are lost with the Fast "
-              "DDS of the PyPI wheels), 'system_default'. docs/node.md, 'Choosing image_qos', says which to pick.",
-              choices=("reliable", "sensor_data", "system_default")),
+        Param("image_qos", "auto", f"QoS of the camera subscriptions (images, CameraInfo, depth), depth "
+              f"{IMAGE_QUEUE_DEPTH} (the node, not DDS, keeps the newest frame and counts the ones it drops): 'auto' "
+              "(per topic: reliable while every publisher is reliable, best effort when one is not, as `ros2 bag "
+              "record` chooses; re-checked every second, the choice in /diagnostics), 'reliable' (matches reliable "
+              "publishers only), 'sensor_data' (best effort: matches every publisher, but camera-sized frames from "
+              "another process are lost with the Fast DDS of the PyPI wheels unless both processes load "
+              "config/fastdds_large_frames.xml), 'system_default'. docs/node.md, 'Choosing image_qos', says which "
+              "to pick.", choices=("auto", "reliable", "sensor_data", "system_default")),
         Param("no_frames_warn_s", 5.0, "/diagnostics warns when a camera topic has publishers but no frame has "
               "arrived for this long (a QoS mismatch, or best-effort frames lost in transport); 0 disables the "
               "warning.", (0.0, 3600.0)),
@@ -277,8 +279,9 @@ def image_qos_profile(name: str):
     not DDS, drops them, so that /diagnostics counts every frame that arrived)."""
     from rclpy.qos import DurabilityPolicy, HistoryPolicy, QoSProfile, ReliabilityPolicy, qos_profile_system_default
 
-    reliability = {"reliable": ReliabilityPolicy.RELIABLE, "sensor_data": ReliabilityPolicy.BEST_EFFORT,
-                   "system_default": None}
+    # auto: reliable until the publishers call for best effort (node/camera_qos.py re-subscribes then)
+    reliability = {"auto": ReliabilityPolicy.RELIABLE, "reliable": ReliabilityPolicy.RELIABLE,
+                   "sensor_data": ReliabilityPolicy.BEST_EFFORT, "system_default": None}
     if name not in reliability:
         raise ParameterError(f"image_qos: {name!r} is not one of {', '.join(reliability)}")
     if reliability[name] is None:
