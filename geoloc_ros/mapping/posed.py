@@ -32,6 +32,7 @@ POSE_COLUMNS = ("image", "tx", "ty", "tz", "qx", "qy", "qz", "qw")
 INTRINSIC_COLUMNS = ("fx", "fy", "cx", "cy")
 DISTORTION_COLUMNS = ("k1", "k2", "p1", "p2")
 DEPTH_SUFFIXES = (".png", ".pgm", ".tif", ".tiff")
+SFM_MAX_FEATURES = 4096  # per photo: exhaustive matching's cost grows with its square
 _QUATERNION_TOLERANCE = 1e-2  # |q| may differ from 1 by rounding in a hand-written CSV, not by more
 
 
@@ -119,8 +120,8 @@ def read_depth(path) -> np.ndarray:
 
 def run_sfm(images_dir, workdir, camera: PinholeCamera | None = None, names=None):
     """pycolmap feature extraction, exhaustive matching and incremental mapping of the photos in `images_dir`
-    (one shared camera; `camera` fixes its intrinsics, else COLMAP estimates them from EXIF). The largest
-    reconstruction; MapError when none."""
+    (one shared camera; `camera` fixes its intrinsics, else COLMAP estimates them from EXIF), with EXIF GPS as
+    position priors where the photos have it. The largest reconstruction; MapError when none."""
     import pycolmap
 
     workdir = Path(workdir)
@@ -133,12 +134,25 @@ def run_sfm(images_dir, workdir, camera: PinholeCamera | None = None, names=None
                                                           *(list(camera.distortion[:4]) or [0.0] * 4)])
     extraction = pycolmap.FeatureExtractionOptions()
     extraction.num_threads = 2
+    extraction.sift.max_num_features = SFM_MAX_FEATURES
     pycolmap.extract_features(database, images_dir, image_names=list(names or []),
                               camera_mode=pycolmap.CameraMode.SINGLE, reader_options=reader,
                               extraction_options=extraction, device=pycolmap.Device.cpu)
     pycolmap.match_exhaustive(database, device=pycolmap.Device.cpu)
     options = pycolmap.IncrementalPipelineOptions()
     options.num_threads = 2
+    options.min_model_size = 3
+    # walking or driving along a street is mostly forward motion with narrow rays: COLMAP's defaults (16 degrees,
+    # at most 95 % forward motion) find no initial pair in such sequences
+    options.mapper.init_min_tri_angle = 4.0
+    options.mapper.init_max_forward_motion = 0.995
+    options.mapper.init_min_num_inliers = 50
+    options.mapper.abs_pose_min_num_inliers = 15
+    # the photos' EXIF GPS (read into the database at extraction) as position priors of the bundle adjustment: they
+    # keep a long forward-moving sequence from folding back on itself
+    options.use_prior_position = True
+    options.use_robust_loss_on_prior_position = True
+    options.random_seed = 0  # the same reconstruction on every run of one machine
     if camera is not None:
         options.ba_refine_focal_length = False
         options.ba_refine_principal_point = False
