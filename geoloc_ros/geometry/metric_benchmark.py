@@ -1,6 +1,7 @@
 """Metric localization accuracy and cost on ../shared/data/geometry, through `geoloc map build` and the localizer.
 
-    python -m geoloc_ros.geometry.metric_benchmark [--data DIR] [--skip-sfm] [--repeats N] [--json OUT]
+    python -m geoloc_ros.geometry.metric_benchmark [--data DIR] [--cases rgbd,kitti,lund,cost] [--repeats N]
+                                                   [--json OUT]
 
     rgbd_desk  a map of frames 1, 3, 5 with depth (`--poses` + `--depth`), frames 2 and 4 localized
     kitti06    a map of frames 12 and 13 triangulated from poses.txt (`--poses`), frame 14 localized
@@ -10,6 +11,8 @@
                GPS's own noise as the map photos show it (RMS of their centres against their GPS after the fit)
     cost       features, matching and PnP per 640x480 desk frame against the top 3 candidates, for SIFT and ORB
                maps (median of --repeats runs per frame)
+    posegraph  the pose graph on a simulated drifting lap with a prior-map closure every 10 m: mean position error
+               with 6-DoF priors (metric closures) and with position-only factors at the keyframes, same run
 
 Prints Markdown tables and saves every figure with --json; docs/geometry.md ("Metric localization") holds its output.
 """
@@ -153,6 +156,76 @@ def cost(data: Path, maps: dict, repeats: int) -> list:
     return out
 
 
+# -- the pose graph with metric prior-map closures (simulated; test/test_metric_pose_graph.py asserts on it) --------
+
+LAP_RADIUS_M = 30.0
+
+
+def drifting_lap(seed: int = 0):
+    """(truth, odometry) base poses (gtsam.Pose3) of one lap of a circle at 1 m steps: odometry with a 3 % scale
+    error and a heading random walk (0.006 rad per step, biased 0.0005 rad), inside the default noise model."""
+    import gtsam
+
+    rng = np.random.default_rng(seed)
+    n = int(2 * math.pi * LAP_RADIUS_M)
+    truth = [gtsam.Pose3(gtsam.Rot3.Yaw(k / LAP_RADIUS_M + math.pi / 2),
+                         [LAP_RADIUS_M * math.cos(k / LAP_RADIUS_M), LAP_RADIUS_M * math.sin(k / LAP_RADIUS_M), 0.0])
+             for k in range(n)]
+    truth = [truth[0].inverse().compose(t) for t in truth]
+    odom = [truth[0]]
+    for k in range(1, n):
+        step = truth[k - 1].between(truth[k])
+        drift = gtsam.Rot3.Yaw(rng.normal(0.0005, 0.006))
+        odom.append(odom[-1].compose(gtsam.Pose3(drift.compose(step.rotation()), step.translation() * 1.03)))
+    return truth, odom
+
+
+def metric_closure(map_from_base, rng, sigma_m: float = 0.02, sigma_rad: float = 0.003):
+    """(keyframe body pose in the map, measured query-in-keyframe camera pose, ROS covariance) for a keyframe up to
+    4 m from the query (default extrinsic on both), measured with `sigma_m` / `sigma_rad` noise."""
+    import gtsam
+
+    from geoloc_ros.slam.graph import BODY_TO_OPTICAL
+    from geoloc_ros.slam.params import default_extrinsic
+
+    e = default_extrinsic()
+    query_cam = map_from_base.compose(e)
+    keyframe_cam = query_cam.compose(gtsam.Pose3(gtsam.Rot3.Yaw(rng.normal(0, 0.1)),
+                                                 [rng.uniform(-1, 1), 0.0, rng.uniform(-4, 4)]))
+    rel = keyframe_cam.inverse().compose(query_cam)
+    noisy = rel.compose(gtsam.Pose3.Expmap(np.r_[rng.normal(0, sigma_rad, 3), rng.normal(0, sigma_m, 3)]))
+    cov = np.diag([sigma_m ** 2] * 3 + [sigma_rad ** 2] * 3).ravel()
+    return keyframe_cam.compose(BODY_TO_OPTICAL.inverse()), noisy, cov
+
+
+def pose_graph_comparison(seed: int = 3, every: int = 10) -> dict:
+    """The same drifting lap and closures into two graphs: 6-DoF priors vs position-only factors at the keyframes."""
+    import gtsam
+
+    from geoloc_ros.slam import PoseGraph
+
+    map_from_odom = gtsam.Pose3(gtsam.Rot3.Yaw(1.0), [500.0, 300.0, 0.0])
+    truth, odom = drifting_lap()
+    metric, position_only = PoseGraph(), PoseGraph()
+    rng, verdicts = np.random.default_rng(seed), []
+    for k in range(len(odom)):
+        stamp = 1_700_000_000 * 10**9 + k * 100_000_000
+        metric.add_odometry(stamp, odom[k])
+        position_only.add_odometry(stamp, odom[k])
+        if k % every == every // 2:
+            kf_body, rel, cov = metric_closure(map_from_odom.compose(truth[k]), rng)
+            verdicts.append(metric.add_prior_map_pose(stamp, kf_body, rel, cov))
+            position_only.add_absolute(stamp, kf_body.translation(), position_only.prior_map_covariance())
+    want = np.array([map_from_odom.compose(t).translation() for t in truth])
+
+    def err(g):
+        return float(np.linalg.norm(np.array([p.translation() for _, p in g.poses()]) - want, axis=1).mean())
+
+    return {"lap_m": len(odom), "closures": len(verdicts), "verdicts": verdicts, "pose_priors": metric.pose_priors,
+            "aligned": metric.aligned and position_only.aligned, "metric_mean_error_m": err(metric),
+            "position_only_mean_error_m": err(position_only)}
+
+
 def _f(v, digits=3):
     return "-" if v is None else f"{v:.{digits}f}"
 
@@ -180,7 +253,8 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m geoloc_ros.geometry.metric_benchmark",
                                 description=__doc__.splitlines()[0])
     p.add_argument("--data", type=Path, default=bench.default_data())
-    p.add_argument("--skip-sfm", action="store_true", help="leave out the Lund SfM map (minutes of CPU)")
+    p.add_argument("--cases", default="rgbd,kitti,lund,cost,posegraph",
+                   help="which parts to run (default all; lund is minutes of CPU)")
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--json", type=Path, help="also write every figure here")
     args = p.parse_args(argv)
@@ -195,10 +269,14 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="geoloc_metric_bench_") as work:
         tmp = Path(work)
         encoder = save_encoder(tiny_encoder(), tmp / "encoder")
-        rows, sift_map = rgbd(args.data, encoder, tmp, "sift")
-        orb_rows, orb_map = rgbd(args.data, encoder, tmp, "orb")
-        rows += orb_rows + kitti(args.data, encoder, tmp)
-        if not args.skip_sfm:
+        cases, rows = set(args.cases.split(",")), []
+        if cases & {"rgbd", "cost"}:
+            sift_rows, sift_map = rgbd(args.data, encoder, tmp, "sift")
+            orb_rows, orb_map = rgbd(args.data, encoder, tmp, "orb")
+            rows += sift_rows + orb_rows if "rgbd" in cases else []
+        if "kitti" in cases:
+            rows += kitti(args.data, encoder, tmp)
+        if "lund" in cases:
             lund_rows, info = lund(args.data, encoder, tmp)
             rows += lund_rows
             results["lund"] = info
@@ -207,8 +285,16 @@ def main(argv=None) -> int:
                   f"{_f(info.get('gps_noise_rms_m'), 2)} m\n{info['log']}\n")
         results["accuracy"] = rows
         print(f"## accuracy\n\n{accuracy_table(rows)}\n")
-        results["cost"] = cost(args.data, {"sift": sift_map, "orb": orb_map}, args.repeats)
-        print(f"## cost per 640x480 frame (top 3 candidates)\n\n{cost_table(results['cost'])}")
+        if "cost" in cases:
+            results["cost"] = cost(args.data, {"sift": sift_map, "orb": orb_map}, args.repeats)
+            print(f"## cost per 640x480 frame (top 3 candidates)\n\n{cost_table(results['cost'])}\n")
+        if "posegraph" in cases:
+            pg = pose_graph_comparison()
+            results["posegraph"] = {k: v for k, v in pg.items() if k != "verdicts"}
+            print(f"## pose graph: {pg['lap_m']} m drifting lap, {pg['closures']} prior-map closures\n\n"
+                  f"mean position error: {pg['metric_mean_error_m']:.3f} m with 6-DoF priors "
+                  f"({pg['pose_priors']} factors), {pg['position_only_mean_error_m']:.3f} m with position-only "
+                  f"factors at the keyframes")
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
     return 0

@@ -120,8 +120,9 @@ def read_depth(path) -> np.ndarray:
 
 def run_sfm(images_dir, workdir, camera: PinholeCamera | None = None, names=None):
     """pycolmap feature extraction, exhaustive matching and incremental mapping of the photos in `images_dir`
-    (one shared camera; `camera` fixes its intrinsics, else COLMAP estimates them from EXIF), with EXIF GPS as
-    position priors where the photos have it. The largest reconstruction; MapError when none."""
+    (one shared camera; `camera` fixes its focal length and principal point, the distortion is refined; else
+    COLMAP estimates them), with EXIF GPS as position priors where the photos have it. The largest
+    reconstruction; MapError when none."""
     import pycolmap
 
     workdir = Path(workdir)
@@ -153,10 +154,9 @@ def run_sfm(images_dir, workdir, camera: PinholeCamera | None = None, names=None
     options.use_prior_position = True
     options.use_robust_loss_on_prior_position = True
     options.random_seed = 0  # the same reconstruction on every run of one machine
-    if camera is not None:
+    if camera is not None:  # forward motion leaves the focal length poorly observed: keep the one given
         options.ba_refine_focal_length = False
         options.ba_refine_principal_point = False
-        options.ba_refine_extra_params = False
     found = pycolmap.incremental_mapping(database, images_dir, workdir / "sparse", options)
     if not found:
         raise MapError(f"{images_dir}: structure from motion registered no images (too little overlap?)")
