@@ -4,7 +4,7 @@
     geoloc map build --encoder ENC --images DIR --sfm --out MAP                            structure from motion
     geoloc map build --encoder ENC --images DIR --colmap MODEL_DIR --out MAP               a COLMAP model
 
---sfm keeps the focal length of --camera, else of the first photo's EXIF (forward motion leaves it poorly observed).
+--sfm keeps the focal length of --camera when given, else refines COLMAP's estimate (EXIF focal length as its prior).
 --sfm and --colmap maps are georegistered by the photos' EXIF GPS (a similarity fit of the camera centres) when at
 least 3 photos carry it; without GPS their frame is the reconstruction's (arbitrary scale).
 """
@@ -59,7 +59,6 @@ def add(db, encoder, args) -> list[int]:
         source, structure = Path(args.poses).name, "triangulation"
     else:
         if args.sfm:
-            camera = camera or _exif_camera(images)
             with tempfile.TemporaryDirectory(prefix="geoloc_sfm_") as work:
                 rec = posed_images.run_sfm(images, work, camera)
                 posed = posed_images.posed_from_reconstruction(rec, images)
@@ -83,18 +82,6 @@ def add(db, encoder, args) -> list[int]:
     print(f"geoloc map: 3D structure ({db.structure.source}): {db.structure.point_count()} points on "
           f"{len(db.structure)} keyframes", file=sys.stderr)
     return ids
-
-
-def _exif_camera(images: Path):
-    """The photos' shared camera from the first one's EXIF focal length (None without it: COLMAP estimates it)."""
-    from geoloc_ros.geometry.camera import PinholeCamera
-
-    for path in sorted(p for p in images.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".tif")):
-        try:
-            return PinholeCamera.from_exif(path)
-        except (ValueError, OSError):
-            return None
-    return None
 
 
 def _fail(message: str):

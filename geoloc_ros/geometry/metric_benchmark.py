@@ -7,8 +7,9 @@
     kitti06    a map of frames 12 and 13 triangulated from poses.txt (`--poses`), frame 14 localized
     lund       an SfM map (`--sfm`) of 24 of the 29 photos georegistered by EXIF GPS; 01..29 but 03, 09, 15, 21, 27,
                which are localized against the 3 keyframes nearest their own GPS fix (the tiny random encoder the
-               benchmark builds maps with cannot retrieve); their error is measured against their GPS, beside the
-               GPS's own noise as the map photos show it (RMS of their centres against their GPS after the fit)
+               benchmark builds maps with cannot retrieve), with the camera the reconstruction calibrated; their
+               error is measured against their GPS, beside the GPS's own noise as the map photos show it (RMS of
+               their centres against their GPS after the fit)
     cost       features, matching and PnP per 640x480 desk frame against the top 3 candidates, for SIFT and ORB
                maps (median of --repeats runs per frame)
     posegraph  the pose graph on a simulated drifting lap with a prior-map closure every 10 m: mean position error
@@ -104,7 +105,6 @@ def kitti(data: Path, encoder: Path, tmp: Path) -> list:
 
 def lund(data: Path, encoder: Path, tmp: Path) -> tuple[list, dict]:
     from geoloc_ros.datasets import exif_gps
-    from geoloc_ros.geometry.camera import PinholeCamera
 
     folder = data / "geometry" / "lund_street"
     images = tmp / "lund_images"
@@ -130,7 +130,8 @@ def lund(data: Path, encoder: Path, tmp: Path) -> tuple[list, dict]:
         lat, lon, _, _ = exif_gps(path)
         gx, gy, _ = db.frame.to_local(lat, lon)
         near = [int(ids[i]) for i in np.argsort(np.hypot(xy[:, 0] - gx, xy[:, 1] - gy))[:3]]
-        result = loc.localize(bench.read_rgb(path), PinholeCamera.from_exif(path), near)
+        # the same phone took every photo: the camera the reconstruction calibrated (EXIF gives only a prior)
+        result = loc.localize(bench.read_rgb(path), db.local_features.get(near[0])[1], near)
         r = row(f"lund {stem}", result)
         r["gps_error_m"] = float(math.hypot(result.T_map_camera[0, 3] - gx, result.T_map_camera[1, 3] - gy))
         rows.append(r)

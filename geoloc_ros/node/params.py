@@ -123,6 +123,16 @@ PARAMETERS = [
     ("geolocate_lmm_sigma_m", 25000.0, "Position standard deviation reported with an accepted model answer "
      "(metres).", (1.0, 20_000_000.0)),
     ("autostart", True, "Configure and activate on start (set false under a lifecycle manager).", None),
+    # -- metric localization against maps with 3D structure (docs/geometry.md) ---------------------------------
+    ("metric_localization", True, "When a loop closure names a prior map with 3D structure and the camera model "
+     "is known, ~/pose, ~/geopose and ~/fix carry the 6-DoF pose from 2D-3D matches and PnP (a background thread; "
+     "newest frame wins); keyframe fusion when it does not pass the thresholds below.", None),
+    ("metric_top_k", 3, "Candidate keyframes whose 3D points are matched.", (1, 100)),
+    ("metric_min_inliers", 30, "PnP inliers a metric pose needs.", (6, 100000)),
+    ("metric_max_sigma_m", 0.25, "Largest position standard deviation of a metric pose (metres).", (0.0, 1000.0)),
+    ("metric_max_sigma_deg", 1.0, "Largest rotation standard deviation of a metric pose (degrees).", (0.0, 180.0)),
+    ("base_to_camera", [0.0, 0.0, 0.0, -0.5, 0.5, -0.5, 0.5], "Fixed base_frame -> camera optical frame "
+     "extrinsic [x, y, z, qx, qy, qz, qw] (metres; default: camera at the base origin looking along +x).", None),
 ]
 
 
@@ -184,6 +194,12 @@ class Settings:
     geolocate_region_min_m: float
     geolocate_lmm_sigma_m: float
     autostart: bool
+    metric_localization: bool
+    metric_top_k: int
+    metric_min_inliers: int
+    metric_max_sigma_m: float
+    metric_max_sigma_deg: float
+    base_to_camera: list
 
     @property
     def maps(self) -> list[str]:
@@ -270,6 +286,14 @@ def check(name: str, value):
     default, bounds = _BY_NAME[name]
     if name in STRING_OR_LIST:
         value = [value] if isinstance(value, str) else value
+    if name == "base_to_camera":  # seven numbers with a unit quaternion
+        from geoloc_ros.localization.metric_worker import extrinsic
+
+        try:
+            extrinsic(value if isinstance(value, (list, tuple)) and all(_same_kind(0.0, v) for v in value) else ())
+        except ValueError as e:
+            raise ParameterError(str(e)) from None
+        return [float(v) for v in value]
     if isinstance(default, list):
         if not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value):
             raise ParameterError(f"{name}: expected a string or a list of strings, got {value!r}")
