@@ -313,6 +313,10 @@ def run_info(args):
     if len(stamps) and (stamps > 0).any():
         s = stamps[stamps > 0]
         print(f"stamps     {s.min() / 1e9:.3f}..{s.max() / 1e9:.3f} s")
+    if db.structure is not None:
+        st = db.structure
+        print(f"structure  {st.source}: {st.point_count()} 3D points on {len(st)} keyframes"
+              + (", georegistered" if st.georegistered else ""))
     sources = sorted(set(db.column("source").tolist()))
     print(f"sources    {', '.join(sources[:5]) + (' ...' if len(sources) > 5 else '') if sources else '-'}")
 
