@@ -246,3 +246,94 @@ def test_similarity_fit_recovers_a_known_transform_and_levels_a_line():
                          [cam] * 10)
     up = sim.R @ cam @ [0, -1, 0]
     assert up[2] > 0.999 and sim.scale == pytest.approx(2.0)
+
+
+def test_colmap_model_import(tmp_path, shared_data, encoder_file):
+    """A COLMAP model (text, written with pycolmap) of the desk frames 1, 3, 5 at their ground-truth poses: the
+    map keeps the model's frame (no GPS in these frames) and its triangulated structure localizes frame 4."""
+    import pycolmap
+
+    folder = shared_data / "geometry" / "rgbd_desk"
+    poses = bench.rgbd_poses(folder)
+    rec = pycolmap.Reconstruction()
+    rec.add_camera_with_trivial_rig(pycolmap.Camera(model="PINHOLE", width=640, height=480,
+                                                    params=[518, 519, 325.5, 253.5], camera_id=1))
+    for n in (1, 3, 5):
+        rec.add_image_with_trivial_frame(pycolmap.Image(name=f"{n}.png", camera_id=1, image_id=n),
+                                         pycolmap.Rigid3d(np.linalg.inv(poses[n])[:3, :]))
+    (tmp_path / "model").mkdir()
+    rec.write_text(tmp_path / "model")
+    run("map", "build", "--encoder", str(encoder_file), "--images", str(folder / "color"), "--colmap",
+        str(tmp_path / "model"), "--out", str(tmp_path / "map"), "--quiet", "--device", "cpu")
+    db = MapDatabase.load(tmp_path / "map")
+    assert db.structure.source == "colmap" and not db.structure.georegistered and len(db.structure) == 3
+    rec4 = json.loads(run("map", "localize", str(tmp_path / "map"), str(folder / "color" / "4.png"), "--camera",
+                          RGBD_CAMERA, "--json", "--device", "cpu"))
+    assert rec4["kind"] == "metric"
+    T = np.eye(4)
+    T[:3, :3], T[:3, 3] = Rotation.from_quat(rec4["q_xyzw"]).as_matrix(), rec4["t"]
+    err = bench.errors(T, poses[4])
+    assert err["translation_m"] <= 0.05 and err["rotation_deg"] <= 2.0, err
+    with pytest.raises(SystemExit, match="no such COLMAP model"):
+        run("map", "build", "--encoder", str(encoder_file), "--images", str(folder / "color"), "--colmap",
+            str(tmp_path / "absent"), "--out", str(tmp_path / "map2"), "--quiet", "--device", "cpu")
+    with pytest.raises(SystemExit, match="one of --poses, --sfm and --colmap"):
+        run("map", "build", "--encoder", str(encoder_file), "--images", str(folder / "color"), "--colmap",
+            str(tmp_path / "model"), "--sfm", "--out", str(tmp_path / "map3"), "--quiet", "--device", "cpu")
+
+
+def test_metric_publisher_newest_wins_and_falls_back(rgbd_map, shared_data):
+    """The node's metric thread on the desk map: while one frame is being published, of two more submitted the
+    older is replaced (counted) and the newest localized; a frame of another scene publishes the fused pose."""
+    import threading
+
+    from geoloc_ros.localization.frames import Candidate, Frame, FrameResult, Pose
+    from geoloc_ros.localization.metric_worker import MetricPublisher
+    from geoloc_ros.localization.snapshot import MapEntry, Snapshot
+    from geoloc_ros.node import params
+
+    out, poses, color = rgbd_map
+    db = MapDatabase.load(out)
+    entry = MapEntry(str(out), db, db.descriptors, db.column("id"))
+    settings = params.Settings(**params.defaults())
+    snapshot = Snapshot(None, (entry,), settings, "")
+    published, first_out, release = [], threading.Event(), threading.Event()
+
+    def publish(result, pose):
+        published.append((result.frame.stamp_ns, pose))
+        first_out.set()
+        release.wait(timeout=30)
+
+    def result(stamp, image):
+        frame = Frame("/camera", "/camera", stamp, "camera", image, camera_model=bench.RGBD_CAMERA)
+        cands = [Candidate(entry.id, db.name, db.keyframe(int(k)), 0.9 - 0.1 * i)
+                 for i, k in enumerate(db.column("id"))]
+        fused = Pose(0.0, 0.0, 0.0, (0.0, 0.0, 0.0, 1.0), [25.0 if i % 7 == 0 else 0.0 for i in range(36)])
+        return FrameResult(frame, cands, cands[:1], fused)
+
+    worker = MetricPublisher(settings, publish)
+    try:
+        desk2, desk4 = (bench.read_rgb(color / f"{n}.png") for n in (2, 4))
+        assert worker.wants(result(1, desk2), snapshot)
+        worker.submit(result(1, desk2), snapshot)
+        assert first_out.wait(timeout=60)
+        worker.submit(result(2, desk4), snapshot)
+        worker.submit(result(3, desk4), snapshot)  # replaces frame 2 while frame 1 is still being published
+        release.set()
+        street = bench.read_rgb(sorted((shared_data / "toy_streets" / "database").glob("*.jpg"))[0])
+        for _ in range(600):
+            if len(published) == 2:
+                break
+            threading.Event().wait(0.1)
+        worker.submit(result(4, street), snapshot)
+        for _ in range(600):
+            if len(published) == 3:
+                break
+            threading.Event().wait(0.1)
+    finally:
+        release.set()
+        worker.stop()
+    assert [s for s, _ in published] == [1, 3, 4]
+    assert worker.counts["metric_superseded"] == 1 and worker.counts["metric_poses"] == 2
+    assert worker.counts["metric_fallbacks"] == 1 and published[2][1].covariance[0] == 25.0  # the fused pose
+    assert published[1][1].covariance[0] < 0.01  # metric: the refinement's covariance

@@ -29,7 +29,10 @@ COUNTERS = ("metric_poses", "place_poses", "metric_fallbacks", "metric_supersede
 
 def extrinsic(values) -> np.ndarray:
     """T_base_camera (camera optical frame in the base frame) from [x, y, z, qx, qy, qz, qw]."""
-    v = [float(x) for x in values]
+    try:
+        v = [float(x) for x in values] if not isinstance(values, (str, bytes)) else []
+    except (TypeError, ValueError):
+        v = []
     if len(v) != 7 or not all(math.isfinite(x) for x in v) or abs(np.linalg.norm(v[3:]) - 1.0) > 1e-3:
         raise ValueError(f"base_to_camera needs x y z qx qy qz qw with a unit quaternion, got {values!r}")
     T = np.eye(4)

@@ -290,7 +290,8 @@ def check(name: str, value):
         from geoloc_ros.localization.metric_worker import extrinsic
 
         try:
-            extrinsic(value if isinstance(value, (list, tuple)) and all(_same_kind(0.0, v) for v in value) else ())
+            numbers = isinstance(value, (list, tuple)) and all(_same_kind(0.0, v) for v in value)
+            extrinsic(value if numbers else str(value))
         except ValueError as e:
             raise ParameterError(str(e)) from None
         return [float(v) for v in value]
