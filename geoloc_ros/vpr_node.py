@@ -18,6 +18,8 @@ counted) and wake the worker, which decodes, encodes, searches and publishes wit
 
 from __future__ import annotations
 
+from collections import Counter
+import dataclasses
 from dataclasses import replace
 import math
 from pathlib import Path
@@ -37,6 +39,8 @@ from visualization_msgs.msg import MarkerArray
 
 from geoloc_msgs.msg import PlaceRecognition
 from geoloc_ros.localization import SESSION_MAP_ID, LoadError, Localizer, SessionMap, load_snapshot, verification
+from geoloc_ros.localization.metric_worker import COUNTERS as METRIC_COUNTERS
+from geoloc_ros.localization.metric_worker import MetricPublisher
 from geoloc_ros.localization.snapshot import backend_values, carries_checkpoint, describe_encoder, load_maps
 from geoloc_ros.node import language_services, messages, params
 from geoloc_ros.node.camera_inputs import CameraInputs
@@ -73,6 +77,8 @@ class VprNode(LifecycleNode):
         self._cameras: CameraInputs | None = None  # camera models and depth per camera, from configure
         self._markers = 0  # id of the next loop-closure marker
         self._worker = None
+        self._metric = None  # the metric localization thread (localization/metric_worker.py), made at activate
+        self._metric_counts = Counter({k: 0 for k in METRIC_COUNTERS})  # which pose was published, for /diagnostics
         self._stop = True
         self._subs = []
         self._intake = None  # the camera subscriptions' node, made at activate
@@ -147,6 +153,7 @@ class VprNode(LifecycleNode):
         self._stop = False
         self._worker = threading.Thread(target=self._work, name="geoloc_vpr_worker", daemon=True)
         self._worker.start()
+        self._metric = MetricPublisher(s, self._publish_pose, self._metric_counts)
         self.get_logger().info(f"active: listening on {', '.join(s.image_topics)}")
         return super().on_activate(state)
 
@@ -181,6 +188,9 @@ class VprNode(LifecycleNode):
         if self._worker is not None and self._worker is not threading.current_thread():
             self._worker.join(timeout=10.0)
         self._worker = None
+        if self._metric is not None:
+            self._metric.stop()
+            self._metric = None
         for sub in self._subs:
             self.destroy_subscription(sub)
         self._subs = []
@@ -250,7 +260,7 @@ class VprNode(LifecycleNode):
             return
         frames = [f for f in (self._decode(camera, *parked) for camera, parked in batch) if f is not None]
         for result in localizer.process(frames):
-            self._publish(result)
+            self._publish(result, localizer.snapshot)
             self.stats.on_processed(result.encode_ms, result.search_ms,
                                     (time.monotonic() - result.frame.received_mono) * 1e3)
 
@@ -276,7 +286,7 @@ class VprNode(LifecycleNode):
             self._warned.add((topic, kind))
             self.get_logger().warning(f"{topic}: dropping frame: {text}")
 
-    def _publish(self, result):
+    def _publish(self, result, snapshot=None):
         """~/place_recognition always, first; the rest when the frame closed a loop and someone listens to it."""
         pubs = self._pubs
         pubs["pr"].publish(messages.recognition_message(result, result.candidates))
@@ -290,7 +300,18 @@ class VprNode(LifecycleNode):
             self._publish_markers(result)
         if result.pose is None or not any(pubs[k].get_subscription_count() for k in ("pose", "geopose", "fix")):
             return
-        pose, geo, fix = messages.pose_messages(result, self.settings.map_frame, self.settings.base_frame)
+        metric = self._metric
+        if metric is not None and snapshot is not None and metric.wants(result, snapshot):
+            metric.submit(result, snapshot)  # it publishes the metric pose, or this fused one
+            return
+        self._metric_counts["place_poses"] += 1
+        self._publish_pose(result, result.pose)
+
+    def _publish_pose(self, result, pose):
+        """~/pose, and ~/geopose + ~/fix when the pose is geotagged (called by the metric thread too)."""
+        pubs = self._pubs
+        pose, geo, fix = messages.pose_messages(dataclasses.replace(result, pose=pose), self.settings.map_frame,
+                                                self.settings.base_frame)
         pubs["pose"].publish(pose)
         if geo is not None:
             pubs["geopose"].publish(geo)
@@ -373,7 +394,8 @@ class VprNode(LifecycleNode):
                   **backend_values(encoder), **snap,
                   **(self._intake.diagnostics() if self._intake is not None else {}), **self._watch.diagnostics(),
                   **(self._cameras.diagnostics() if self._cameras is not None else {}),
-                  **verification.diagnostics(self._localizer.verifier if self._localizer is not None else None)}
+                  **verification.diagnostics(self._localizer.verifier if self._localizer is not None else None),
+                  **dict(self._metric_counts)}
         if st.level == DiagnosticStatus.OK and "verification_problems" in values:  # maps without stored features
             st.level, st.message = DiagnosticStatus.WARN, f"{st.message}; {values['verification_problems']}"
         st.values = [KeyValue(key=k, value=f"{v:.3f}" if isinstance(v, float) else str(v)) for k, v in values.items()]

@@ -8,6 +8,7 @@
     MAP/encoder.safetensors  optional: the encoder checkpoint the map was built with
     MAP/features.npz, MAP/cameras.json  optional: keyframes' local features and camera models (mapping/features.py)
     MAP/text_tower.safetensors  optional: the encoder's CLIP text tower (language/text_tower.py)
+    MAP/structure.npz        optional: keyframes' camera poses and 3D points (mapping/structure.py)
 
 A map is written into a temporary sibling directory, every file and the directory are fsynced, and the
 directory is then renamed over the old one (swapped atomically where the kernel offers renameat2), so a crash
@@ -40,6 +41,7 @@ ENCODER = "encoder.safetensors"
 LOCAL_FEATURES = "features.npz"  # optional: per-keyframe local features (mapping/features.py)
 CAMERAS = "cameras.json"  # optional: the keyframes' camera models (mapping/features.py)
 TEXT_TOWER = "text_tower.safetensors"  # optional: the encoder's CLIP text tower (language/text_tower.py)
+STRUCTURE = "structure.npz"  # optional: keyframes' camera poses and 3D points (mapping/structure.py)
 _SELF_CHECKSUM = "manifest_sha256"
 
 
@@ -300,7 +302,7 @@ def _renameat2_exchange(a: Path, b: Path) -> bool:
     return False  # e.g. EINVAL on filesystems without exchange support: fall back
 
 
-MAP_FILES = (MANIFEST, KEYFRAMES, DESCRIPTORS, INDEX, ENCODER, LOCAL_FEATURES, CAMERAS, TEXT_TOWER)
+MAP_FILES = (MANIFEST, KEYFRAMES, DESCRIPTORS, INDEX, ENCODER, LOCAL_FEATURES, CAMERAS, TEXT_TOWER, STRUCTURE)
 
 
 def carry_over_extras(old: Path, tmp: Path) -> None:

@@ -65,6 +65,16 @@ def _backend(name, value):
     return value
 
 
+def _extrinsic(name, value):
+    from geoloc_ros.localization.metric_worker import extrinsic
+
+    try:
+        extrinsic(value)
+    except ValueError as e:
+        raise ParameterError(f"{name}: {e}") from None
+    return value
+
+
 SPEC = (
     Section("what to load", (
         Param("map_path", [""], "Map database directories (geoloc map format): one path (-p map_path:=/data/map) "
@@ -198,6 +208,20 @@ SPEC = (
               "this) from the retrieval estimate is refused (metres).", (0.0, 20_000_000.0)),
         Param("geolocate_lmm_sigma_m", 25000.0, "Position standard deviation reported with an accepted model "
               "answer (metres).", (1.0, 20_000_000.0)),
+    )),
+    Section("metric localization against maps with 3D structure (docs/geometry.md)", (
+        Param("metric_localization", True, "When a loop closure names a prior map with 3D structure and the camera "
+              "model is known, ~/pose, ~/geopose and ~/fix carry the 6-DoF pose from 2D-3D matches and PnP (a "
+              "background thread; newest frame wins); keyframe fusion when it does not pass the thresholds below."),
+        Param("metric_top_k", 3, "Candidate keyframes whose 3D points are matched.", (1, 100)),
+        Param("metric_min_inliers", 30, "PnP inliers a metric pose needs.", (6, 100000)),
+        Param("metric_max_sigma_m", 0.25, "Largest position standard deviation of a metric pose (metres).",
+              (0.0, 1000.0)),
+        Param("metric_max_sigma_deg", 1.0, "Largest rotation standard deviation of a metric pose (degrees).",
+              (0.0, 180.0)),
+        Param("base_to_camera", [0.0, 0.0, 0.0, -0.5, 0.5, -0.5, 0.5], "Fixed base_frame -> camera optical frame "
+              "extrinsic [x, y, z, qx, qy, qz, qw] (metres; default: camera at the base origin looking along +x).",
+              validate=_extrinsic),
     )),
     Section("lifecycle", (
         Param("autostart", True, "Configure and activate on start (set false under a lifecycle manager).",

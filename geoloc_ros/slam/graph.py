@@ -19,6 +19,8 @@ from geoloc_ros.slam.history import OdometryHistory
 
 # geoloc_msgs/PlaceCandidate.RELATIVE_POSE_* (kept as numbers so the core needs no ROS).
 KIND_NONE, KIND_DIRECTION, KIND_METRIC = 0, 1, 2
+# A keyframe camera's optical frame in its body frame (x forward, y left, z up): REP-103's optical rotation
+BODY_TO_OPTICAL = gtsam.Pose3(gtsam.Rot3.Quaternion(0.5, -0.5, 0.5, -0.5), np.zeros(3))
 # The first pose's prior fixes the gauge: tight until absolute factors place the trajectory (a looser one
 # makes the system too poorly conditioned for iSAM2), then loose in position and heading so they decide, and
 # tight in tilt because odom frames are gravity-aligned (REP-105). Sigmas in GTSAM order (rx ry rz x y z).
@@ -84,6 +86,7 @@ class PoseGraph:
         self.node_odom: list[gtsam.Pose3] = []
         self.edges: list[Edge] = []
         self.absolute_factors = 0
+        self.pose_priors = 0  # of which full 6-DoF priors (metric prior-map closures)
         self.aligned = False  # True once absolute factors hold the trajectory in the map frame
         self._factors = gtsam.NonlinearFactorGraph()  # every factor but the gauge prior, for re-anchoring
         self._unaligned: list[tuple[int, np.ndarray, np.ndarray]] = []  # (node, position, cov) before aligning
@@ -262,6 +265,44 @@ class PoseGraph:
         graph = gtsam.NonlinearFactorGraph()
         self._add_absolute_factor(graph, i, target, cov)
         self._update(graph, gtsam.Values(), iterations=self.settings.relinearize_iterations)
+        return Verdict.ACCEPTED
+
+    def add_prior_map_pose(self, stamp_ns: int, keyframe_pose: gtsam.Pose3, relative_pose: gtsam.Pose3,
+                           covariance) -> str:
+        """A prior-map candidate with a metric relative pose: `keyframe_pose` is the keyframe camera's body pose in
+        the map frame (x forward, y left, z up at the camera centre, as maps with 3D structure store keyframes),
+        `relative_pose` the query camera in the keyframe camera's optical frame with its ROS-ordered covariance.
+        The robot's full pose at `stamp_ns` becomes a robust gtsam.PriorFactorPose3 with that covariance; before
+        the trajectory is aligned to the map frame its position alone goes to `add_absolute`, with the prior map's
+        position covariance (the alignment's inlier test is against drifted odometry)."""
+        if self._waits_for_odometry(stamp_ns):
+            return self._defer(stamp_ns, lambda: self.add_prior_map_pose(stamp_ns, keyframe_pose, relative_pose,
+                                                                         covariance))
+        t_cam, cov_cam = self._camera_measurement(relative_pose, covariance, KIND_METRIC)
+        e = self.settings.base_to_camera
+        map_from_base = keyframe_pose.compose(BODY_TO_OPTICAL).compose(t_cam).compose(e.inverse())
+        cov = noise.transform_covariance(e, cov_cam)
+        if not self.aligned:  # the alignment is a coarse fit against drifted odometry: a place's sigma
+            return self.add_absolute(stamp_ns, map_from_base.translation(), self.prior_map_covariance())
+        where = self.locate(stamp_ns)
+        if where is None:
+            self.rejected += 1
+            return Verdict.NO_POSE
+        i, offset = where
+        target = map_from_base.compose(offset.inverse())  # node i's pose; the stamp lies `offset` beyond it
+        cov = noise.transform_covariance(offset, cov)
+        rot = target.rotation().matrix()
+        if not self._gate_position(X(i), self.isam.calculateEstimatePose3(X(i)), target.translation(),
+                                   rot @ cov[3:, 3:] @ rot.T):
+            self.rejected += 1
+            return Verdict.REJECTED
+        s = self.settings
+        graph = gtsam.NonlinearFactorGraph()
+        self._add(graph, gtsam.PriorFactorPose3(X(i), target, noise.robust(s.robust_kernel, s.robust_k, cov)))
+        self.absolute_factors += 1
+        self.pose_priors += 1
+        self.accepted += 1
+        self._update(graph, gtsam.Values(), iterations=s.relinearize_iterations)
         return Verdict.ACCEPTED
 
     def _add_absolute_factor(self, graph, i, target, cov):

@@ -117,6 +117,10 @@ class PoseGraphNode(Node):
             east, north, zone = to_utm(c.latitude, c.longitude)
             alt = c.altitude if math.isfinite(c.altitude) else p.z
             self._origin = MapFrame(zone, float(east - p.x), float(north - p.y), float(alt - p.z))
+        if int(c.relative_pose_kind) == PlaceCandidate.RELATIVE_POSE_METRIC:  # a full 6-DoF prior
+            self.counts["prior_map_metric"] += 1
+            return self.graph.add_prior_map_pose(query_ns, pose_from_msg(c.pose), pose_from_msg(c.relative_pose.pose),
+                                                 c.relative_pose.covariance)
         return self.graph.add_absolute(query_ns, [p.x, p.y, p.z], self.graph.prior_map_covariance())
 
     def _gps(self, stamp, lat, lon, alt, cov3):
@@ -194,7 +198,7 @@ class PoseGraphNode(Node):
             st.level, st.message = DiagnosticStatus.OK, f"{len(g)} poses, {g.closures} loop closures"
         values = {"poses": len(g), "closures_accepted": g.closures_accepted, "closures_rejected": g.closures_rejected,
                   "loop_closure_factors": g.closures, "absolute_factors": g.absolute_factors,
-                  "absolute_rejected": g.absolute_rejected,
+                  "absolute_rejected": g.absolute_rejected, "pose_prior_factors": g.pose_priors,
                   "aligned_to_map": g.aligned, "last_optimise_ms": g.last_optimise_ms, **dict(self.counts)}
         st.values = [KeyValue(key=k, value=f"{v:.3f}" if isinstance(v, float) else str(v)) for k, v in values.items()]
         arr = DiagnosticArray(status=[st])
