@@ -6,7 +6,8 @@
 
 DATA is a VG-benchmark folder, a CSV of image,lat,lon[,alt,heading] or, with --sequence-spacing, a
 coordinate-free sequence folder. BAG is a rosbag2 recording (geoloc_ros/model/recordings.py): its held-out part
-is chosen by position and its revisits validate. Defaults are ProGEO's published hyperparameters (Chain-Mao/ProGEO parser.py).
+is chosen by position and its revisits validate. Defaults are ProGEO's published hyperparameters
+(Chain-Mao/ProGEO parser.py).
 Re-running the same command resumes an interrupted run from its last finished epoch.
 """
 

@@ -7,21 +7,34 @@ from `--pretrained` when given, else it is the seed's random one.
 
 from __future__ import annotations
 
-from geoloc_ros.model.archs import ARCH_NAMES
+from geoloc_ros.model.archs import ARCH_NAMES, arch_config
 from geoloc_ros.model.checkpoint import CheckpointError, load_encoder
 
 
 def checkpoint_config(path) -> tuple[dict, object]:
     """(TrainConfig values the checkpoint fixes: arch, dim, image_size, pool_grid; the loaded CPU encoder)."""
     enc = load_encoder(path, device="cpu", half=False)
-    name = enc.arch.get("name")
-    if name not in ARCH_NAMES:
-        raise CheckpointError(f"{path}: architecture {name!r} cannot be trained here (trainable: "
-                              f"{', '.join(ARCH_NAMES)})")
+    name = trainable_name(enc.arch)
+    if name is None:
+        raise CheckpointError(f"{path}: architecture {enc.arch.get('name')!r} is none of the trainable ones "
+                              f"({', '.join(ARCH_NAMES)})")
     values = {"arch": name, "dim": enc.dim, "image_size": list(enc.image_size)}
     if enc.arch.get("pool_grid"):
         values["pool_grid"] = list(enc.arch["pool_grid"])
     return values, enc
+
+
+def trainable_name(arch: dict) -> str | None:
+    """The architecture name `arch_config` builds `arch` from: its own name, or for a ProGEO state dict of an
+    unnamed ResNet/ViT ("RN-custom") the known architecture with the same tower (layers, width, patch, embedding)."""
+    if arch.get("name") in ARCH_NAMES:
+        return arch["name"]
+    keys = ("layers", "width", "patch_size")
+
+    def tower(cfg):
+        return [cfg["embed_dim"]] + [cfg["vision_cfg"].get(k) for k in keys]
+
+    return next((n for n in ARCH_NAMES if tower(arch_config(n)) == tower(arch)), None)
 
 
 def load_weights(trainer, encoder, source) -> None:
