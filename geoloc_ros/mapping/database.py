@@ -104,6 +104,8 @@ class MapDatabase:
         if descriptors.dtype != np.float32 or descriptors.ndim != 2 or descriptors.shape[1] != dim:
             raise MapError(f"{folder / storage.DESCRIPTORS}: expected float32 (N, {dim}), got {descriptors.dtype} "
                            f"{descriptors.shape}")
+        if not np.isfinite(descriptors).all():
+            raise MapError(f"{folder / storage.DESCRIPTORS}: holds NaN or infinite values")
         index = storage.parse_faiss_index(folder / storage.INDEX,
                                           storage.read_verified(folder, manifest, storage.INDEX))
         if index.d != dim:

@@ -20,6 +20,7 @@ import ctypes
 import ctypes.util
 import hashlib
 import json
+import math
 import os
 from pathlib import Path
 import shutil
@@ -197,6 +198,7 @@ def parse_faiss_index(path: Path, raw: np.ndarray):
     the peak of a load)."""
     import faiss
 
+    _check_flat_layout(path, raw)
     view, pos = memoryview(raw), 0
 
     def read(n: int) -> bytes:
@@ -206,13 +208,37 @@ def parse_faiss_index(path: Path, raw: np.ndarray):
         return chunk
 
     try:
-        return faiss.read_index(faiss.PyCallbackIOReader(read))
-    except RuntimeError as e:
-        raise MapError(f"{path}: not a readable FAISS index ({str(e).splitlines()[0]})") from None
+        index = faiss.read_index(faiss.PyCallbackIOReader(read))
+    except (RuntimeError, MemoryError, ValueError, TypeError) as e:  # FAISS's C++ exceptions arrive as these
+        raise MapError(f"{path}: not a readable FAISS index ({(str(e).splitlines() or [''])[0][:200]})") from None
+    if pos != raw.size:
+        raise MapError(f"{path}: {raw.size - pos} bytes after the end of the FAISS index (altered)")
+    if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise MapError(f"{path}: the FAISS index does not use the inner product metric")
+    return index
+
+
+def _check_flat_layout(path: Path, raw: np.ndarray) -> None:
+    """A flat index (the default "Flat" factory) is checked byte for byte before FAISS reads it: FAISS sizes its
+    buffers from counts in the file, so a crafted count would have it allocate (and zero) far more than the file
+    holds. Header: fourcc, d (int32), ntotal, two int64s, is_trained (uint8), metric (int32, + float argument
+    for metrics > 1), then the float count of the codes (uint64) and the codes."""
+    head = raw[:64].tobytes()
+    if head[:4] not in (b"IxFI", b"IxF2") or len(head) < 45:
+        return  # other index kinds: FAISS's own checks (counts below 2^40)
+    d = int.from_bytes(head[4:8], "little", signed=True)
+    ntotal = int.from_bytes(head[8:16], "little", signed=True)
+    metric = int.from_bytes(head[33:37], "little", signed=True)
+    at = 37 + (4 if metric > 1 else 0)
+    floats = int.from_bytes(head[at:at + 8], "little")
+    if d <= 0 or ntotal < 0 or floats != d * ntotal or raw.size != at + 8 + 4 * floats:
+        raise MapError(f"{path}: a flat FAISS index whose header (d {d}, ntotal {ntotal}, {floats} floats) does not "
+                       f"describe its {raw.size} bytes (truncated or altered)")
 
 
 def parse_npy(path: Path, raw: np.ndarray) -> np.ndarray:
-    """A .npy file held in memory (`raw`, uint8) -> its array, a view of `raw` (no second copy)."""
+    """A .npy file held in memory (`raw`, uint8) -> its array, a view of `raw` (no second copy). The header's
+    shape and type must describe exactly the bytes that follow it."""
     import io
 
     fp = io.BytesIO(raw[:4096].tobytes())
@@ -220,14 +246,44 @@ def parse_npy(path: Path, raw: np.ndarray) -> np.ndarray:
         version = np.lib.format.read_magic(fp)
         reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, fortran, dtype = reader(fp)
-    except ValueError as e:
-        raise MapError(f"{path}: not a readable .npy array ({e})") from None
-    if fortran or dtype.hasobject:
-        raise MapError(f"{path}: not a C-ordered numeric .npy array")
+    except Exception as e:  # noqa: BLE001 - numpy's header parser raises ValueError, SyntaxError, TokenError...
+        raise MapError(f"{path}: not a readable .npy array ({type(e).__name__}: {str(e)[:200]})") from None
+    if fortran or dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None or dtype.itemsize == 0:
+        raise MapError(f"{path}: not a C-ordered plain numeric .npy array ({dtype})")
+    if not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise MapError(f"{path}: bad array shape {shape}")
     body = raw[fp.tell():]
-    if body.size != int(np.prod(shape)) * dtype.itemsize:
+    if body.size != math.prod(shape) * dtype.itemsize:  # Python integers: a crafted shape cannot overflow
         raise MapError(f"{path}: {body.size} data bytes for an array of shape {shape} {dtype}")
     return body.view(dtype).reshape(shape)
+
+
+def parse_npz(path: Path, raw: np.ndarray, names) -> dict:
+    """An uncompressed .npz held in memory (`raw`, uint8) -> {name: array} for `names`, every one required.
+    Members must be stored, not compressed (numpy's `savez` stores them), so nothing is inflated beyond the
+    file's own size, and each member's CRC is checked as it is read. Raises MapError naming the file."""
+    import io
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(raw.tobytes())) as z:
+            members = {info.filename: info for info in z.infolist()}
+            out = {}
+            for name in names:
+                info = members.get(f"{name}.npy")
+                if info is None:
+                    raise MapError(f"{path}: no array {name!r} (it holds {sorted(members)[:10]})")
+                if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size \
+                        or info.header_offset + info.compress_size > raw.size:
+                    raise MapError(f"{path}: member {info.filename} is compressed or larger than the file "
+                                   f"({info.file_size} bytes); only stored members are read")
+                data = np.frombuffer(z.read(info), dtype=np.uint8)
+                out[name] = parse_npy(Path(f"{path}:{info.filename}"), data)
+            return out
+    except MapError:
+        raise
+    except Exception as e:  # noqa: BLE001 - zipfile raises many types for damaged archives (BadZipFile, EOFError...)
+        raise MapError(f"{path}: not a readable .npz archive ({type(e).__name__}: {str(e)[:200]})") from None
 
 
 def describe_files(folder: Path) -> dict:
