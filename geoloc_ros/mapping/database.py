@@ -95,6 +95,8 @@ class MapDatabase:
             if required not in files:
                 raise MapError(f"{folder / required}: missing from the manifest")
         parts = (storage.KEYFRAMES, storage.DESCRIPTORS, storage.INDEX)
+        if manifest.get("local_features") is not None:  # read (and verified) once, by features.attach_on_load
+            parts += (storage.LOCAL_FEATURES, storage.CAMERAS)
         storage.verify_files(folder, manifest, skip=parts)
         encoder_path = carried_encoder(folder, files, fingerprint)
         columns = storage.read_keyframes(folder / storage.KEYFRAMES,

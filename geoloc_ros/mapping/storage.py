@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import hashlib
+import io
 import json
 import math
 import os
@@ -239,8 +240,6 @@ def _check_flat_layout(path: Path, raw: np.ndarray) -> None:
 def parse_npy(path: Path, raw: np.ndarray) -> np.ndarray:
     """A .npy file held in memory (`raw`, uint8) -> its array, a view of `raw` (no second copy). The header's
     shape and type must describe exactly the bytes that follow it."""
-    import io
-
     fp = io.BytesIO(raw[:4096].tobytes())
     try:
         version = np.lib.format.read_magic(fp)
@@ -259,31 +258,66 @@ def parse_npy(path: Path, raw: np.ndarray) -> np.ndarray:
 
 
 def parse_npz(path: Path, raw: np.ndarray, names) -> dict:
-    """An uncompressed .npz held in memory (`raw`, uint8) -> {name: array} for `names`, every one required.
-    Members must be stored, not compressed (numpy's `savez` stores them), so nothing is inflated beyond the
-    file's own size, and each member's CRC is checked as it is read. Raises MapError naming the file."""
-    import io
+    """An uncompressed .npz held in memory (`raw`, uint8) -> {name: array} for `names`, every one required (the
+    archive is read in place, each array copied out once). Members must be stored, not compressed (numpy's
+    `savez` stores them), so nothing is inflated beyond the file's own size, and each member's CRC is checked.
+    Raises MapError naming the file."""
     import zipfile
+    import zlib
 
     try:
-        with zipfile.ZipFile(io.BytesIO(raw.tobytes())) as z:
+        with zipfile.ZipFile(_ArrayFile(raw)) as z:
             members = {info.filename: info for info in z.infolist()}
-            out = {}
-            for name in names:
-                info = members.get(f"{name}.npy")
-                if info is None:
-                    raise MapError(f"{path}: no array {name!r} (it holds {sorted(members)[:10]})")
-                if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size \
-                        or info.header_offset + info.compress_size > raw.size:
-                    raise MapError(f"{path}: member {info.filename} is compressed or larger than the file "
-                                   f"({info.file_size} bytes); only stored members are read")
-                data = np.frombuffer(z.read(info), dtype=np.uint8)
-                out[name] = parse_npy(Path(f"{path}:{info.filename}"), data)
-            return out
-    except MapError:
-        raise
     except Exception as e:  # noqa: BLE001 - zipfile raises many types for damaged archives (BadZipFile, EOFError...)
         raise MapError(f"{path}: not a readable .npz archive ({type(e).__name__}: {str(e)[:200]})") from None
+    out = {}
+    for name in names:
+        info = members.get(f"{name}.npy")
+        if info is None:
+            raise MapError(f"{path}: no array {name!r} (it holds {sorted(members)[:10]})")
+        where = Path(f"{path}:{info.filename}")
+        if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size:
+            raise MapError(f"{where}: compressed ({info.compress_size} bytes that inflate to {info.file_size}); "
+                           f"only stored members are read")
+        local = raw[info.header_offset:info.header_offset + 30].tobytes()
+        if len(local) < 30 or local[:4] != b"PK\x03\x04":
+            raise MapError(f"{where}: no local header where the directory says")
+        start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + \
+            int.from_bytes(local[28:30], "little")
+        if start + info.file_size > raw.size:
+            raise MapError(f"{where}: {info.file_size} bytes past the end of the file")
+        member = raw[start:start + info.file_size]
+        if zlib.crc32(member) != info.CRC:
+            raise MapError(f"{where}: CRC mismatch (altered)")
+        out[name] = parse_npy(where, member).copy()  # aligned arrays of their own (members start at any byte)
+    return out
+
+
+class _ArrayFile(io.RawIOBase):
+    """A read-only, seekable file over a uint8 array, for zipfile to read the archive directory without a copy."""
+
+    def __init__(self, raw: np.ndarray):
+        self._view, self._pos = memoryview(raw).cast("B"), 0
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def tell(self):
+        return self._pos
+
+    def seek(self, offset, whence=io.SEEK_SET):
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        self._pos = max(base + offset, 0)
+        return self._pos
+
+    def readinto(self, buffer):
+        chunk = self._view[self._pos:self._pos + len(buffer)]
+        buffer[:len(chunk)] = chunk
+        self._pos += len(chunk)
+        return len(chunk)
 
 
 def describe_files(folder: Path) -> dict:
