@@ -129,13 +129,13 @@ def _fail(message: str):
     raise SystemExit(f"geoloc map: {message}")
 
 
-def _load_images(args):
+def _load_images(args, unreadable=None):
     from geoloc_ros.datasets import load_dataset
 
     origin = tuple(float(v) for v in args.origin.split(","))
     options = {"origin": origin, "heading": args.heading} if args.sequence_spacing is not None else {}
     try:
-        images = load_dataset(args.images, sequence_spacing=args.sequence_spacing, **options)
+        images = load_dataset(args.images, sequence_spacing=args.sequence_spacing, unreadable=unreadable, **options)
     except (ValueError, OSError) as e:  # the dataset readers name the file and what is wrong
         _fail(str(e))
     if args.range:
@@ -157,7 +157,7 @@ def _add_source(db, encoder, args):
     opts = {"batch_size": args.batch_size, "progress": not args.quiet, "unreadable": unreadable,
             **map_features.prepare(db, args), **map_text.prepare(args)}
     if args.images:
-        ids = add_dataset(db, encoder, _load_images(args), source=Path(args.images).name, **opts)
+        ids = add_dataset(db, encoder, _load_images(args, unreadable), source=Path(args.images).name, **opts)
     else:
         if not args.image_topic:
             _fail("--bag needs --image-topic")

@@ -96,6 +96,8 @@ class MapDatabase:
             if required not in files:
                 raise MapError(f"{folder / required}: missing from the manifest")
         parts = (storage.KEYFRAMES, storage.DESCRIPTORS, storage.INDEX)
+        if manifest.get("local_features") is not None:  # read (and verified) once, by features.attach_on_load
+            parts += (storage.LOCAL_FEATURES, storage.CAMERAS)
         storage.verify_files(folder, manifest, skip=parts)
         encoder_path = carried_encoder(folder, files, fingerprint)
         columns = storage.read_keyframes(folder / storage.KEYFRAMES,
@@ -105,6 +107,8 @@ class MapDatabase:
         if descriptors.dtype != np.float32 or descriptors.ndim != 2 or descriptors.shape[1] != dim:
             raise MapError(f"{folder / storage.DESCRIPTORS}: expected float32 (N, {dim}), got {descriptors.dtype} "
                            f"{descriptors.shape}")
+        if not np.isfinite(descriptors).all():
+            raise MapError(f"{folder / storage.DESCRIPTORS}: holds NaN or infinite values")
         index = storage.parse_faiss_index(folder / storage.INDEX,
                                           storage.read_verified(folder, manifest, storage.INDEX))
         if index.d != dim:

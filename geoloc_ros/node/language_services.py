@@ -31,7 +31,7 @@ class LanguageServices:
         self._tools_lock = threading.Lock()  # the two services may build the per-snapshot tools at once
         self._latest_rgb = None
         self.last_address = ""
-        self.counts = {"find_place_calls": 0, "geolocate_calls": 0}
+        self.counts = {"find_place_calls": 0, "find_place_refusals": 0, "geolocate_calls": 0}
         self._per_snapshot = (None, None, None)  # (snapshot, TextSearch, Geolocator)
         self._client = None
         self._reference = (None, None)  # (path, MapEntry)
@@ -115,6 +115,7 @@ class LanguageServices:
         except Exception as e:  # noqa: BLE001 - a service call must never take the node down
             response.success, response.message = False, f"find_place failed: {type(e).__name__}: {e}"
             return response
+        self.counts["find_place_refusals"] += not answer.success  # empty or over-long text, nothing loaded
         response.success, response.message, response.method = answer.success, answer.message, answer.method
         response.places = [candidate_message(snapshot.placed(c)) for c in answer.places]
         return response
