@@ -31,6 +31,7 @@ import time
 
 import numpy as np
 
+from geoloc_ros.imaging import message_to_rgb
 from geoloc_ros.stamps import stamp_ns
 
 PROFILE_ENV = "FASTDDS_DEFAULT_PROFILES_FILE"  # read by Fast DDS when a process creates its first participant
@@ -131,8 +132,6 @@ def _build_map(fast, ref, ckpt, tmp: Path, map_size: int | None):
 def _bare(enc, db, messages, n: int) -> dict:
     """Encode + search one frame at a time, back to back (warm-up first); JPEG decoding, which the node does and
     bare encode + search does not, is timed on its own."""
-    from geoloc_ros.node.images import message_to_rgb
-
     images = [message_to_rgb(m) for m in messages[:n]]
     for im in images[:3]:
         db.search(enc.encode([im]), 5)
