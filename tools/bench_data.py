@@ -22,8 +22,8 @@ import time
 
 import numpy as np
 
-from geoloc_ros.bench.machine import cpu_model as cpu_name
-from geoloc_ros.bench.machine import rss_bytes
+from geoloc_ros.machine import cpu_model as cpu_name
+from geoloc_ros.machine import rss_bytes
 
 
 def rss_mb() -> float:

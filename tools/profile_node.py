@@ -252,8 +252,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     import rclpy  # noqa: F401 - the message modules need rclpy importable
 
-    from geoloc_ros.bench.machine import machine_info
     from geoloc_ros.deploy import open_encoder
+    from geoloc_ros.machine import machine_info
     from geoloc_ros.model.testing import bundled_encoder_path
 
     out = Path(args.out)

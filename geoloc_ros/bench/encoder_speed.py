@@ -14,7 +14,7 @@ import time
 
 import numpy as np
 
-from geoloc_ros.bench.machine import reset_peak_rss, rss_bytes
+from geoloc_ros.machine import reset_peak_rss, rss_bytes
 
 # label -> open_encoder arguments. "torch" is the baseline every ratio divides by; "auto" (what the node and
 # open_encoder's callers get by default) leads every table.

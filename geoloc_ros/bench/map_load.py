@@ -79,7 +79,7 @@ def main(argv=None) -> int:
     if args.one:
         print(json.dumps(measure(*args.one)))
         return 0
-    from geoloc_ros.bench.machine import cpu_model
+    from geoloc_ros.machine import cpu_model
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:

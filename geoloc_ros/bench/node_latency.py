@@ -180,8 +180,8 @@ def run_node_benchmark(encoder=None, rates=(10, 30), duration_s: float = 20.0, o
     `dds_profile`: "default" (config/fastdds_large_frames.xml), a Fast DDS XML file, or None / "none" (the
     environment's), for this process (set before its first DDS participant) and the node. `floor`: also time the
     echo node (module docstring) at each rate."""
-    from geoloc_ros.bench.machine import load_average
     from geoloc_ros.deploy import open_encoder
+    from geoloc_ros.machine import load_average
     from geoloc_ros.model import save_encoder
 
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")

@@ -252,7 +252,7 @@ def format_table(rows) -> str:
 
 def _machine() -> dict:
     try:
-        from geoloc_ros.bench.machine import machine_info
+        from geoloc_ros.machine import machine_info
 
         return machine_info()
     except Exception:  # noqa: BLE001 - the shared helper is optional here

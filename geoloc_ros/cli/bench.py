@@ -127,8 +127,8 @@ def _part_train(args, out, machine):
 def run(args):
     import time
 
-    from geoloc_ros.bench.machine import load_average, machine_info
     from geoloc_ros.bench.report import machine_line, write_json
+    from geoloc_ros.machine import load_average, machine_info
 
     out = (__import__("pathlib").Path(args.out) if args.out else _default_out(args.quick)).resolve()
     out.mkdir(parents=True, exist_ok=True)

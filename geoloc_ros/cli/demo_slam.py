@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geoloc_ros.bench.machine import cpu_model
+from geoloc_ros.machine import cpu_model
 from geoloc_ros.resources import resource
 
 SITUATIONS = ("prior_map", "two_laps")

@@ -25,6 +25,7 @@ import time
 import numpy as np
 
 from geoloc_ros.deploy import cache
+from geoloc_ros.machine import cpu_model
 
 MIN_COSINE = 0.999
 CHECK_IMAGES_TAG = "synthetic-v1"
@@ -68,8 +69,6 @@ def _device_key(device) -> str:
         from geoloc_ros.deploy.tensorrt_backend import gpu_key
 
         return gpu_key(device.index or 0)
-    from geoloc_ros.bench.machine import cpu_model
-
     return cache.slug(cpu_model())
 
 
