@@ -54,8 +54,8 @@ def bench_images(n: int = 16) -> list[np.ndarray]:
 
 
 def model_encoder(spec: str):
-    """(name, fp32 CPU Encoder, what it is) for "bundled" (the trained encoder, or RN-nano random when it has not
-    landed) or an architecture name with random weights (timing does not depend on the weights)."""
+    """(name, fp32 CPU Encoder, what it is) for "bundled" (the trained encoder, or a random RN-nano in a checkout
+    without it) or an architecture name with random weights (timing does not depend on the weights)."""
     from geoloc_ros.model import build_encoder, load_encoder
     from geoloc_ros.model.testing import bundled_encoder_path
 

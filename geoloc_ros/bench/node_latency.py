@@ -10,8 +10,8 @@ The node runs as its own `vpr_node` process (as on a robot: the camera driver an
 this process publishes camera frames (Nordland winter frames at their own size, or real street photos resized to
 `image_size`; rgb8 or JPEG; reliable, as camera drivers publish) at each rate on a fixed schedule and records when
 each answer arrives. Reported per rate: latency p50/p95, sustained answers per second, dropped frames (newest wins),
-and `overhead_ratio` = end-to-end p50 / bare (encode + search) p50 of the same backend in this process (issue 20's
-targets at 10 Hz with 640x480 frames: <= 1.2 for ViT-B-32, <= 1.5 for the bundled encoder). The floor under it:
+and `overhead_ratio` = end-to-end p50 / bare (encode + search) p50 of the same backend in this process (the
+goals at 10 Hz with 640x480 frames: <= 1.2 for ViT-B-32, <= 1.5 for the bundled encoder). The floor under it:
 the same frames at the same rate into geoloc_ros.bench.echo_node, a stand-in node that answers at once (DDS both
 ways, rclpy and the executor; no decoding, encoder or search), so `beyond_floor_ms` = e2e p50 - floor p50 is what
 the node itself adds on top of encode + search.

@@ -1,4 +1,4 @@
-"""`geoloc map build` options for local features and camera models (issue 18), and the per-keyframe camera lookup.
+"""`geoloc map build` options for local features and camera models, and the per-keyframe camera lookup.
 
 Camera model of a keyframe, first that applies: --camera fx,fy,cx,cy[,k1,...]; --calibration FILE.yaml (ROS
 camera_info YAML); for a bag, its sensor_msgs/CameraInfo (image_transport's `<namespace>/camera_info`, else

@@ -1,4 +1,4 @@
-"""`geoloc map build|add` options for keyframe address / caption text (issue 21, docs/language.md).
+"""`geoloc map build|add` options for keyframe address / caption text (docs/language.md).
 
 Sources, applied in this order (a later one overrides an earlier one's field): the image CSV's `address` /
 `caption` columns (always looked for; --address-column / --caption-column name other columns and make them

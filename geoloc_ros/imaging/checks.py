@@ -49,8 +49,8 @@ def grey_spread(img: np.ndarray) -> float:
 
 def _uint8_rgb_spread(small: np.ndarray) -> float:
     """`grey_spread` of a uint8 RGB subsample from a histogram of channel sums (0..765) instead of a float mean
-    and a sort: the same order statistics and numpy's linear interpolation between them, ~6x faster (0.59 ->
-    0.09 ms on a 640x480 frame; it runs on every frame the node receives)."""
+    and a sort: the same order statistics and numpy's linear interpolation between them, several times faster
+    (it runs on every frame the node receives; docs/node.md, "Where the time goes")."""
     total = small[..., 0].astype(np.uint16)
     total += small[..., 1]
     total += small[..., 2]
