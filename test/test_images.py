@@ -1,4 +1,4 @@
-"""Issue 16, frames: decoded size read from the PNG/JPEG header and refused before decoding; mono16 scaled by
+"""Camera frames: decoded size read from the PNG/JPEG header and refused before decoding; mono16 scaled by
 its real range (12-bit data, 8-bit data in 16 bits) or by mono16_max; the one blank-frame rule."""
 
 import resource
