@@ -26,6 +26,7 @@ import numpy as np
 
 from geoloc_ros.deploy import cache
 from geoloc_ros.machine import cpu_model
+from geoloc_ros.model.encoder import native_bf16
 
 MIN_COSINE = 0.999
 CHECK_IMAGES_TAG = "synthetic-v1"
@@ -74,8 +75,6 @@ def _device_key(device) -> str:
 
 def candidates(device, half) -> list[tuple[str, str, dict]]:
     """(label, backend, open_encoder options) in the order they are tried."""
-    from geoloc_ros.model.encoder import native_bf16
-
     reduced = half is not False
     if device.type == "cuda":
         from geoloc_ros.deploy.tensorrt_backend import available
