@@ -31,7 +31,12 @@ import time
 
 import numpy as np
 
+from geoloc_ros.bench.encoder_speed import bench_images, model_encoder
+from geoloc_ros.deploy import open_encoder
 from geoloc_ros.imaging import message_to_rgb
+from geoloc_ros.machine import load_average
+from geoloc_ros.model import Encoder, load_encoder, nordland, save_encoder
+from geoloc_ros.replay import image_message, node_process
 from geoloc_ros.stamps import stamp_ns
 
 PROFILE_ENV = "FASTDDS_DEFAULT_PROFILES_FILE"  # read by Fast DDS when a process creates its first participant
@@ -63,7 +68,6 @@ def _encoder(encoder):
     """(fp32 CPU Encoder, what it is) from an Encoder, a checkpoint path / map directory, an architecture name
     ("ViT-B-32": random weights, pretrained=None, at its ProGEO input size; timing does not depend on the weights),
     or None (the bundled encoder if present, else a small random one)."""
-    from geoloc_ros.model import Encoder, load_encoder
     from geoloc_ros.model.testing import bundled_encoder_path, tiny_encoder
 
     if encoder is None:
@@ -73,16 +77,12 @@ def _encoder(encoder):
         return encoder, "given"
     if isinstance(encoder, Path) or Path(str(encoder)).exists():
         return load_encoder(encoder, device="cpu"), str(encoder)
-    from geoloc_ros.bench.encoder_speed import model_encoder
-
     name, enc, what = model_encoder(str(encoder))
     return enc, f"{name}, {what}"
 
 
 def _frames(season: str, n: int):
     from geoloc_ros.datasets import read_image
-    from geoloc_ros.model import nordland
-
     recs = nordland.split(frames=nordland.VAL_FRAMES, seasons=(season,))
     images = [(r, read_image(r.path)) for r in recs]
     return [(r, im) for r, im in images if not nordland.is_blank(im)][:n]
@@ -95,16 +95,12 @@ def _queries(n: int, image_size):
         return [im for _, im in _frames("winter", n)]
     import cv2
 
-    from geoloc_ros.bench.encoder_speed import bench_images
-
     w, h = image_size
     return [cv2.resize(im, (w, h), interpolation=cv2.INTER_AREA) for im in bench_images(n)]
 
 
 def _message(rgb, stamp: int, kind: str):
     """The camera message of `rgb`: sensor_msgs/Image rgb8 ("raw") or CompressedImage JPEG quality 90 ("jpeg")."""
-    from geoloc_ros.replay import image_message
-
     raw = image_message(rgb, stamp)
     if kind == "raw":
         return raw
@@ -180,10 +176,6 @@ def run_node_benchmark(encoder=None, rates=(10, 30), duration_s: float = 20.0, o
     `dds_profile`: "default" (config/fastdds_large_frames.xml), a Fast DDS XML file, or None / "none" (the
     environment's), for this process (set before its first DDS participant) and the node. `floor`: also time the
     echo node (module docstring) at each rate."""
-    from geoloc_ros.deploy import open_encoder
-    from geoloc_ros.machine import load_average
-    from geoloc_ros.model import save_encoder
-
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -242,8 +234,6 @@ def _node_runs(params, msgs, rates, duration_s, bare, out_dir, floor: bool):
 def _measure(module, params, msgs, rates, duration_s, bare, out_dir):
     """`module` as the node process (log: out_dir/<its last name>.log), warmed up, then played at each rate:
     ({rate: figures}, the backend its /diagnostics name, "?" for the echo node)."""
-    from geoloc_ros.replay import node_process
-
     what = module.rsplit(".", 1)[1]
     log = out_dir / f"{what}.log"
     with node_process(params, log, name=f"geoloc_bench_{what}", module=module) as h:
