@@ -14,6 +14,7 @@ the mean distance between the lap-1 and lap-2 poses of the same frame; saves <ou
 
 from __future__ import annotations
 
+from collections import Counter
 import json
 import os
 from pathlib import Path
@@ -164,8 +165,6 @@ def evaluate(trip, d) -> dict:
 def _closures(trip, d) -> tuple[int, int, dict]:
     """Right and wrong ~/loop_closures (best candidate): its place within TOLERANCE_M of the query's truth; and
     the wrong ones by "query lap->keyframe lap" (session keyframes; "map" for a prior-map keyframe)."""
-    from collections import Counter
-
     from geoloc_ros.stamps import stamp_ns
 
     index, truth = trip.index_of_stamp(), trip.truth()

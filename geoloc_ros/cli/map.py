@@ -16,6 +16,8 @@ import math
 from pathlib import Path
 import sys
 
+import numpy as np
+
 from geoloc_ros.cli import map_features, map_text
 
 
@@ -313,8 +315,6 @@ def run_info(args):
 
 
 def _isnan(a):
-    import numpy as np
-
     return np.isnan(a)
 
 

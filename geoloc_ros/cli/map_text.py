@@ -9,6 +9,7 @@ holding the keyframe's position, else the nearest point within --address-radius 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 
@@ -68,8 +69,6 @@ def _csv_annotator(args, text):
 
 def run_text_query(args, db, load_encoder):
     """`geoloc map query MAP --text ...`: prints which method answered, then the places."""
-    import math
-
     from geoloc_ros.language.text_search import TextSearch, text_search_for
     from geoloc_ros.localization.snapshot import map_id
 
