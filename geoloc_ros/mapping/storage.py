@@ -19,6 +19,7 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import hashlib
+import io
 import json
 import os
 from pathlib import Path
@@ -213,8 +214,6 @@ def parse_faiss_index(path: Path, raw: np.ndarray):
 
 def parse_npy(path: Path, raw: np.ndarray) -> np.ndarray:
     """A .npy file held in memory (`raw`, uint8) -> its array, a view of `raw` (no second copy)."""
-    import io
-
     fp = io.BytesIO(raw[:4096].tobytes())
     try:
         version = np.lib.format.read_magic(fp)
