@@ -21,7 +21,7 @@ import time
 
 import numpy as np
 
-from geoloc_ros.node.images import rgb_to_image_fields
+from geoloc_ros.imaging import rgb_to_image_fields
 from geoloc_ros.stamps import set_stamp, stamp_ns
 
 NODE_TOPICS = ("place_recognition", "loop_closures", "geopose", "fix", "pose")

@@ -38,6 +38,7 @@ from std_srvs.srv import Trigger
 from visualization_msgs.msg import MarkerArray
 
 from geoloc_msgs.msg import PlaceRecognition
+from geoloc_ros.imaging import FrameError
 from geoloc_ros.localization import SESSION_MAP_ID, LoadError, Localizer, SessionMap, load_snapshot, verification
 from geoloc_ros.localization.metric_worker import COUNTERS as METRIC_COUNTERS
 from geoloc_ros.localization.metric_worker import MetricPublisher
@@ -46,7 +47,6 @@ from geoloc_ros.node import language_services, messages, params
 from geoloc_ros.node.camera_inputs import CameraInputs
 from geoloc_ros.node.camera_watch import CameraWatch
 from geoloc_ros.node.diagnostics import NodeStats
-from geoloc_ros.node.images import FrameError
 from geoloc_ros.node.intake import CameraIntake
 from geoloc_ros.node.services import empty_gpu_cache as _empty_gpu_cache
 from geoloc_ros.node.services import service

@@ -10,11 +10,11 @@ pytest.importorskip("rclpy")
 from sensor_msgs.msg import CameraInfo, Image  # noqa: E402
 
 from geoloc_ros.geometry import benchmark as bench  # noqa: E402
+from geoloc_ros.imaging import FrameError, decode_depth  # noqa: E402
 from geoloc_ros.localization import Candidate, Frame, FrameResult  # noqa: E402
 from geoloc_ros.mapping import Keyframe  # noqa: E402
 from geoloc_ros.node import params  # noqa: E402
-from geoloc_ros.node.camera_inputs import CameraInputs, camera_info_topics, decode_depth  # noqa: E402
-from geoloc_ros.node.images import FrameError  # noqa: E402
+from geoloc_ros.node.camera_inputs import CameraInputs, camera_info_topics  # noqa: E402
 from geoloc_ros.node.markers import closure_markers  # noqa: E402
 
 

@@ -1,5 +1,5 @@
-"""The README's robot path: both packages build with colcon in a fresh workspace, with the command the
-README gives, and install what the launch file and the node need."""
+"""The robot path of docs/install.md: both packages build with colcon in a fresh workspace, with the command the
+docs give, and install what the launch file and the node need."""
 
 import os
 from pathlib import Path
@@ -10,15 +10,15 @@ import sys
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-# The command in README.md ("On a robot"), run from the workspace root.
+# The command in docs/install.md ("On a robot"), run from the workspace root.
 COLCON_COMMAND = ["colcon", "build", "--base-paths", "src", "src/geoloc_ros/geoloc_msgs",
                   "--cmake-args", "-DBUILD_TESTING=OFF"]
 NOT_SOURCES = shutil.ignore_patterns(".git", ".venv", "build", "install", "log", "__pycache__", "*.egg-info",
                                      ".pytest_cache", "runs")
 
 
-def test_readme_gives_this_colcon_command():
-    assert " ".join(COLCON_COMMAND) in (REPO / "README.md").read_text()
+def test_install_docs_give_this_colcon_command():
+    assert " ".join(COLCON_COMMAND) in (REPO / "docs" / "install.md").read_text()
 
 
 @pytest.mark.skipif(shutil.which("colcon") is None, reason="colcon is not installed in this environment")

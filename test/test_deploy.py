@@ -137,7 +137,7 @@ def test_checkpoint_paths_and_the_onnx_cache(tmp_path, images):
 def test_bundled_encoder_every_backend(images):
     path = bundled_encoder_path()
     if not path.is_file():
-        pytest.skip("the bundled encoder has not landed yet")
+        pytest.skip(f"no bundled encoder at {path} in this checkout")
     ref_enc = open_encoder(path, backend="torch", device="cpu")
     ref = ref_enc.encode(images)
     for args in ({"backend": "torch-tuned"}, {"backend": "onnxruntime"}):  # the defaults: fp32

@@ -1,12 +1,11 @@
-"""geoloc_ros.frames.image_view: the pixels of a real rclpy sensor_msgs/Image without a copy, or None where the
+"""geoloc_ros.imaging.image_view: the pixels of a real rclpy sensor_msgs/Image without a copy, or None where the
 checked, converting path must run."""
 
 from array import array
 
 import numpy as np
 
-from geoloc_ros.frames import image_view
-from geoloc_ros.node.images import message_to_rgb
+from geoloc_ros.imaging import image_view, message_to_rgb
 from geoloc_ros.replay import image_message
 
 
@@ -37,7 +36,7 @@ def test_the_node_views_rgb8_in_place_and_still_checks_it():
     path; mono8 (and anything else) is converted."""
     import pytest
 
-    from geoloc_ros.node.images import FrameError
+    from geoloc_ros.imaging import FrameError
     from geoloc_ros.node.messages import pixels
 
     rgb = np.random.default_rng(1).integers(0, 256, (48, 64, 3), dtype=np.uint8)

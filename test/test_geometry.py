@@ -1,5 +1,5 @@
 """geoloc_ros.geometry on real frames: camera models, local features, and the relative pose against ground truth
-(KITTI 06 and the RGB-D desk frames in ../shared/data/geometry). The thresholds are issue 18's bar."""
+(KITTI 06 and the RGB-D desk frames in ../shared/data/geometry). The thresholds: docs/geometry.md, "The bar"."""
 
 import numpy as np
 import pytest

@@ -1,4 +1,4 @@
-"""Issue 16, frames: decoded size read from the PNG/JPEG header and refused before decoding; mono16 scaled by
+"""Camera frames: decoded size read from the PNG/JPEG header and refused before decoding; mono16 scaled by
 its real range (12-bit data, 8-bit data in 16 bits) or by mono16_max; the one blank-frame rule."""
 
 import resource
@@ -10,7 +10,7 @@ import pytest
 from sensor_msgs.msg import CompressedImage
 
 from geoloc_ros.datasets import read_image
-from geoloc_ros.node.images import FrameError, compressed_size, is_blank, message_to_rgb
+from geoloc_ros.imaging import FrameError, compressed_size, is_blank, message_to_rgb
 from geoloc_ros.replay import image_message
 
 SIDE = 30000  # 30000 x 30000 = 900 MP: 2.7 GB as RGB once decoded
@@ -93,7 +93,7 @@ def test_blank_rule_histogram_path_equals_the_percentile_definition(shared_data)
     """grey_spread's fast path for uint8 RGB (a histogram of channel sums) gives what its definition says: the
     5th..95th percentile span of the channel mean, on Nordland frames (blank ones included), camera-sized frames and
     edge cases (one pixel, uniform, extremes)."""
-    from geoloc_ros.node.images import grey_spread
+    from geoloc_ros.imaging import grey_spread
 
     def definition(img):
         small = img[:: max(1, img.shape[0] // 128), :: max(1, img.shape[1] // 128)]

@@ -10,12 +10,12 @@ import pytest
 
 from geoloc_ros.cli import main as geoloc_main
 from geoloc_ros.datasets import read_image
+from geoloc_ros.imaging import is_blank
 from geoloc_ros.localization import Frame, Localizer, load_snapshot
 from geoloc_ros.localization.confidence import AGREEMENT_MAX, Evidence, confidence
 from geoloc_ros.mapping.builders import add_dataset, new_map_for
 from geoloc_ros.model import load_encoder, nordland
 from geoloc_ros.node import params
-from geoloc_ros.node.images import is_blank
 from geoloc_ros.resources import resource
 
 ENCODER = resource("maps", "nordland_demo") / "encoder.safetensors"

@@ -1,4 +1,4 @@
-"""Maps keep each keyframe's camera model and local features (issue 18): built from an image folder (EXIF focal
+"""Maps keep each keyframe's camera model and local features: built from an image folder (EXIF focal
 length, --camera) and from a rosbag2 recording with sensor_msgs/CameraInfo written here with rosbags; the files
 are checksummed like every map file, and the stored features verify a candidate without the raw images."""
 

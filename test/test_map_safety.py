@@ -1,4 +1,4 @@
-"""Issue 16, map side: no writer replaces a directory that is not a map of ours, a map is read into memory
+"""Maps under hostile use: no writer replaces a directory that is not a map of ours, a map is read into memory
 (files overwritten under a loaded map change nothing), every manifest field of a wrong type is refused with
 MapError naming it, maps carry a unique map_id, and `geoloc map build` skips unreadable images and bag frames."""
 

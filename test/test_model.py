@@ -303,7 +303,7 @@ def test_whitening_folds_into_a_network_on_the_gpu():
 def test_bundled_encoder_loads_and_encodes():
     path = bundled_encoder_path()
     if not path.exists():
-        pytest.skip("maps/nordland_demo/encoder.safetensors not committed yet")
+        pytest.skip("no maps/nordland_demo/encoder.safetensors in this checkout")
     assert path.stat().st_size <= 10 * 1024 * 1024
     enc = load_encoder(path.parent, device="cpu")
     head = read_header(path)
@@ -327,7 +327,7 @@ def test_half_precision_keeps_the_aggregation_in_fp32():
 
     path = bundled_encoder_path()
     if not path.exists():
-        pytest.skip("maps/nordland_demo/encoder.safetensors not committed yet")
+        pytest.skip("no maps/nordland_demo/encoder.safetensors in this checkout")
     enc = load_encoder(path.parent, device="cpu")
     imgs = N.read_images(nordland_records((19210, 20400)))  # validation frames, winter white-outs included
     x = enc.to_tensor(imgs)

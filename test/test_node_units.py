@@ -7,8 +7,8 @@ import pytest
 import yaml
 
 from geoloc_ros.datasets import read_image
+from geoloc_ros.imaging import FrameError, message_to_rgb
 from geoloc_ros.node import params
-from geoloc_ros.node.images import FrameError, message_to_rgb
 from geoloc_ros.replay import image_message
 
 REPO_CONFIG = params.__file__.rsplit("/geoloc_ros/", 1)[0] + "/config/vpr.yaml"

@@ -1,4 +1,4 @@
-"""geoloc_vpr on a real DDS graph with verification (issue 18): a map built by `geoloc map build --local-features`
+"""geoloc_vpr on a real DDS graph with verification: a map built by `geoloc map build --local-features`
 from real RGB-D frames of ../shared/data/geometry, query frames published with their CameraInfo and depth by the
 test node, and the relative poses of the verified loop closures checked against the ground truth."""
 

@@ -1,4 +1,4 @@
-"""Issue 16, parameters: every bad value (out of range, wrong type, not an allowed word, invalid topic name) is
+"""Node parameters: every bad value (out of range, wrong type, not an allowed word, invalid topic name) is
 refused with the reason before anything heavy loads, at start-up (`-p name:=value`) and on `ros2 param set`;
 `map_path` takes a string or a list. Real rclpy nodes (in-process) and the real VprNode."""
 

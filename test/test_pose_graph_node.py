@@ -229,7 +229,7 @@ def test_vpr_node_closures_reach_the_pose_graph_at_their_stamps(frames, rclpy_co
         node_of = {s: i for i, s in enumerate(graph.node_stamps)}
         for s, m in lap2.items():
             assert m.header.frame_id == "front_camera_optical"  # the image's frame, copied
-            assert m.camera_frame_id in ("", "front_camera_optical")  # "": a geoloc_vpr before issue 18 item 4
+            assert m.camera_frame_id in ("", "front_camera_optical")  # "": a sender that leaves it empty
             kf = m.candidates[0]
             assert kf.map_name == "session" and stamp_ns(kf.keyframe_stamp) == s - LAP_S * 10**9
         for e in (e for e in graph.edges if e.kind == "closure"):  # keyframe end -> query end, nodes at image stamps

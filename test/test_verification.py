@@ -1,4 +1,4 @@
-"""Loop-closure verification with the keyframes' stored features and camera models (issue 18), without ROS: the
+"""Loop-closure verification with the keyframes' stored features and camera models, without ROS: the
 Localizer with a FeatureVerifier over tiny real maps (KITTI 06 frames with the KITTI camera; RGB-D desk frames
 with depth) gives the query camera's pose in the keyframe camera's frame, checked against the ground truth."""
 

@@ -187,7 +187,7 @@ def finite_outputs(h):
 
 
 def photo():
-    from geoloc_ros.node.images import rgb_to_image_fields
+    from geoloc_ros.imaging import rgb_to_image_fields
 
     rng = np.random.default_rng(0)
     msg = Image(**{k: v for k, v in rgb_to_image_fields(rng.integers(0, 256, (120, 160, 3), dtype=np.uint8)).items()

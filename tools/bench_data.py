@@ -1,4 +1,4 @@
-"""Benchmark of the training data pipeline at scale (issue 19): a synthetic index of N paths (default 1 M: one tiny
+"""Benchmark of the training data pipeline at scale: a synthetic index of N paths (default 1 M: one tiny
 real image listed N times in a CSV, on a grid of positions so CosPlace groups form; no N files are written), then
 - the scan (datasets.load_dataset) and its cached re-read (loader.cached_dataset), seconds;
 - CosPlace grouping of the N records, seconds;
@@ -22,8 +22,8 @@ import time
 
 import numpy as np
 
-from geoloc_ros.bench.machine import cpu_model as cpu_name
-from geoloc_ros.bench.machine import rss_bytes
+from geoloc_ros.machine import cpu_model as cpu_name
+from geoloc_ros.machine import rss_bytes
 
 
 def rss_mb() -> float:

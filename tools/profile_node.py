@@ -3,8 +3,8 @@
 
 Part 1, in this process, no DDS: what each step costs per frame, for 640x480 and 1280x720 camera frames, raw (rgb8)
 and JPEG: rclpy's CDR deserialisation of the message into Python (what the executor does before the callback),
-serialisation (what a publisher does), decoding the message to RGB (geoloc_ros.node.images), the zero-copy view
-(geoloc_ros.frames), the bundled encoder at 64x128 (resize included), and building + serialising one
+serialisation (what a publisher does), decoding the message to RGB (geoloc_ros.imaging), the zero-copy view
+(geoloc_ros.imaging.image_view), the bundled encoder at 64x128 (resize included), and building + serialising one
 PlaceRecognition result.
 Part 2: the vpr_node process fed at 10 Hz from this one, sampled by py-spy (all threads, `--idle` off, so only
 running code counts): the share of samples in each part of the node.
@@ -79,8 +79,7 @@ def steps(encoder, sizes=tuple(SIZES), kinds=("raw", "jpeg")) -> dict:
     from rclpy.serialization import deserialize_message, serialize_message
 
     from geoloc_msgs.msg import PlaceCandidate, PlaceRecognition
-    from geoloc_ros.frames import image_view
-    from geoloc_ros.node.images import message_to_rgb
+    from geoloc_ros.imaging import image_view, message_to_rgb
 
     out = {}
     for size in sizes:
@@ -165,7 +164,7 @@ import sys, rclpy
 from rclpy.qos import qos_profile_sensor_data
 from sensor_msgs.msg import CompressedImage, Image
 from std_msgs.msg import Header
-from geoloc_ros.frames import image_view
+from geoloc_ros.imaging import image_view
 rclpy.init()
 node = rclpy.create_node("geoloc_echo")
 pub = node.create_publisher(Header, "/geoloc_echo/out", 10)
@@ -253,8 +252,8 @@ def main(argv=None):
     args = ap.parse_args(argv)
     import rclpy  # noqa: F401 - the message modules need rclpy importable
 
-    from geoloc_ros.bench.machine import machine_info
     from geoloc_ros.deploy import open_encoder
+    from geoloc_ros.machine import machine_info
     from geoloc_ros.model.testing import bundled_encoder_path
 
     out = Path(args.out)

@@ -14,7 +14,10 @@ import time
 
 import numpy as np
 
-from geoloc_ros.bench.machine import reset_peak_rss, rss_bytes
+from geoloc_ros.deploy import open_encoder
+from geoloc_ros.machine import reset_peak_rss, rss_bytes
+from geoloc_ros.model import build_encoder, load_encoder
+from geoloc_ros.model.encoder import cpu_has_bf16
 
 # label -> open_encoder arguments. "torch" is the baseline every ratio divides by; "auto" (what the node and
 # open_encoder's callers get by default) leads every table.
@@ -54,9 +57,8 @@ def bench_images(n: int = 16) -> list[np.ndarray]:
 
 
 def model_encoder(spec: str):
-    """(name, fp32 CPU Encoder, what it is) for "bundled" (the trained encoder, or RN-nano random when it has not
-    landed) or an architecture name with random weights (timing does not depend on the weights)."""
-    from geoloc_ros.model import build_encoder, load_encoder
+    """(name, fp32 CPU Encoder, what it is) for "bundled" (the trained encoder, or a random RN-nano in a checkout
+    without it) or an architecture name with random weights (timing does not depend on the weights)."""
     from geoloc_ros.model.testing import bundled_encoder_path
 
     if spec == "bundled":
@@ -70,8 +72,6 @@ def model_encoder(spec: str):
 
 
 def _variants(device: str, only=None) -> dict:
-    from geoloc_ros.model.encoder import cpu_has_bf16
-
     if device == "cuda":
         v = {k: dict(a) for k, a in CUDA_VARIANTS.items()}
         import onnxruntime as ort
@@ -107,8 +107,6 @@ def _sync(device):
 def _open_variants(ref, device, only, images, log):
     """Open every variant of `ref`: ({label: encoder}, {label: row with its opening cost and cosine to fp32})."""
     import torch
-
-    from geoloc_ros.deploy import open_encoder
 
     encs, rows = {}, {}
     ref_desc = ref.encode(images[:4])

@@ -19,6 +19,10 @@ import sys
 import tempfile
 import time
 
+import numpy as np
+
+from geoloc_ros.machine import cpu_model
+
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BUNDLED = REPO_ROOT / "maps" / "nordland_demo"
 
@@ -36,7 +40,6 @@ def measure(path: str, mode: str) -> dict:
     """In this process: load the map at `path` ('memory': MapDatabase.load; 'mmap': the former way, descriptors
     memory-mapped), then touch every descriptor. Returns seconds and MiB."""
     import faiss
-    import numpy as np
 
     from geoloc_ros.mapping import MapDatabase, storage
 
@@ -59,8 +62,6 @@ def measure(path: str, mode: str) -> dict:
 
 
 def synthetic_map(folder: Path, n: int, dim: int = 256) -> Path:
-    import numpy as np
-
     from geoloc_ros.mapping import Keyframe, MapDatabase
 
     rng = np.random.default_rng(0)
@@ -79,8 +80,6 @@ def main(argv=None) -> int:
     if args.one:
         print(json.dumps(measure(*args.one)))
         return 0
-    from geoloc_ros.bench.machine import cpu_model
-
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         maps = [BUNDLED] + [synthetic_map(Path(tmp), n) for n in args.sizes]

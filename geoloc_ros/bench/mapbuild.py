@@ -9,10 +9,12 @@ from __future__ import annotations
 
 import time
 
+from geoloc_ros.bench.encoder_speed import model_encoder
+from geoloc_ros.deploy import open_encoder
+from geoloc_ros.model.encoder import cpu_has_bf16
+
 
 def default_variants() -> dict:
-    from geoloc_ros.model.encoder import cpu_has_bf16
-
     return {"torch": {"backend": "torch"},
             "torch-tuned " + ("bf16" if cpu_has_bf16() else "fp32"):
                 {"backend": "torch-tuned", "precision": "bf16" if cpu_has_bf16() else "fp32"},
@@ -22,8 +24,6 @@ def default_variants() -> dict:
 def run_mapbuild_benchmark(variants: dict | None = None, n_images: int = 1200, quick: bool = False,
                            batch_size: int = 64, log=print) -> dict:
     """`variants`: label -> open_encoder arguments (default: torch, torch-tuned, onnxruntime)."""
-    from geoloc_ros.bench.encoder_speed import model_encoder
-    from geoloc_ros.deploy import open_encoder
     from geoloc_ros.model.testing import nordland_records
 
     n = 200 if quick else int(n_images)

@@ -10,8 +10,8 @@ The node runs as its own `vpr_node` process (as on a robot: the camera driver an
 this process publishes camera frames (Nordland winter frames at their own size, or real street photos resized to
 `image_size`; rgb8 or JPEG; reliable, as camera drivers publish) at each rate on a fixed schedule and records when
 each answer arrives. Reported per rate: latency p50/p95, sustained answers per second, dropped frames (newest wins),
-and `overhead_ratio` = end-to-end p50 / bare (encode + search) p50 of the same backend in this process (issue 20's
-targets at 10 Hz with 640x480 frames: <= 1.2 for ViT-B-32, <= 1.5 for the bundled encoder). The floor under it:
+and `overhead_ratio` = end-to-end p50 / bare (encode + search) p50 of the same backend in this process (the
+goals at 10 Hz with 640x480 frames: <= 1.2 for ViT-B-32, <= 1.5 for the bundled encoder). The floor under it:
 the same frames at the same rate into geoloc_ros.bench.echo_node, a stand-in node that answers at once (DDS both
 ways, rclpy and the executor; no decoding, encoder or search), so `beyond_floor_ms` = e2e p50 - floor p50 is what
 the node itself adds on top of encode + search.
@@ -31,6 +31,12 @@ import time
 
 import numpy as np
 
+from geoloc_ros.bench.encoder_speed import bench_images, model_encoder
+from geoloc_ros.deploy import open_encoder
+from geoloc_ros.imaging import message_to_rgb
+from geoloc_ros.machine import load_average
+from geoloc_ros.model import Encoder, load_encoder, nordland, save_encoder
+from geoloc_ros.replay import image_message, node_process
 from geoloc_ros.stamps import stamp_ns
 
 PROFILE_ENV = "FASTDDS_DEFAULT_PROFILES_FILE"  # read by Fast DDS when a process creates its first participant
@@ -62,7 +68,6 @@ def _encoder(encoder):
     """(fp32 CPU Encoder, what it is) from an Encoder, a checkpoint path / map directory, an architecture name
     ("ViT-B-32": random weights, pretrained=None, at its ProGEO input size; timing does not depend on the weights),
     or None (the bundled encoder if present, else a small random one)."""
-    from geoloc_ros.model import Encoder, load_encoder
     from geoloc_ros.model.testing import bundled_encoder_path, tiny_encoder
 
     if encoder is None:
@@ -72,16 +77,12 @@ def _encoder(encoder):
         return encoder, "given"
     if isinstance(encoder, Path) or Path(str(encoder)).exists():
         return load_encoder(encoder, device="cpu"), str(encoder)
-    from geoloc_ros.bench.encoder_speed import model_encoder
-
     name, enc, what = model_encoder(str(encoder))
     return enc, f"{name}, {what}"
 
 
 def _frames(season: str, n: int):
     from geoloc_ros.datasets import read_image
-    from geoloc_ros.model import nordland
-
     recs = nordland.split(frames=nordland.VAL_FRAMES, seasons=(season,))
     images = [(r, read_image(r.path)) for r in recs]
     return [(r, im) for r, im in images if not nordland.is_blank(im)][:n]
@@ -94,16 +95,12 @@ def _queries(n: int, image_size):
         return [im for _, im in _frames("winter", n)]
     import cv2
 
-    from geoloc_ros.bench.encoder_speed import bench_images
-
     w, h = image_size
     return [cv2.resize(im, (w, h), interpolation=cv2.INTER_AREA) for im in bench_images(n)]
 
 
 def _message(rgb, stamp: int, kind: str):
     """The camera message of `rgb`: sensor_msgs/Image rgb8 ("raw") or CompressedImage JPEG quality 90 ("jpeg")."""
-    from geoloc_ros.replay import image_message
-
     raw = image_message(rgb, stamp)
     if kind == "raw":
         return raw
@@ -131,8 +128,6 @@ def _build_map(fast, ref, ckpt, tmp: Path, map_size: int | None):
 def _bare(enc, db, messages, n: int) -> dict:
     """Encode + search one frame at a time, back to back (warm-up first); JPEG decoding, which the node does and
     bare encode + search does not, is timed on its own."""
-    from geoloc_ros.node.images import message_to_rgb
-
     images = [message_to_rgb(m) for m in messages[:n]]
     for im in images[:3]:
         db.search(enc.encode([im]), 5)
@@ -181,10 +176,6 @@ def run_node_benchmark(encoder=None, rates=(10, 30), duration_s: float = 20.0, o
     `dds_profile`: "default" (config/fastdds_large_frames.xml), a Fast DDS XML file, or None / "none" (the
     environment's), for this process (set before its first DDS participant) and the node. `floor`: also time the
     echo node (module docstring) at each rate."""
-    from geoloc_ros.bench.machine import load_average
-    from geoloc_ros.deploy import open_encoder
-    from geoloc_ros.model import save_encoder
-
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -243,8 +234,6 @@ def _node_runs(params, msgs, rates, duration_s, bare, out_dir, floor: bool):
 def _measure(module, params, msgs, rates, duration_s, bare, out_dir):
     """`module` as the node process (log: out_dir/<its last name>.log), warmed up, then played at each rate:
     ({rate: figures}, the backend its /diagnostics name, "?" for the echo node)."""
-    from geoloc_ros.replay import node_process
-
     what = module.rsplit(".", 1)[1]
     log = out_dir / f"{what}.log"
     with node_process(params, log, name=f"geoloc_bench_{what}", module=module) as h:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
+
 
 def write_json(path: Path, obj) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -71,8 +73,6 @@ def plot_encoder(result: dict, path: Path, title: str) -> Path | None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
-
     batches = [str(b) for b in result["batches"]]
     models = result["models"]
     labels = []

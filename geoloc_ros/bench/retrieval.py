@@ -24,6 +24,8 @@ import time
 
 import numpy as np
 
+from geoloc_ros.model import load_encoder
+
 DEFAULT_CONFIGS = {
     # label: (index factory, largest size to build it at or None, [(search parameters, exact re-rank depth), ...])
     "Flat": ("Flat", None, [("", 0)]),
@@ -121,8 +123,6 @@ def real_descriptor_recall(encoder_path=Path(__file__).resolve().parents[2] / "m
     with the bundled encoder; a query is right when its top-1 lies within 2 frames (~25 m). Small (the data has
     no more), so it checks what compression does to real descriptors, not scale."""
     from geoloc_ros.datasets import list_images, read_image
-    from geoloc_ros.model import load_encoder
-
     data = Path(data or Path(__file__).resolve().parents[2].parent / "shared" / "data" / "nordland64")
     encoder = load_encoder(encoder_path, device="cpu")
     t = time.perf_counter()
@@ -252,7 +252,7 @@ def format_table(rows) -> str:
 
 def _machine() -> dict:
     try:
-        from geoloc_ros.bench.machine import machine_info
+        from geoloc_ros.machine import machine_info
 
         return machine_info()
     except Exception:  # noqa: BLE001 - the shared helper is optional here

@@ -109,7 +109,7 @@ def nordland_laps(root, first: int, places: int, seasons=("summer", "winter")):
 
 
 def main(argv=None):
-    from geoloc_ros.bench.machine import machine_info
+    from geoloc_ros.machine import machine_info
     from geoloc_ros.model.testing import nordland_root
 
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])

@@ -10,6 +10,9 @@ from __future__ import annotations
 
 import tempfile
 
+from geoloc_ros.model import nordland as N
+from geoloc_ros.model.encoder import native_bf16, resolve_device
+
 VARIANTS = {"fp32 NCHW": {"bf16": False, "channels_last": False},
             "fp32 channels-last": {"bf16": False, "channels_last": True},
             "bf16 channels-last": {"bf16": True, "channels_last": True}}
@@ -18,9 +21,7 @@ VARIANTS = {"fp32 NCHW": {"bf16": False, "channels_last": False},
 def run_train_benchmark(steps: int = 20, quick: bool = False, device: str = "cpu", log=print) -> dict:
     import torch
 
-    from geoloc_ros.model import nordland as N
     from geoloc_ros.model.config import load_recipe
-    from geoloc_ros.model.encoder import native_bf16, resolve_device
     from geoloc_ros.model.training import TrainConfig, Trainer
 
     steps = 3 if quick else int(steps)

@@ -1,8 +1,9 @@
 """The `geoloc` command: one entry point, one module per subcommand.
 
 Each subcommand module defines ``add_parser(subparsers)``, which registers its parser and sets
-``func`` to the callable that runs it. Modules import their heavy dependencies (torch, faiss, rclpy)
-inside that callable, so ``geoloc --help`` stays instant.
+``func`` to the callable that runs it. Modules import the project's packages and the heavy dependencies
+(torch, faiss, rclpy) inside that callable, so ``geoloc --help`` loads little more than the parsers; the standard
+library and numpy are imported at the top.
 """
 
 import argparse

@@ -6,6 +6,9 @@ Each part writes ``<out>/<part>.json`` (results + the machine, versions and comm
 ``<out>/summary.md`` collects the tables of the parts run. Benchmarks report; nothing here asserts a figure.
 """
 
+from pathlib import Path
+import time
+
 PARTS = ("encoder", "node", "retrieval", "mapbuild", "train")
 # the parts this command measures itself: it writes their <part>.json, and their failure fails the run (node and
 # retrieval belong to other modules, which write their own JSON)
@@ -45,8 +48,6 @@ def add_parser(sub):
 
 
 def _default_out(quick: bool):
-    from pathlib import Path
-
     from geoloc_ros.model.testing import REPO_ROOT
 
     base = REPO_ROOT / "docs" / "benchmarks" if (REPO_ROOT / "docs").is_dir() else Path("geoloc_bench")
@@ -125,10 +126,8 @@ def _part_train(args, out, machine):
 
 
 def run(args):
-    import time
-
-    from geoloc_ros.bench.machine import load_average, machine_info
     from geoloc_ros.bench.report import machine_line, write_json
+    from geoloc_ros.machine import load_average, machine_info
 
     out = (__import__("pathlib").Path(args.out) if args.out else _default_out(args.quick)).resolve()
     out.mkdir(parents=True, exist_ok=True)

@@ -15,6 +15,8 @@ import os
 from pathlib import Path
 import time
 
+import numpy as np
+
 from geoloc_ros.cli import demo_slam
 from geoloc_ros.resources import resource
 
@@ -75,8 +77,6 @@ def run_demo(map_dir, bag, out_dir="runs/demo", rate=None, device="auto", image_
              fix_topic="/gnss/fix", limit=None, verbose=True, config=resource("config", "vpr.yaml"),
              extra_params=None) -> dict:
     """Run the demo end to end; returns the summary dict (also written to out_dir/summary.json)."""
-    import numpy as np
-
     from geoloc_ros.replay import node_process, read_bag
 
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
@@ -115,8 +115,6 @@ def run_demo(map_dir, bag, out_dir="runs/demo", rate=None, device="auto", image_
 
 def _route(frames):
     """UTM of each frame's ground truth, and the along-track distance of any point (projection on the line)."""
-    import numpy as np
-
     from geoloc_ros.geodesy import to_utm
 
     lat = np.array([f.fix[0] for f in frames])
@@ -139,8 +137,6 @@ def _route(frames):
 
 
 def evaluate(frames, data, diag, rate) -> dict:
-    import numpy as np
-
     frames = [f for f in frames if f.fix is not None]
     _, dist = _route(frames)
     pr, lc, geo = (data.results[k] for k in ("place_recognition", "loop_closures", "geopose"))
@@ -201,8 +197,6 @@ def plot(frames, data, summary, path):
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    import numpy as np
-
     frames = [f for f in frames if f.fix is not None]
     along, dist = _route(frames)
     pr, lc, geo = (data.results[k] for k in ("place_recognition", "loop_closures", "geopose"))

@@ -1,5 +1,5 @@
 """`geoloc demo --slam`: geoloc_vpr and geoloc_pose_graph on real Nordland frames, with simulated wheel odometry,
-in the two situations of issue 22 (docs/slam.md "The SLAM demo"):
+in two situations (docs/slam.md "The SLAM demo"):
 
   prior_map  relocalization in a prebuilt map: `geoloc map build` makes a map of the summer frames of the
              stretch; the winter frames are driven through vpr_node (map_path, odom_topic) and pose_graph_node,
@@ -14,18 +14,19 @@ the mean distance between the lap-1 and lap-2 poses of the same frame; saves <ou
 
 from __future__ import annotations
 
+from collections import Counter
 import json
 import os
 from pathlib import Path
 
 import numpy as np
 
-from geoloc_ros.bench.machine import cpu_model
+from geoloc_ros.machine import cpu_model
 from geoloc_ros.resources import resource
 
 SITUATIONS = ("prior_map", "two_laps")
 # The bundled encoder was trained on frames 00010..19200; 21610..24000 is the part of the validation stretch that
-# no parameter was tuned on (developer "closures" tunes on 19210..21600), and 240 places keep the demo short.
+# no parameter was tuned on (loop-closure confidence is fitted on 19210..21600), and 240 places keep the demo short.
 DEFAULT_FRAMES = "21610:24000"
 TOLERANCE_M = 25.0  # a closure is right when its two ends lie within 25 m (the usual Nordland tolerance)
 VPR_COMMON = ["consistency_mode:=sequence", "odom_topic:=odom"]  # one frame per keyframe spacing; the player's odom
@@ -164,8 +165,6 @@ def evaluate(trip, d) -> dict:
 def _closures(trip, d) -> tuple[int, int, dict]:
     """Right and wrong ~/loop_closures (best candidate): its place within TOLERANCE_M of the query's truth; and
     the wrong ones by "query lap->keyframe lap" (session keyframes; "map" for a prior-map keyframe)."""
-    from collections import Counter
-
     from geoloc_ros.stamps import stamp_ns
 
     index, truth = trip.index_of_stamp(), trip.truth()

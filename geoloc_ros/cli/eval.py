@@ -15,6 +15,9 @@ within `--frame-tolerance` frames (frame numbers read from the file names). `--p
 from __future__ import annotations
 
 import json
+from pathlib import Path
+
+import numpy as np
 
 from geoloc_ros.cli import eval_closures
 
@@ -61,7 +64,6 @@ def add_parser(sub):
 
 
 def run(args):
-    import numpy as np
     import torch
 
     if args.threads:
@@ -159,8 +161,6 @@ def _methods(args, db_img, q_img, vg) -> dict:
 
 
 def _write_json(path, obj):
-    from pathlib import Path
-
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     with open(path, "w") as f:
         json.dump(obj, f, indent=2, default=str)

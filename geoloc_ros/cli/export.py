@@ -1,5 +1,7 @@
 """`geoloc export --onnx OUT`: the encoder as one self-describing ONNX file (ONNX Runtime, TensorRT on Jetson)."""
 
+import numpy as np
+
 TRTEXEC_HINT = ("TensorRT engine (on the Jetson, with the TensorRT of its JetPack):\n"
                 "  trtexec --onnx={onnx} --saveEngine={engine} --fp16 \\\n"
                 "          --minShapes=images:1x3x{h}x{w} --optShapes=images:1x3x{h}x{w} "
@@ -20,8 +22,6 @@ def add_parser(sub):
 
 
 def run(args):
-    import numpy as np
-
     from geoloc_ros.deploy import DEFAULT_OPSET, export_onnx, open_encoder
     from geoloc_ros.model import CheckpointError, load_encoder
     from geoloc_ros.model.testing import bundled_encoder_path

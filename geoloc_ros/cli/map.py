@@ -18,6 +18,8 @@ import math
 from pathlib import Path
 import sys
 
+import numpy as np
+
 from geoloc_ros.cli import map_features, map_localize, map_structure, map_text
 
 
@@ -322,8 +324,6 @@ def run_info(args):
 
 
 def _isnan(a):
-    import numpy as np
-
     return np.isnan(a)
 
 

@@ -1,4 +1,4 @@
-"""`geoloc map build` options for local features and camera models (issue 18), and the per-keyframe camera lookup.
+"""`geoloc map build` options for local features and camera models, and the per-keyframe camera lookup.
 
 Camera model of a keyframe, first that applies: --camera fx,fy,cx,cy[,k1,...]; --calibration FILE.yaml (ROS
 camera_info YAML); for a bag, its sensor_msgs/CameraInfo (image_transport's `<namespace>/camera_info`, else
@@ -8,6 +8,7 @@ EXIF focal length (PinholeCamera.from_exif). Without any, features are stored wi
 
 from __future__ import annotations
 
+from pathlib import Path
 import sys
 
 from geoloc_ros.geometry.features import DEFAULT_DETECTOR, DEFAULT_MAX_KEYPOINTS, DETECTORS
@@ -78,8 +79,6 @@ def _fixed_camera(args):
 
 
 def _bag_lookup(args):
-    from pathlib import Path
-
     from geoloc_ros.mapping.features import bag_cameras, camera_at
 
     if not Path(args.bag).exists():
@@ -93,8 +92,6 @@ def _bag_lookup(args):
 
 
 def _exif_lookup():
-    from pathlib import Path
-
     from geoloc_ros.geometry.camera import PinholeCamera
 
     warned = []

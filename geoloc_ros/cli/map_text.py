@@ -1,4 +1,4 @@
-"""`geoloc map build|add` options for keyframe address / caption text (issue 21, docs/language.md).
+"""`geoloc map build|add` options for keyframe address / caption text (docs/language.md).
 
 Sources, applied in this order (a later one overrides an earlier one's field): the image CSV's `address` /
 `caption` columns (always looked for; --address-column / --caption-column name other columns and make them
@@ -9,6 +9,7 @@ holding the keyframe's position, else the nearest point within --address-radius 
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 
@@ -68,8 +69,6 @@ def _csv_annotator(args, text):
 
 def run_text_query(args, db, load_encoder):
     """`geoloc map query MAP --text ...`: prints which method answered, then the places."""
-    import math
-
     from geoloc_ros.language.text_search import TextSearch, text_search_for
     from geoloc_ros.localization.snapshot import map_id
 

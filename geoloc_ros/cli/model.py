@@ -1,5 +1,7 @@
 """`geoloc model convert IN.pth OUT.safetensors`: a ProGEO checkpoint as this package's self-describing encoder file."""
 
+from pathlib import Path
+
 
 def add_parser(sub):
     p = sub.add_parser("model", help="encoder checkpoint tools (convert ProGEO's released .pth files)",
@@ -20,8 +22,6 @@ def add_parser(sub):
 
 
 def run_convert(args):
-    from pathlib import Path
-
     from geoloc_ros.model import CheckpointError, load_encoder, save_encoder
     from geoloc_ros.model.checkpoint import CHECKPOINT_NAME
 

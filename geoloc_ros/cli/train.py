@@ -15,6 +15,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
+from pathlib import Path
+
+import numpy as np
 
 from geoloc_ros.model.config import TrainConfig, config_fields, load_recipe
 
@@ -93,9 +97,6 @@ def add_parser(sub):
 
 
 def run(args):
-    import logging
-    from pathlib import Path
-
     import torch
 
     from geoloc_ros.datasets import read_image
@@ -215,8 +216,6 @@ def _validation_fn(args):
     """encoder -> Recall@N on --val-database/--val-queries (positives by frame tolerance or by radius), or None."""
     if not (args.val_database and args.val_queries):
         return None
-    import numpy as np
-
     from geoloc_ros.datasets import load_dataset, read_image
     from geoloc_ros.model import evaluation as E
     from geoloc_ros.model.nordland import frame_number

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from geoloc_ros.deploy import cache
-from geoloc_ros.deploy.onnx_export import DEFAULT_OPSET
+from geoloc_ros.deploy.onnx_export import DEFAULT_OPSET, export_onnx, read_onnx_metadata
+from geoloc_ros.model import Encoder, load_encoder
+from geoloc_ros.model.encoder import resolve_device
 
 # name -> what it is (docs/benchmarks.md has the measured speed of each)
 BACKENDS = {
@@ -19,8 +21,6 @@ BACKENDS = {
 
 def _as_encoder(source, device="cpu", half=False, batch_size=64):
     """A geoloc_ros.model.Encoder from an Encoder (returned as is) or a checkpoint file / directory."""
-    from geoloc_ros.model import Encoder, load_encoder
-
     if isinstance(source, Encoder):
         return source
     if isinstance(source, (str, Path)) and str(source).endswith(".onnx"):
@@ -37,8 +37,6 @@ def onnx_name(fingerprint: str, opset: int) -> str:
 
 
 def _fits(path: Path, fingerprint: str) -> bool:
-    from geoloc_ros.deploy.onnx_export import read_onnx_metadata
-
     try:
         return read_onnx_metadata(path)["fingerprint"] == fingerprint
     except Exception:  # noqa: BLE001 - unreadable, truncated, foreign: not usable, so rebuilt
@@ -48,8 +46,6 @@ def _fits(path: Path, fingerprint: str) -> bool:
 def _onnx_for(source, opset: int, batch_size: int, ref=None) -> Path:
     """The ONNX file for `source`: itself if it is one; an ``encoder.onnx`` beside the checkpoint when its fingerprint
     matches (shipped with a map); else the cached export (cache.py), exported when missing or stale."""
-    from geoloc_ros.deploy.onnx_export import export_onnx
-
     if isinstance(source, (str, Path)) and str(source).endswith(".onnx"):
         return Path(source)
     enc = ref or _as_encoder(source, batch_size=batch_size)
@@ -80,8 +76,6 @@ def open_encoder(source, backend: str = "torch", device="auto", half: bool | Non
     channels_last=bool; tensorrt: max_batch=int; auto: check_images=list of images for the agreement check,
     log=callable).
     """
-    from geoloc_ros.model.encoder import resolve_device
-
     backend = (backend or "torch").lower()
     if backend == "auto":
         from geoloc_ros.deploy.auto import open_auto
@@ -99,8 +93,6 @@ def open_encoder(source, backend: str = "torch", device="auto", half: bool | Non
 
 def _open(source, ref, backend, device, half, threads, batch_size, opset, **options):
     """One named backend. `ref`: the fp32 CPU Encoder of `source` when the caller has loaded it already."""
-    from geoloc_ros.model.encoder import resolve_device
-
     if backend == "torch":
         if threads:
             import torch

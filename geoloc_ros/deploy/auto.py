@@ -25,6 +25,8 @@ import time
 import numpy as np
 
 from geoloc_ros.deploy import cache
+from geoloc_ros.machine import cpu_model
+from geoloc_ros.model.encoder import native_bf16
 
 MIN_COSINE = 0.999
 CHECK_IMAGES_TAG = "synthetic-v1"
@@ -68,15 +70,11 @@ def _device_key(device) -> str:
         from geoloc_ros.deploy.tensorrt_backend import gpu_key
 
         return gpu_key(device.index or 0)
-    from geoloc_ros.bench.machine import cpu_model
-
     return cache.slug(cpu_model())
 
 
 def candidates(device, half) -> list[tuple[str, str, dict]]:
     """(label, backend, open_encoder options) in the order they are tried."""
-    from geoloc_ros.model.encoder import native_bf16
-
     reduced = half is not False
     if device.type == "cuda":
         from geoloc_ros.deploy.tensorrt_backend import available

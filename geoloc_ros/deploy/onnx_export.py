@@ -11,6 +11,7 @@ LayerNormalization op, which TensorRT and ONNX Runtime fuse into one kernel (the
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -26,8 +27,6 @@ def _exportable(net):
     """A copy of `net` whose GeM pools with a mean over the feature map instead of avg_pool2d with a kernel read
     from the input's shape: the same numbers, but the tracer turns that kernel into a runtime value, which ONNX's
     AveragePool cannot take (export fails). ReduceMean also fuses better in TensorRT."""
-    import copy
-
     import torch
 
     from geoloc_ros.model.network import GeM

@@ -14,6 +14,7 @@ the weights stay fp32, so the accuracy-sensitive ops (norms, pow, softmax) run i
 
 from __future__ import annotations
 
+import contextlib
 import copy
 
 import numpy as np
@@ -72,8 +73,6 @@ class TunedTorchEncoder(DeployedEncoder):
         self._std = torch.tensor(self.preprocess["std"], dtype=torch.float32, device=self.device).view(1, 3, 1, 1)
 
     def _autocast(self):
-        import contextlib
-
         import torch
 
         if self.precision == "fp32" or self._cast is not None:

@@ -17,10 +17,10 @@ import time
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from geoloc_ros.bench.machine import cpu_model as cpu_name  # the CPU a figure came from, as lscpu names it
 from geoloc_ros.geometry.camera import PinholeCamera
 from geoloc_ros.geometry.features import DEFAULT_MAX_KEYPOINTS, DETECTORS, available_detectors, detect
 from geoloc_ros.geometry.relative_pose import solve
+from geoloc_ros.machine import cpu_model as cpu_name  # the CPU a figure came from, as lscpu names it
 
 KITTI_CAMERA = PinholeCamera(707.0912, 707.0912, 601.8873, 183.1104, 1226, 370)
 KITTI_BASELINE_M = 379.8145 / 707.0912

@@ -21,20 +21,20 @@ Prints Markdown tables and saves every figure with --json; docs/geometry.md ("Me
 from __future__ import annotations
 
 import argparse
-import contextlib
-import io
 import json
 import math
 from pathlib import Path
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from geoloc_ros.bench.machine import cpu_model as cpu_name
 from geoloc_ros.geometry import benchmark as bench
+from geoloc_ros.machine import cpu_model as cpu_name
 
 LUND_HELD_OUT = ("03", "09", "15", "21", "27")
 RGBD_CAMERA = "518,519,325.5,253.5"
@@ -51,14 +51,13 @@ def write_poses_csv(path: Path, poses: dict) -> Path:
 
 
 def build(encoder: Path, out: Path, *args) -> str:
-    """`geoloc map build` (its stderr summary lines returned)."""
-    from geoloc_ros.cli import main as geoloc
-
-    err = io.StringIO()
-    with contextlib.redirect_stderr(err):
-        geoloc(["map", "build", "--encoder", str(encoder), "--out", str(out), "--quiet", "--device", "cpu",
-                "--force", *args])
-    return "\n".join(line for line in err.getvalue().splitlines() if line.startswith("geoloc map:"))
+    """`geoloc map build`, run in a process of its own as a user runs it; its summary lines (stderr)."""
+    run = subprocess.run([sys.executable, "-m", "geoloc_ros.cli", "map", "build", "--encoder", str(encoder),
+                          "--out", str(out), "--quiet", "--device", "cpu", "--force", *map(str, args)],
+                         capture_output=True, text=True)
+    if run.returncode:
+        raise RuntimeError(f"geoloc map build failed ({run.returncode}): {run.stderr[-2000:]}")
+    return "\n".join(line for line in run.stderr.splitlines() if line.startswith("geoloc map:"))
 
 
 def localizer(out: Path):

@@ -12,10 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 import math
+from pathlib import Path
 
 import numpy as np
 
+from geoloc_ros.language.annotate import csv_text
 from geoloc_ros.language.losses import AddressLossWeights, address_clip_loss
+from geoloc_ros.language.text_tower import _build_tower, save_text_tower
+from geoloc_ros.model import load_encoder, save_encoder
 
 
 @dataclass
@@ -33,8 +37,6 @@ class AddressStage:
     def __init__(self, encoder, clip=None, lr: float = 1e-4, weights: AddressLossWeights | None = None,
                  seed: int = 0):
         import torch
-
-        from geoloc_ros.language.text_tower import _build_tower
 
         torch.manual_seed(seed)
         self.encoder = encoder
@@ -82,9 +84,6 @@ class AddressStage:
 
     def save(self, folder):
         """encoder.safetensors + text_tower.safetensors into `folder`; returns the encoder file."""
-        from geoloc_ros.language.text_tower import save_text_tower
-        from geoloc_ros.model import save_encoder
-
         path = save_encoder(self.encoder, folder, training={"address_stage": {
             "losses": "AddressCLIP image-address + image-caption contrast + geographic matching",
             "weights": vars(self.weights)}})
@@ -114,8 +113,6 @@ def samples_from_csv(csv_path) -> list[AddressSample]:
     """AddressSamples of an image CSV with a header row naming an `address` column (and optionally `caption`):
     image,lat,lon[,alt,heading],address[,caption]. ValueError naming the file when it has no addresses."""
     from geoloc_ros.datasets import read_csv
-    from geoloc_ros.language.annotate import csv_text
-
     with open(csv_path, newline="") as f:
         header = [h.strip().lower() for h in f.readline().split(",")]
     if "address" not in header:
@@ -132,10 +129,6 @@ def train_from_csv(encoder_path, csv_path, steps: int = 50, batch_size: int = 16
                    device: str = "auto"):
     """`geoloc train --address-csv`: the address stage on the finished encoder at `encoder_path`, written back
     over it together with text_tower.safetensors (same folder). Returns (encoder file, history)."""
-    from pathlib import Path
-
-    from geoloc_ros.model import load_encoder
-
     encoder = load_encoder(encoder_path, device=device, half=False)
     samples = samples_from_csv(csv_path)
     stage, history = address_stage(encoder, samples, steps=steps, batch_size=batch_size, lr=lr, clip=clip)

@@ -24,6 +24,7 @@ import re
 import numpy as np
 
 from geoloc_ros.language.annotate import EARTH_RADIUS_M, haversine_m
+from geoloc_ros.language.lmm_client import LmmError
 from geoloc_ros.localization.frames import Candidate
 
 RETRIEVAL_TEMPERATURE = 0.05  # cosine units: a neighbour 0.05 less similar weighs e times less
@@ -203,8 +204,6 @@ class Geolocator:
         return self._ask_model(rgb, estimate)
 
     def _ask_model(self, rgb, estimate: GeoEstimate) -> GeoEstimate:
-        from geoloc_ros.language.lmm_client import LmmError
-
         try:
             answer = self.client.chat(img2loc_messages(rgb, estimate.neighbours, estimate.farthest))
         except LmmError as e:

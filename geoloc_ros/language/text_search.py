@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 import re
 import sqlite3
 
+from geoloc_ros.language.text_tower import find_text_tower
 from geoloc_ros.localization.frames import Candidate
 
 DEFAULT_RESULTS = 5
@@ -107,7 +108,5 @@ def _ranked(candidates, k: int) -> list:
 
 def text_search_for(maps, encoder, checkpoint=None) -> TextSearch:
     """A TextSearch over `maps` with the encoder's text tower when it carries one."""
-    from geoloc_ros.language.text_tower import find_text_tower
-
     tower, why = find_text_tower(encoder, checkpoint) if encoder is not None else (None, "no encoder")
     return TextSearch(maps, tower, why)

@@ -14,6 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
+from geoloc_ros.imaging import is_blank
+
 T0_NS = 1_700_000_000 * 10**9
 
 
@@ -25,7 +27,6 @@ def replay(config, queries, blank_threshold: float = 3.0, batch_size: int = 32, 
     from geoloc_ros.datasets import read_image
     from geoloc_ros.geodesy import to_utm
     from geoloc_ros.localization import Frame, Localizer, load_snapshot
-    from geoloc_ros.node.images import is_blank
 
     localizer = Localizer(load_snapshot(replace(config, loop_closure_min_confidence=0.0)))
     rows, batch = [], []

@@ -1,4 +1,4 @@
-"""Geometric verification with the keyframes' stored local features and camera models (issue 18): do the query
+"""Geometric verification with the keyframes' stored local features and camera models (docs/geometry.md): do the query
 and the keyframe show the same 3D scene, and where was the query camera relative to the keyframe camera?
 
 Prior-map keyframes are checked against the features and camera the map stores (`MapDatabase.local_features`,

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from geoloc_ros.geodesy import from_utm, to_utm
+from geoloc_ros.imaging import message_to_rgb
 from geoloc_ros.mapping.keyframe import Keyframe, heading_from_quaternion, quaternion_from_heading
 from geoloc_ros.mapping.storage import MapError
 from geoloc_ros.stamps import stamp_ns
@@ -196,8 +197,6 @@ class BagKeyframes:
         return self.count
 
     def __iter__(self):
-        from geoloc_ros.node.images import message_to_rgb
-
         wanted = {t for t, _ in self._selected}
         stamps = dict(self._selected)
         with self._open() as reader:

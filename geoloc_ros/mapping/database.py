@@ -22,6 +22,7 @@ from geoloc_ros.mapping.fingerprint import carried_encoder, check_encoder, read_
 from geoloc_ros.mapping.keyframe import FLOAT_FIELDS, KEYFRAME_FIELDS, Keyframe, Match
 from geoloc_ros.mapping.rows import Growable, as_matrix, column_dtype, normalised, rerank_exact
 from geoloc_ros.mapping.storage import MapError
+from geoloc_ros.model.checkpoint import find_checkpoint
 
 # A radius-filtered search scores the keyframes inside the radius exactly (faiss.knn over their stored
 # descriptors) when there are at most this many; beyond that it asks the index with an ID selector.
@@ -147,8 +148,6 @@ class MapDatabase:
     def attach_encoder(self, checkpoint) -> None:
         """Carry the encoder checkpoint file `checkpoint` in the map (copied in on `save`). Its fingerprint must be
         the map's."""
-        from geoloc_ros.model.checkpoint import find_checkpoint
-
         path = find_checkpoint(checkpoint)
         fp = read_encoder_fingerprint(path)
         if fp != self.fingerprint:

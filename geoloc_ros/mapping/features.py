@@ -1,4 +1,4 @@
-"""Each keyframe's camera model and local features, stored in the map directory.
+"""Each keyframe's camera model and local features, stored in the map directory (docs/maps.md).
 
     MAP/features.npz   uncompressed npz: ids (N,) keyframe ids, offsets (N+1,) into the concatenated arrays
                        keypoints (T, 2) float32 px, descriptors (T, D) uint8, depth (T,) float32 metres (NaN: none),

@@ -3,6 +3,8 @@ first geotagged map's frame, index rebuilt)."""
 
 from __future__ import annotations
 
+import numpy as np
+
 from geoloc_ros.mapping.database import MapDatabase
 from geoloc_ros.mapping.storage import MapError
 
@@ -28,8 +30,6 @@ def merge_maps(maps: list[MapDatabase], name: str, index_factory: str | None = N
     carrier = next((m for m in maps if m.encoder_path is not None), None)
     if carrier is not None:
         merged.attach_encoder(carrier.encoder_path)
-    import numpy as np
-
     descriptors = np.concatenate([m.descriptors for m in maps], axis=0)
     keyframes = []
     for m in maps:

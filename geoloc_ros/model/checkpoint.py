@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 
 from geoloc_ros.model.archs import arch_config, canonical_name, feature_channels, is_resnet
+from geoloc_ros.model.encoder import PROGEO_IMAGE_SIZE, Encoder, fingerprint_of, make_preprocess
 
 CHECKPOINT_NAME = "encoder.safetensors"
 FORMAT = "geoloc_ros.encoder"
@@ -43,8 +44,6 @@ def save_encoder(encoder, path, training: dict | None = None) -> Path:
     state = {k: v.detach().to("cpu", torch.float32).contiguous() if v.is_floating_point() else v.detach().cpu()
              .contiguous() for k, v in encoder.net.state_dict().items()}
     # The fingerprint is computed on what is written (fp32), so a loaded copy reports the same value.
-    from geoloc_ros.model.encoder import fingerprint_of
-
     meta_training = {k: v for k, v in {**encoder.metadata, **(training or {})}.items()
                      if k != "checkpoint"}  # where it was loaded from is runtime information
     fp = fingerprint_of(state, encoder.config())
@@ -93,8 +92,6 @@ def load_encoder(path, device="auto", half: bool | None = None, arch: str | None
         net, preprocess, meta = _load_safetensors(file, arch, dim)
     else:
         net, preprocess, meta = _load_torch(file, arch, dim)
-    from geoloc_ros.model.encoder import Encoder
-
     meta = {**meta, "checkpoint": str(file)}
     return Encoder(net, preprocess, meta, device=device, half=half, batch_size=batch_size)
 
@@ -240,8 +237,6 @@ def _load_torch(file: Path, arch, dim):
             and not k.startswith("backbone.attnpool.")}
     # OpenAI CLIP's ResNet has no act modules and open_clip names them act1..3 (no tensors): names match.
     net = _net_from_state(file, cfg, ckpt_dim, keep)
-    from geoloc_ros.model.encoder import PROGEO_IMAGE_SIZE, make_preprocess
-
     # ProGEO feeds 512x512 images (parser.py --image_size); a ViT's positional grid fixes its own input size.
     size = PROGEO_IMAGE_SIZE if is_resnet(cfg) else cfg["vision_cfg"]["image_size"]
     preprocess = make_preprocess(size)
@@ -251,8 +246,6 @@ def _load_torch(file: Path, arch, dim):
 def infer_progeo_arch(file, state):
     """Architecture dict and descriptor dim of a ProGEO state dict, read from tensor shapes as CLIP's
     build_model does."""
-    from geoloc_ros.model.encoder import PROGEO_IMAGE_SIZE
-
     if "backbone.proj" in state:  # ViT
         width = state["backbone.conv1.weight"].shape[0]
         patch = state["backbone.conv1.weight"].shape[-1]

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 
 import numpy as np
 
-from geoloc_ros.model.archs import arch_config, hw, is_resnet
+from geoloc_ros.model.archs import OPEN_CLIP_ARCHS, arch_config, canonical_name, hw, is_resnet
 
 # ProGEO normalises with the ImageNet statistics (train_clip_stage2.py: T.Normalize(mean=[0.485, 0.456, 0.406],
 # std=[0.229, 0.224, 0.225])), not CLIP's own.
@@ -229,8 +230,6 @@ class Encoder:
     def on(self, device="auto", half: bool | None = None) -> "Encoder":
         """This encoder when it already runs on `device` at `half` ("auto" and None ask for nothing), else a copy
         that does; this one is left as it was. half None: as now on the same device, else fp16 on CUDA."""
-        import copy
-
         dev = self.device if device in (None, "auto") else resolve_device(device)
         if half is None:
             half = self.half if dev == self.device else dev.type == "cuda"
@@ -258,7 +257,6 @@ def build_encoder(arch: str = "RN-nano", dim: int | None = None, image_size=None
     With `seed` set, the random initialisation is deterministic (same seed, same weights, same fingerprint)."""
     import torch
 
-    from geoloc_ros.model.archs import OPEN_CLIP_ARCHS, canonical_name
     from geoloc_ros.model.network import GeoLocalizationNet, build_clip
 
     arch = canonical_name(arch)

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from geoloc_ros.model.encoder import to_rgb_uint8
+
 DEFAULT_NS = (1, 5, 10, 20)
 POSITIVE_RADIUS_M = 25.0  # the standard VPR protocol (ProGEO/CosPlace --positive_dist_threshold 25)
 
@@ -108,8 +110,6 @@ def raw_pixel_descriptors(images, size=(32, 64), patch: int | None = None) -> np
     `patch` x `patch` block as SeqSLAM's patch normalisation), flattened and L2-normalised (so the inner product is
     the normalised cross-correlation)."""
     import cv2
-
-    from geoloc_ros.model.encoder import to_rgb_uint8
 
     h, w = size
     out = np.empty((len(images), h * w), dtype=np.float32)

@@ -19,6 +19,8 @@ import re
 
 import numpy as np
 
+from geoloc_ros.imaging import is_blank as blank_by_grey_spread
+
 SEASONS = ("summer", "winter")
 FRAME_SPACING_M = 10.0
 TRAIN_FRAMES = (10, 19200)
@@ -59,11 +61,9 @@ def read_images(records) -> list[np.ndarray]:
 
 
 def is_blank(img, threshold: float = 3.0) -> bool:
-    """Uniform frames (recording artefacts): the node's one blank-frame rule (geoloc_ros.node.images.grey_spread,
-    ROS-free), so training, the reports and the node agree on what is blank. (The standard-deviation rule used here
-    before flagged none of nordland64's 4,800 frames: their blank frames carry a few stray bright pixels.)"""
-    from geoloc_ros.node.images import is_blank as blank_by_grey_spread
-
+    """Uniform frames (recording artefacts): the node's one blank-frame rule (geoloc_ros.imaging.grey_spread), so
+    training, the reports and the node agree on what is blank. (A standard-deviation rule flags none of
+    nordland64's 4,800 frames: their blank frames carry a few stray bright pixels.)"""
     return blank_by_grey_spread(np.asarray(img), threshold)
 
 

@@ -18,11 +18,12 @@ import sys
 
 import numpy as np
 
+from geoloc_ros.model import evaluation as E
+from geoloc_ros.model import load_encoder
+from geoloc_ros.model import nordland as N
+
 
 def report(encoder_path="maps/nordland_demo", data=None, device="cpu", frames=None, tolerance=None) -> dict:
-    from geoloc_ros.model import evaluation as E
-    from geoloc_ros.model import load_encoder
-    from geoloc_ros.model import nordland as N
     from geoloc_ros.model.training import TrainConfig, untrained_encoder
 
     frames = tuple(frames or N.VAL_FRAMES)

@@ -17,6 +17,7 @@ import torch
 import torch.nn.functional as F
 
 from geoloc_ros.model.archs import OPEN_CLIP_ARCHS, is_resnet
+from geoloc_ros.model.pretrained import resize_vit_positions
 
 
 def stage1_size(arch: dict, train_size) -> tuple:
@@ -32,8 +33,6 @@ def stage1_size(arch: dict, train_size) -> tuple:
 def native_positions(visual, size):
     """A ViT's positional table for input `size`: the table its pretrained weights came with when that fits (kept
     by pretrained.load_pretrained_clip before resizing), else the current one resampled like ProGEO."""
-    from geoloc_ros.model.pretrained import resize_vit_positions
-
     native = getattr(visual, "native_positional_embedding", None)
     patch = visual.conv1.kernel_size
     cells = (size[0] // patch[0]) * (size[1] // patch[1]) + 1

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from geoloc_ros.model import build_encoder, nordland
+from geoloc_ros.model.archs import arch_config, feature_channels, is_resnet
+from geoloc_ros.model.checkpoint import CHECKPOINT_NAME
 from geoloc_ros.resources import SOURCE_ROOT, resource
 
 REPO_ROOT = SOURCE_ROOT
@@ -18,15 +21,11 @@ BUNDLED_MAP_DIR = resource("maps", "nordland_demo")
 
 def tiny_encoder(dim: int = 64, image_size=(32, 64), seed: int = 0, arch: str = "RN-pico"):
     """A small random encoder (real network, random weights), deterministic for a given seed."""
-    from geoloc_ros.model import build_encoder
-
     return build_encoder(arch=arch, dim=dim, image_size=image_size, seed=seed, device="cpu")
 
 
 def bundled_encoder_path() -> Path:
     """maps/nordland_demo/encoder.safetensors (the trained bundled encoder)."""
-    from geoloc_ros.model.checkpoint import CHECKPOINT_NAME
-
     return BUNDLED_MAP_DIR / CHECKPOINT_NAME
 
 
@@ -36,8 +35,6 @@ def nordland_root() -> Path:
 
 def nordland_records(frames, seasons=("summer", "winter")):
     """GeoImage records of nordland64 frames numbered frames[0]..frames[1] (inclusive)."""
-    from geoloc_ros.model import nordland
-
     return nordland.split(nordland_root(), frames=frames, seasons=seasons)
 
 
@@ -49,7 +46,6 @@ def write_progeo_checkpoint(path, arch: str = "RN-pico", image_size=64, dim: int
     Returns the state dict written."""
     import torch
 
-    from geoloc_ros.model.archs import arch_config, feature_channels, is_resnet
     from geoloc_ros.model.network import build_clip
 
     torch.manual_seed(seed)

@@ -19,12 +19,11 @@ import threading
 
 import numpy as np
 
-from geoloc_ros.node.images import FrameError
+from geoloc_ros.imaging import FrameError, decode_depth
 from geoloc_ros.stamps import stamp_ns
 
 DEPTH_KEPT = 4  # depth messages kept per camera: a colour frame and its depth arrive in either order
 TRANSPORTS = ("/compressed", "/theora", "/zstd")
-DEPTH_ENCODINGS = {"16UC1": "u2", "mono16": "u2", "32FC1": "f4"}
 ASPECT_TOLERANCE = 0.02  # relative difference of width/height scale factors still taken as one resize
 
 
@@ -35,23 +34,6 @@ def camera_info_topics(image_topic: str) -> list[str]:
         if base.endswith(suffix):
             base = base[: -len(suffix)]
     return list(dict.fromkeys([base.rsplit("/", 1)[0] + "/camera_info", base + "/camera_info"]))
-
-
-def decode_depth(msg) -> np.ndarray:
-    """sensor_msgs/Image 16UC1 (mm) -> HxW uint16, 32FC1 (m) -> HxW float32; FrameError when unusable."""
-    kind = DEPTH_ENCODINGS.get(msg.encoding)
-    if kind is None:
-        raise FrameError("depth_encoding", f"depth encoding {msg.encoding!r}: expected 16UC1 (millimetres) or "
-                                           f"32FC1 (metres)")
-    h, w, step = int(msg.height), int(msg.width), int(msg.step)
-    itemsize = int(kind[1])
-    data = np.frombuffer(memoryview(msg.data).cast("B") if not isinstance(msg.data, np.ndarray) else msg.data,
-                         dtype=np.uint8)
-    if h == 0 or w == 0 or step < w * itemsize or data.size < step * (h - 1) + w * itemsize:
-        raise FrameError("depth_corrupt", f"depth image {w}x{h}, step {step}, {data.size} bytes does not fit")
-    rows = np.lib.stride_tricks.as_strided(data, shape=(h, w * itemsize), strides=(step, 1))
-    dtype = np.dtype((">" if msg.is_bigendian else "<") + kind)
-    return np.ascontiguousarray(rows).view(dtype).reshape(h, w).astype(dtype.newbyteorder("="), copy=False)
 
 
 def model_problem(model) -> str | None:

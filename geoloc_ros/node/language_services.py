@@ -20,6 +20,7 @@ from sensor_msgs.msg import NavSatFix, NavSatStatus
 from std_msgs.msg import String
 
 from geoloc_msgs.srv import FindPlace, Geolocate
+from geoloc_ros.imaging import message_to_rgb
 
 ADDRESS_QOS = QoSProfile(depth=10, reliability=QoSReliabilityPolicy.RELIABLE)
 
@@ -139,8 +140,6 @@ class LanguageServices:
         return response
 
     def _image_of(self, msg):
-        from geoloc_ros.node.images import message_to_rgb
-
         if msg.width > 0 and len(msg.data) > 0:
             return message_to_rgb(msg, self.node.settings.blank_threshold)
         with self._lock:

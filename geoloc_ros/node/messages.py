@@ -11,9 +11,8 @@ from sensor_msgs.msg import NavSatFix, NavSatStatus
 from std_msgs.msg import Header
 
 from geoloc_msgs.msg import PlaceCandidate, PlaceRecognition
-from geoloc_ros.frames import image_view
+from geoloc_ros.imaging import MAX_IMAGE_PIXELS, check_blank, check_size, image_view, message_to_rgb
 from geoloc_ros.localization import Frame
-from geoloc_ros.node.images import MAX_IMAGE_PIXELS, check_blank, check_size, message_to_rgb
 from geoloc_ros.stamps import set_stamp, stamp_ns
 
 
@@ -22,7 +21,7 @@ def to_frame(msg, camera: str, topic: str, received_ns: int, received_mono: floa
              odom=None, fix=None, max_pixels: int | None = MAX_IMAGE_PIXELS, mono16_max: int = 0, camera_model=None,
              depth=None) -> Frame:
     """A decoded Frame of an Image / CompressedImage; FrameError (with its diagnostics kind) when unusable.
-    `max_pixels` and `mono16_max`: the node's max_image_pixels and mono16_max (see images.message_to_rgb);
+    `max_pixels` and `mono16_max`: the node's max_image_pixels and mono16_max (see imaging.message_to_rgb);
     `camera_model`: the camera's PinholeCamera (CameraInfo) or None; `depth`: its paired depth image or None."""
     rgb = pixels(msg, blank_threshold, max_pixels=max_pixels, mono16_max=mono16_max)
     return Frame(camera=camera, topic=topic, stamp_ns=stamp_ns(msg.header.stamp), frame_id=msg.header.frame_id,
@@ -33,7 +32,7 @@ def to_frame(msg, camera: str, topic: str, received_ns: int, received_mono: floa
 def pixels(msg, blank_threshold: float, max_pixels: int | None = MAX_IMAGE_PIXELS, mono16_max: int = 0) -> np.ndarray:
     """HxWx3 RGB of a camera message. An unpadded rgb8 Image is viewed in place (no copy: the encoder only reads
     its input, and the Frame holds the message's buffer while it is processed), with the same size and blank
-    checks; everything else takes the checked, converting path (images.message_to_rgb)."""
+    checks; everything else takes the checked, converting path (imaging.message_to_rgb)."""
     view = image_view(msg) if not hasattr(msg, "format") else None
     if view is None or view.ndim != 3:
         return message_to_rgb(msg, blank_threshold, max_pixels=max_pixels, mono16_max=mono16_max)

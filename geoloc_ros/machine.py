@@ -1,4 +1,5 @@
-"""What every benchmark figure records about where and how it was measured."""
+"""The machine a process runs on: its CPU (the key deploy caches tuned backends under), memory use, and what
+every benchmark figure records about where and how it was measured."""
 
 from __future__ import annotations
 
@@ -61,7 +62,7 @@ def versions() -> dict:
         except Exception:  # noqa: BLE001
             out[name] = None
     try:
-        repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+        repo = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
         out["geoloc_ros_commit"] = subprocess.run(["git", "-C", repo, "rev-parse", "--short", "HEAD"],
                                                   capture_output=True, text=True, timeout=5).stdout.strip() or None
     except (OSError, subprocess.SubprocessError):

@@ -1,8 +1,9 @@
-"""Issue 16, the node's camera side on a real DDS graph: camera-sized frames from another process reach the
+"""The node on a real DDS graph, its camera side and its maps: camera-sized frames from another process reach the
 node over `image_qos` (auto by default); /diagnostics warns when a camera topic has publishers but no frames,
 and when a publisher's QoS is incompatible; max_image_pixels and mono16_max reach the decoder (the 30000x30000
-PNG through the node's topic); stamp-0 frames accumulate session keyframes. The map: six real street photos
-(conftest.street_map)."""
+PNG through the node's topic); stamp-0 frames accumulate session keyframes; a session map is never saved over a
+directory that is not a map, and map files overwritten under the running node change nothing. The map: six real
+street photos (conftest.street_map)."""
 
 import subprocess
 import sys

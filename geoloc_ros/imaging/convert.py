@@ -13,30 +13,14 @@ import struct
 
 import numpy as np
 
-# Encodings the node accepts (issue 5); anything else is refused by name rather than guessed.
+from geoloc_ros.imaging.buffers import message_bytes
+from geoloc_ros.imaging.checks import MAX_IMAGE_PIXELS, FrameError, check_blank, check_size
+
+# Encodings the node accepts; anything else is refused by name rather than guessed.
 RAW_ENCODINGS = {"rgb8": 3, "bgr8": 3, "rgba8": 4, "bgra8": 4, "mono8": 1, "mono16": 1}
 BYTES_PER_CHANNEL = {"rgb8": 1, "bgr8": 1, "rgba8": 1, "bgra8": 1, "mono8": 1, "mono16": 2}
 COMPRESSED_FORMATS = ("jpeg", "jpg", "png")
-
-
-# The node's default for its max_image_pixels parameter: above 8K (33 MP).
-MAX_IMAGE_PIXELS = 40_000_000
-
-
-class FrameError(ValueError):
-    """A frame the node cannot use. `kind` is the diagnostics counter it lands in: 'encoding' (unsupported
-    encoding or format), 'corrupt' (sizes disagree, undecodable bytes), 'empty' (zero-size), 'blank' (uniform),
-    'too_large' (more pixels than max_image_pixels, refused before decoding)."""
-
-    def __init__(self, kind: str, message: str):
-        super().__init__(message)
-        self.kind = kind
-
-
-def check_size(width: int, height: int, max_pixels: int | None, where: str = "") -> None:
-    if max_pixels and width * height > max_pixels:
-        raise FrameError("too_large", f"{where}{width}x{height} = {width * height} pixels is more than "
-                                      f"max_image_pixels {max_pixels}")
+DEPTH_ENCODINGS = {"16UC1": "u2", "mono16": "u2", "32FC1": "f4"}  # millimetres (u2) or metres (f4)
 
 
 def image_to_rgb(msg, max_pixels: int | None = MAX_IMAGE_PIXELS, mono16_max: int = 0) -> np.ndarray:
@@ -53,8 +37,7 @@ def image_to_rgb(msg, max_pixels: int | None = MAX_IMAGE_PIXELS, mono16_max: int
     channels, depth = RAW_ENCODINGS[enc], BYTES_PER_CHANNEL[enc]
     row = w * channels * depth
     step = int(msg.step)
-    data = np.frombuffer(memoryview(msg.data).cast("B") if not isinstance(msg.data, np.ndarray) else msg.data,
-                         dtype=np.uint8)
+    data = message_bytes(msg)
     if step < row:
         raise FrameError("corrupt", f"step {step} is shorter than a row of {w} {enc} pixels ({row} bytes)")
     if data.size < step * (h - 1) + row:
@@ -79,6 +62,22 @@ def mono16_to_8(img: np.ndarray, mono16_max: int = 0) -> np.ndarray:
         scale = (1 << bits) - 1
     out = np.minimum(img.astype(np.float32) * (255.0 / scale) + 0.5, 255.0)
     return out.astype(np.uint8)
+
+
+def decode_depth(msg) -> np.ndarray:
+    """sensor_msgs/Image 16UC1 (mm) -> HxW uint16, 32FC1 (m) -> HxW float32; FrameError when unusable."""
+    kind = DEPTH_ENCODINGS.get(msg.encoding)
+    if kind is None:
+        raise FrameError("depth_encoding", f"depth encoding {msg.encoding!r}: expected 16UC1 (millimetres) or "
+                                           f"32FC1 (metres)")
+    h, w, step = int(msg.height), int(msg.width), int(msg.step)
+    itemsize = int(kind[1])
+    data = message_bytes(msg)
+    if h == 0 or w == 0 or step < w * itemsize or data.size < step * (h - 1) + w * itemsize:
+        raise FrameError("depth_corrupt", f"depth image {w}x{h}, step {step}, {data.size} bytes does not fit")
+    rows = np.lib.stride_tricks.as_strided(data, shape=(h, w * itemsize), strides=(step, 1))
+    dtype = np.dtype((">" if msg.is_bigendian else "<") + kind)
+    return np.ascontiguousarray(rows).view(dtype).reshape(h, w).astype(dtype.newbyteorder("="), copy=False)
 
 
 def compressed_size(data) -> tuple[int, int, str]:
@@ -112,8 +111,7 @@ def compressed_to_rgb(msg, max_pixels: int | None = MAX_IMAGE_PIXELS) -> np.ndar
     fmt = (msg.format or "").lower()
     if not any(f in fmt for f in COMPRESSED_FORMATS):
         raise FrameError("encoding", f"unsupported compressed format {msg.format!r} (accepted: jpeg, png)")
-    data = np.frombuffer(memoryview(msg.data).cast("B") if not isinstance(msg.data, np.ndarray) else msg.data,
-                         dtype=np.uint8)
+    data = message_bytes(msg)
     if data.size == 0:
         raise FrameError("empty", "compressed image with no data")
     width, height, kind = compressed_size(data)
@@ -135,50 +133,6 @@ def message_to_rgb(msg, blank_threshold: float = 0.0, max_pixels: int | None = M
         img = image_to_rgb(msg, max_pixels, mono16_max)
     check_blank(img, blank_threshold)
     return img
-
-
-def check_blank(img: np.ndarray, blank_threshold: float) -> None:
-    """FrameError 'blank' when `blank_threshold` > 0 and the frame's `grey_spread` is below it."""
-    if blank_threshold > 0.0 and (spread := grey_spread(img)) < blank_threshold:
-        raise FrameError("blank", f"blank frame (grey levels span {spread:.1f} < {blank_threshold} from the "
-                                  f"5th to the 95th percentile)")
-
-
-def grey_spread(img: np.ndarray) -> float:
-    """The one blank-frame rule: the span of grey levels from the 5th to the 95th percentile (on a subsample of
-    about 128x128). Uniform frames (lens cap, dropped video, the blank frames of the Nordland recording) span
-    almost nothing; a percentile spread rather than the standard deviation, because blank frames often carry a
-    few stray bright pixels. Their descriptors match every other blank frame, so they can only mislead."""
-    small = np.asarray(img)[:: max(1, img.shape[0] // 128), :: max(1, img.shape[1] // 128)]
-    if small.dtype == np.uint8 and small.ndim == 3 and small.shape[2] == 3:
-        return _uint8_rgb_spread(small)
-    grey = small.mean(axis=2) if small.ndim == 3 else small
-    lo, hi = np.percentile(grey, (5, 95))
-    return float(hi - lo)
-
-
-def _uint8_rgb_spread(small: np.ndarray) -> float:
-    """`grey_spread` of a uint8 RGB subsample from a histogram of channel sums (0..765) instead of a float mean
-    and a sort: the same order statistics and numpy's linear interpolation between them, ~6x faster (0.59 ->
-    0.09 ms on a 640x480 frame; it runs on every frame the node receives)."""
-    total = small[..., 0].astype(np.uint16)
-    total += small[..., 1]
-    total += small[..., 2]
-    cum = np.cumsum(np.bincount(total.ravel(), minlength=766))
-    n = int(cum[-1])
-
-    def percentile(q: float) -> float:
-        pos = q / 100.0 * (n - 1)
-        k = int(np.floor(pos))
-        a, b = np.searchsorted(cum, [k, min(k + 1, n - 1)], side="right")
-        return (a + (b - a) * (pos - k)) / 3.0
-
-    return float(percentile(95) - percentile(5))
-
-
-def is_blank(img: np.ndarray, threshold: float = 3.0) -> bool:
-    """True for a blank frame by `grey_spread` (the node's blank_threshold default is 3.0)."""
-    return grey_spread(img) < threshold
 
 
 def rgb_to_image_fields(rgb: np.ndarray, encoding: str = "rgb8") -> dict:
