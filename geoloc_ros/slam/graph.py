@@ -277,7 +277,7 @@ class PoseGraph:
         position covariance (the alignment's inlier test is against drifted odometry)."""
         if self._waits_for_odometry(stamp_ns):
             return self._defer(stamp_ns, lambda: self.add_prior_map_pose(stamp_ns, keyframe_pose, relative_pose,
-                                                                         covariance))
+                                                                         covariance), closure=False)
         t_cam, cov_cam = self._camera_measurement(relative_pose, covariance, KIND_METRIC)
         e = self.settings.base_to_camera
         map_from_base = keyframe_pose.compose(BODY_TO_OPTICAL).compose(t_cam).compose(e.inverse())
@@ -286,7 +286,7 @@ class PoseGraph:
             return self.add_absolute(stamp_ns, map_from_base.translation(), self.prior_map_covariance())
         where = self.locate(stamp_ns)
         if where is None:
-            self.rejected += 1
+            self.absolute_rejected += 1
             return Verdict.NO_POSE
         i, offset = where
         target = map_from_base.compose(offset.inverse())  # node i's pose; the stamp lies `offset` beyond it
@@ -294,14 +294,13 @@ class PoseGraph:
         rot = target.rotation().matrix()
         if not self._gate_position(X(i), self.isam.calculateEstimatePose3(X(i)), target.translation(),
                                    rot @ cov[3:, 3:] @ rot.T):
-            self.rejected += 1
+            self.absolute_rejected += 1
             return Verdict.REJECTED
         s = self.settings
         graph = gtsam.NonlinearFactorGraph()
         self._add(graph, gtsam.PriorFactorPose3(X(i), target, noise.robust(s.robust_kernel, s.robust_k, cov)))
         self.absolute_factors += 1
         self.pose_priors += 1
-        self.accepted += 1
         self._update(graph, gtsam.Values(), iterations=s.relinearize_iterations)
         return Verdict.ACCEPTED
 
