@@ -137,3 +137,35 @@ def format_table(summaries: dict) -> str:
 def write_json(path, obj):
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(obj, indent=1, default=float) + "\n")
+
+
+def replay_session(settings, drive, odometry=None, camera: str = "/camera/image_raw") -> list[dict]:
+    """A drive through a Localizer on the session map alone (no prior map), one frame per second, closures
+    unthresholded: one row per non-blank frame. `drive`: (image path, place in metres along the route) per frame,
+    in driving order; a closure is judged by the places of its frame and of its keyframe's frame. `odometry`: an
+    optional (x, y, z) per frame, given to the frames as the node's odom_topic would."""
+    from geoloc_ros.datasets import read_image
+    from geoloc_ros.localization import Frame, Localizer, SessionMap, load_snapshot
+    from geoloc_ros.node.images import is_blank
+
+    snapshot = load_snapshot(replace(settings, map_path=[""], session_map=True, loop_closure_min_confidence=0.0))
+    localizer = Localizer(snapshot, SessionMap(snapshot.encoder))
+    place_at, rows = {}, []
+    for i, (path, place) in enumerate(drive):
+        rgb = read_image(path)
+        if is_blank(rgb, settings.blank_threshold):
+            continue
+        stamp = T0_NS + i * 10**9
+        place_at[stamp] = (i, float(place))
+        odom = None if odometry is None else tuple(odometry[i])
+        result = localizer.process([Frame(camera=camera, topic=camera, stamp_ns=stamp, frame_id="camera", rgb=rgb,
+                                          odom=odom)])[0]
+        row = {"frame": i, "image": str(path), "place_m": float(place), "closure": None}
+        if result.closures:
+            c = result.closures[0]
+            k, k_place = place_at[int(c.keyframe.stamp_ns)]
+            row["closure"] = {"keyframe_frame": k, "frames_back": i - k, "error_m": abs(k_place - place),
+                              "confidence": c.confidence, "similarity": c.similarity,
+                              "features": result.evidence.features(), "evidence": asdict(result.evidence)}
+        rows.append(row)
+    return rows

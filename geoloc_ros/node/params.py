@@ -123,6 +123,15 @@ PARAMETERS = [
     ("geolocate_lmm_sigma_m", 25000.0, "Position standard deviation reported with an accepted model answer "
      "(metres).", (1.0, 20_000_000.0)),
     ("autostart", True, "Configure and activate on start (set false under a lifecycle manager).", None),
+    # -- session-map loop closures and the search prior (docs/node.md, "Session map: loops on a route driven once")
+    ("session_exclusion_distance_m", 50.0, "With odometry, session keyframes fewer than this many metres of "
+     "travelled path back are never candidates (instead of session_exclusion_window_s): a robot standing still "
+     "never closes a loop with itself.", (0.0, 100000.0)),
+    ("session_loop_margin", 1.0, "A session-map loop closure's similarity must beat the frame's best similarity "
+     "to its own recent past (the excluded keyframes) by this many standard deviations of its similarities to the "
+     "session map; 0 turns the test off.", (0.0, 10.0)),
+    ("session_loop_support", 2, "A session-map loop closure also needs this many of the 4 preceding frames to have "
+     "passed that test at an agreeing keyframe (0: none).", (0, 4)),
 ]
 
 
@@ -184,6 +193,9 @@ class Settings:
     geolocate_region_min_m: float
     geolocate_lmm_sigma_m: float
     autostart: bool
+    session_exclusion_distance_m: float
+    session_loop_margin: float
+    session_loop_support: int
 
     @property
     def maps(self) -> list[str]:
