@@ -120,6 +120,9 @@ class VprNode(LifecycleNode):
                       if k != "markers" or s.publish_markers}
         for problem in getattr(self._localizer.verifier, "problems", list)():  # maps without stored features
             self.get_logger().warning(problem)
+        calibration = self._localizer.snapshot.calibration
+        if calibration is not None and not calibration.calibrated:  # another encoder's coefficients stand in
+            self.get_logger().warning(calibration.describe())
         sizes = ", ".join(f"{m.name} ({len(m)} keyframes)" for m in self.maps) or "none"
         self.get_logger().info(f"configured: encoder {describe_encoder(self.encoder)}; maps: {sizes}")
         return TransitionCallbackReturn.SUCCESS
@@ -365,6 +368,11 @@ class VprNode(LifecycleNode):
                   **verification.diagnostics(self._localizer.verifier if self._localizer is not None else None)}
         if st.level == DiagnosticStatus.OK and "verification_problems" in values:  # maps without stored features
             st.level, st.message = DiagnosticStatus.WARN, f"{st.message}; {values['verification_problems']}"
+        calibration = self._localizer.snapshot.calibration if self._localizer is not None else None
+        if calibration is not None:
+            values["closure_confidence"] = calibration.describe()
+            if st.level == DiagnosticStatus.OK and not calibration.calibrated:
+                st.level, st.message = DiagnosticStatus.WARN, f"{st.message}; loop-closure confidence uncalibrated"
         st.values = [KeyValue(key=k, value=f"{v:.3f}" if isinstance(v, float) else str(v)) for k, v in values.items()]
         arr = DiagnosticArray(status=[st])
         arr.header.stamp = self.get_clock().now().to_msg()

@@ -35,6 +35,7 @@ class Snapshot:
     maps: tuple  # MapEntry, in map_path order
     settings: object  # geoloc_ros.node.params.Settings (a copy owned by this snapshot)
     encoder_file: str  # the checkpoint the encoder came from (attached to a saved session map)
+    calibration: object = None  # calibration.Calibration of the encoder's loop-closure confidence
 
     @property
     def primary_frame(self):
@@ -90,7 +91,10 @@ def load_snapshot(s) -> Snapshot:
             check_encoder(p, m.db.dim, m.db.fingerprint, encoder)
         except MapError as e:
             raise LoadError(f"{e} (encoder {enc_path!r}), or set encoder_path to the map's") from None
-    return Snapshot(encoder, tuple(maps), replace(s), enc_path)
+    from geoloc_ros.localization import calibration
+
+    return Snapshot(encoder, tuple(maps), replace(s), enc_path,
+                    calibration.for_encoder(enc_path, getattr(encoder, "fingerprint", "")))
 
 
 def open_encoder(path: str, s):
