@@ -67,8 +67,10 @@ class VprNode(LifecycleNode):
         self._swap_lock = threading.Lock()
         self._odom = None  # latest (x, y, z) from odom_topic; a frame takes the one held when it arrives
         self._fix = None  # latest valid (lat, lon, alt) from fix_topic; likewise
+        self._fix_covariance = None  # ENU (east, east-north, north) covariance of that fix, m^2 (None: unknown)
         self._cv = threading.Condition()
-        self._pending = {}  # camera -> (message, topic, ROS receive time ns, monotonic receive time, odom, fix)
+        # camera -> (message, topic, ROS receive time ns, monotonic receive time, odom, fix, fix covariance)
+        self._pending = {}
         self._cameras: CameraInputs | None = None  # camera models and depth per camera, from configure
         self._markers = 0  # id of the next loop-closure marker
         self._worker = None
@@ -203,7 +205,8 @@ class VprNode(LifecycleNode):
         with self._cv:
             if camera in self._pending:
                 self.stats.on_drop()  # newest wins: the worker was busy, the older frame is stale anyway
-            self._pending[camera] = (msg, topic, received_ns, time.monotonic(), self._odom, self._fix)
+            self._pending[camera] = (msg, topic, received_ns, time.monotonic(), self._odom, self._fix,
+                                     self._fix_covariance)
             self._cv.notify()
 
     def _on_incompatible_qos(self, topic: str, event):
@@ -219,6 +222,9 @@ class VprNode(LifecycleNode):
             self.stats.on_ignored_fix(problem)
             return
         self._fix = (float(msg.latitude), float(msg.longitude), float(msg.altitude))
+        c = msg.position_covariance  # ENU, row-major 3x3; unknown: the search prior keeps its radius floor
+        self._fix_covariance = None if msg.position_covariance_type == NavSatFix.COVARIANCE_TYPE_UNKNOWN else (
+            float(c[0]), float(c[1]), float(c[4]))
 
     # -- the worker: frames -> Localizer -> publications ------------------------------------------------------
     def _work(self):
@@ -248,13 +254,14 @@ class VprNode(LifecycleNode):
             self.stats.on_processed(result.encode_ms, result.search_ms,
                                     (time.monotonic() - result.frame.received_mono) * 1e3)
 
-    def _decode(self, camera, msg, topic, received_ns, received_mono, odom, fix):
+    def _decode(self, camera, msg, topic, received_ns, received_mono, odom, fix, fix_covariance=None):
         try:
             s = self.settings
             return messages.to_frame(msg, camera, topic, received_ns, received_mono, s.blank_threshold,
                                      odom=odom, fix=fix, max_pixels=s.max_image_pixels,
                                      mono16_max=s.mono16_max, camera_model=self._cameras.model(camera),
-                                     depth=self._cameras.depth_for(camera, messages.stamp_ns(msg.header.stamp)))
+                                     depth=self._cameras.depth_for(camera, messages.stamp_ns(msg.header.stamp)),
+                                     fix_covariance=fix_covariance)
         except FrameError as e:
             self.stats.on_reject(e.kind)
             self._warn_once(topic, e.kind, f"{e} (further '{e.kind}' frames are only counted in /diagnostics)")
@@ -365,7 +372,8 @@ class VprNode(LifecycleNode):
                   "session_keyframes": len(session) if session is not None else 0,
                   **backend_values(encoder), **snap,
                   **(self._cameras.diagnostics() if self._cameras is not None else {}),
-                  **verification.diagnostics(self._localizer.verifier if self._localizer is not None else None)}
+                  **verification.diagnostics(self._localizer.verifier if self._localizer is not None else None),
+                  **(self._localizer.prior.diagnostics() if self._localizer is not None else {})}
         if st.level == DiagnosticStatus.OK and "verification_problems" in values:  # maps without stored features
             st.level, st.message = DiagnosticStatus.WARN, f"{st.message}; {values['verification_problems']}"
         calibration = self._localizer.snapshot.calibration if self._localizer is not None else None

@@ -16,6 +16,7 @@ from geoloc_ros.localization.confidence import ClosureHistory, Evidence, confide
 from geoloc_ros.localization.consistency import ConsistencyFilter, SequenceMatcher
 from geoloc_ros.localization.frames import SESSION_MAP_ID, Candidate, FrameResult, Pose
 from geoloc_ros.localization.fusion import covariance6, fuse
+from geoloc_ros.localization.prior import SearchPrior
 from geoloc_ros.localization.revisit import RevisitTest
 
 CONSISTENCY_MODES = ("consecutive", "sequence")
@@ -35,6 +36,7 @@ class Localizer:
         self.history = ClosureHistory(self.consistency.agree, s.consistency_radius_m,
                                       must_advance=self.sequence is not None)
         self.revisits = RevisitTest(self.consistency.agree, s.session_loop_margin, s.session_loop_support)
+        self.prior = SearchPrior(s.search_prior, s.search_prior_radius_floor_m)
 
     @property
     def settings(self):
@@ -78,6 +80,10 @@ class Localizer:
         recent = [None for _ in frames]
         for m in self.snapshot.maps:
             for i, matches in enumerate(m.db.search(desc, s.top_k)):
+                near = self.prior.bound(frames[i], m.db.frame)
+                if near is not None:  # candidates outside the prior's bound are not considered
+                    self.prior.count(matches, near)
+                    matches = m.db.search(desc[i:i + 1], s.top_k, near=near)[0]
                 merged[i].extend(Candidate(m.id, m.name, x.keyframe, float(x.similarity)) for x in matches)
         if self.session is not None:
             found, recent = self.session.search(desc, frames, s.top_k, s)

@@ -132,6 +132,12 @@ PARAMETERS = [
      "session map; 0 turns the test off.", (0.0, 10.0)),
     ("session_loop_support", 2, "A session-map loop closure also needs this many of the 4 preceding frames to have "
      "passed that test at an agreeing keyframe (0: none).", (0, 4)),
+    ("search_prior", "none", "'fix': prior-map keyframes farther from the latest fix_topic NavSatFix than its 99 % "
+     "chi-square bound (from position_covariance, never below search_prior_radius_floor_m) are not considered "
+     "(counted in /diagnostics); 'none': the search is unchanged. Not for a GPS that can be wrong without its "
+     "covariance saying so, nor a robot that may be anywhere (kidnapped).", None),
+    ("search_prior_radius_floor_m", 50.0, "The search prior's bound is never smaller than this (metres).",
+     (0.0, 20_000_000.0)),
 ]
 
 
@@ -196,6 +202,8 @@ class Settings:
     session_exclusion_distance_m: float
     session_loop_margin: float
     session_loop_support: int
+    search_prior: str
+    search_prior_radius_floor_m: float
 
     @property
     def maps(self) -> list[str]:
@@ -206,7 +214,8 @@ class Settings:
 CHOICES = {"consistency_mode": ("consecutive", "sequence"),
            "image_qos": ("reliable", "sensor_data", "system_default"),
            "verification_require_pose": ("none", "direction", "metric"),
-           "verification_detector": ("sift", "orb", "akaze")}
+           "verification_detector": ("sift", "orb", "akaze"),
+           "search_prior": ("none", "fix")}
 TOPICS = ("image_topics", "odom_topic", "fix_topic", "camera_info_topics", "depth_topics")
 OPTIONAL = ("odom_topic", "fix_topic", "camera_info_topics", "depth_topics")  # may be empty: no subscription
 PER_CAMERA = ("camera_info_topics", "depth_topics")  # one entry per image topic, or all empty
