@@ -18,6 +18,7 @@ counted) and wake the worker, which decodes, encodes, searches and publishes wit
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 import threading
 import time
@@ -68,8 +69,10 @@ class VprNode(LifecycleNode):
         self._odom = None  # latest (x, y, z) from odom_topic; a frame takes the one held when it arrives
         self._fix = None  # latest valid (lat, lon, alt) from fix_topic; likewise
         self._fix_covariance = None  # ENU (east, east-north, north) covariance of that fix, m^2 (None: unknown)
+        self._travelled_m = 0.0  # odometry path length, summed over every odometry message
         self._cv = threading.Condition()
-        # camera -> (message, topic, ROS receive time ns, monotonic receive time, odom, fix, fix covariance)
+        # camera -> (message, topic, ROS receive time ns, monotonic receive time, odom, fix, fix covariance,
+        # travelled path)
         self._pending = {}
         self._cameras: CameraInputs | None = None  # camera models and depth per camera, from configure
         self._markers = 0  # id of the next loop-closure marker
@@ -206,7 +209,7 @@ class VprNode(LifecycleNode):
             if camera in self._pending:
                 self.stats.on_drop()  # newest wins: the worker was busy, the older frame is stale anyway
             self._pending[camera] = (msg, topic, received_ns, time.monotonic(), self._odom, self._fix,
-                                     self._fix_covariance)
+                                     self._fix_covariance, self._travelled_m)
             self._cv.notify()
 
     def _on_incompatible_qos(self, topic: str, event):
@@ -214,6 +217,8 @@ class VprNode(LifecycleNode):
 
     def _on_odom(self, msg: Odometry):
         p = msg.pose.pose.position
+        if self._odom is not None:  # every message counts: frames alone would cut the corners of the path
+            self._travelled_m += math.hypot(p.x - self._odom[0], p.y - self._odom[1])
         self._odom = (p.x, p.y, p.z)
 
     def _on_fix(self, msg: NavSatFix):
@@ -254,14 +259,16 @@ class VprNode(LifecycleNode):
             self.stats.on_processed(result.encode_ms, result.search_ms,
                                     (time.monotonic() - result.frame.received_mono) * 1e3)
 
-    def _decode(self, camera, msg, topic, received_ns, received_mono, odom, fix, fix_covariance=None):
+    def _decode(self, camera, msg, topic, received_ns, received_mono, odom, fix, fix_covariance=None,
+                travelled_m=None):
         try:
             s = self.settings
             return messages.to_frame(msg, camera, topic, received_ns, received_mono, s.blank_threshold,
                                      odom=odom, fix=fix, max_pixels=s.max_image_pixels,
                                      mono16_max=s.mono16_max, camera_model=self._cameras.model(camera),
                                      depth=self._cameras.depth_for(camera, messages.stamp_ns(msg.header.stamp)),
-                                     fix_covariance=fix_covariance)
+                                     fix_covariance=fix_covariance,
+                                     travelled_m=travelled_m if odom is not None else None)
         except FrameError as e:
             self.stats.on_reject(e.kind)
             self._warn_once(topic, e.kind, f"{e} (further '{e.kind}' frames are only counted in /diagnostics)")

@@ -159,3 +159,23 @@ def test_recent_past_mask_uses_time_without_odometry_and_path_with_it():
     # path 190 m: keyframes at 180 and 160 m (< 50 m back) are recent; the time window would have said 3 (< 30 s)
     assert session.recent(now, s).tolist() == [False] * 8 + [True] * 2
     assert session.recent(replace(now, odom=None), s).tolist() == [False] * 7 + [True] * 3
+
+
+def test_the_recent_past_follows_the_nodes_travelled_path_not_the_chord_between_frames():
+    """Frames 100 s apart on a 200 m circle: their odometry positions are close, but the node summed 200 m of
+    odometry in between (Frame.travelled_m), so the old keyframe is no longer recent past."""
+    enc = type("E", (), {"dim": 4, "fingerprint": "f"})()
+    session = SessionMap(enc)
+    s = settings(session_exclusion_distance_m=50.0)
+    first = Frame(camera="/c", topic="/c", stamp_ns=T0, frame_id="c", rgb=None, odom=(0.0, 0.0, 0), travelled_m=0.0)
+    session.observe(first)
+    session.add(first, np.eye(4, dtype=np.float32)[0])
+    lap2 = replace(first, stamp_ns=T0 + 100 * 10**9, odom=(1.0, 0.0, 0), travelled_m=200.0)
+    session.observe(lap2)
+    assert session.recent(lap2, s).tolist() == [False]
+    chord = replace(lap2, travelled_m=None)  # summed from frame to frame instead: 1 m
+    fresh = SessionMap(enc)
+    fresh.observe(first)
+    fresh.add(first, np.eye(4, dtype=np.float32)[0])
+    fresh.observe(chord)
+    assert fresh.recent(chord, s).tolist() == [True]

@@ -84,11 +84,15 @@ class SessionMap:
         return len(self.db)
 
     def observe(self, frame) -> None:
-        """Count the path travelled up to `frame` (from its odometry): the session's recent past is measured on it."""
+        """Count the path travelled up to `frame`: the session's recent past is measured on it. The frame's
+        travelled_m when the node summed it over every odometry message; else summed here from frame to frame
+        (right for dense frames, short of the path when frames are sparse on a curve)."""
         odom = frame.odom
         if odom is None:
             return
-        if self._odom is not None:
+        if frame.travelled_m is not None:
+            self.path_m = float(frame.travelled_m)
+        elif self._odom is not None:
             self.path_m += math.hypot(odom[0] - self._odom[0], odom[1] - self._odom[1])
         self._odom = (odom[0], odom[1])
 
