@@ -386,7 +386,9 @@ class VprNode(LifecycleNode):
         calibration = self._localizer.snapshot.calibration if self._localizer is not None else None
         if calibration is not None:
             values["closure_confidence"] = calibration.describe()
-            if st.level == DiagnosticStatus.OK and not calibration.calibrated:
+            # a threshold of 0 publishes every closure: then nothing rests on the calibration
+            if st.level == DiagnosticStatus.OK and not calibration.calibrated and \
+                    self._localizer.settings.loop_closure_min_confidence > 0:
                 st.level, st.message = DiagnosticStatus.WARN, f"{st.message}; loop-closure confidence uncalibrated"
         st.values = [KeyValue(key=k, value=f"{v:.3f}" if isinstance(v, float) else str(v)) for k, v in values.items()]
         arr = DiagnosticArray(status=[st])

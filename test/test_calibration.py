@@ -76,3 +76,20 @@ def test_the_bundled_encoder_keeps_its_coefficients_and_a_broken_file_is_ignored
     C.path_for(other).write_text(json.dumps({"format": C.FORMAT, "encoder_fingerprint": "abc",
                                              "coefficients": {"sequence": {"bias": "nan"}}}))
     assert not C.for_encoder(other, "abc").calibrated
+
+
+def test_the_node_warns_in_the_log_and_diagnostics_that_closures_are_uncalibrated(street_map, graph):
+    """A map built with an encoder nobody calibrated: /diagnostics turns WARN and says what it means for
+    loop_closure_min_confidence; with the threshold at 0 (every closure published) nothing rests on it."""
+    from geoloc_ros.datasets import read_image
+    from geoloc_ros.replay import image_message
+
+    start, h = graph
+    n = start({"map_path": [str(street_map[2])]})
+    assert n.active, n.node.last_error
+    assert h.wait_for_subscriber()
+    h.publish(image_message(read_image(street_map[1][0].path), 1_700_000_000 * 10**9))
+    assert h.wait_for(lambda: "uncalibrated" in h.diag_values().get("message", ""), timeout=15), h.diag_values()
+    d = h.diag_values()
+    assert d["level"] == b"\x01" and d["closure_confidence"].startswith("UNCALIBRATED")
+    assert "loop_closure_min_confidence" in d["closure_confidence"]
