@@ -6,6 +6,9 @@ import json
 import math
 import shutil
 
+from hypothesis import HealthCheck, given
+from hypothesis import settings as settings_
+from hypothesis import strategies as st
 import pytest
 
 from geoloc_ros.cli import main
@@ -93,3 +96,19 @@ def test_the_node_warns_in_the_log_and_diagnostics_that_closures_are_uncalibrate
     d = h.diag_values()
     assert d["level"] == b"\x01" and d["closure_confidence"].startswith("UNCALIBRATED")
     assert "loop_closure_min_confidence" in d["closure_confidence"]
+
+
+@given(doc=st.recursive(st.none() | st.booleans() | st.floats() | st.text(max_size=8),
+                        lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+                            st.sampled_from(["format", "encoder_fingerprint", "coefficients", "sequence",
+                                             "consecutive", "bias", *C.FEATURES]), inner, max_size=4),
+                        max_leaves=12))
+@settings_(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+def test_any_calibration_file_is_read_or_ignored_never_a_crash(tmp_path, doc):
+    encoder = tmp_path / "encoder.safetensors"
+    if isinstance(doc, dict) and doc.get("format") is not None:
+        doc = {**doc, "format": C.FORMAT, "encoder_fingerprint": "abc"}
+    C.path_for(encoder).write_text(json.dumps(doc))
+    got = C.for_encoder(encoder, "abc")
+    assert got.calibrated == (got.source == str(C.path_for(encoder)))
+    assert set(got.coefficients) == set(COEFFICIENTS)

@@ -5,6 +5,8 @@ real Nordland frames, the bundled encoder."""
 from dataclasses import replace
 import math
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
 import pytest
 
 from geoloc_ros.datasets import read_image
@@ -78,3 +80,10 @@ def test_the_bound_is_the_99_percent_ellipse_never_below_the_floor():
     assert p.radius((math.nan, 0.0, 1.0)) == 50.0
     with pytest.raises(ValueError, match="search_prior"):
         SearchPrior("gps", 1.0)
+
+
+@given(cov=st.tuples(st.floats(), st.floats(), st.floats()), floor=st.floats(0.0, 1e6))
+@settings(max_examples=100, deadline=None)
+def test_any_fix_covariance_gives_a_bound_at_least_the_floor(cov, floor):
+    r = SearchPrior("fix", floor).radius(cov)
+    assert r >= floor and not math.isnan(r)

@@ -51,9 +51,10 @@ def for_encoder(encoder_file, fingerprint: str) -> Calibration:
     if path is not None and path.is_file():
         try:
             data = json.loads(path.read_text())
-            if data.get("format") == FORMAT and data.get("encoder_fingerprint") == fingerprint:
+            if isinstance(data, dict) and data.get("format") == FORMAT and \
+                    data.get("encoder_fingerprint") == fingerprint:
                 return Calibration(_checked(data["coefficients"]), str(path), True)
-        except (OSError, ValueError, KeyError, TypeError):
+        except (OSError, ValueError, KeyError, TypeError, AttributeError):
             pass  # unreadable: treated as absent (the node warns that closures are uncalibrated)
     if fingerprint == BUNDLED_FINGERPRINT:
         return Calibration(COEFFICIENTS, "bundled", True)

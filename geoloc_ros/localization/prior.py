@@ -33,7 +33,7 @@ class SearchPrior:
         xx, xy, yy = (float(v) for v in covariance)
         if not all(math.isfinite(v) for v in (xx, xy, yy)):
             return self.floor
-        largest = (xx + yy) / 2 + math.sqrt(max(((xx - yy) / 2) ** 2 + xy * xy, 0.0))
+        largest = xx / 2 + yy / 2 + math.hypot((xx - yy) / 2, xy)  # the larger eigenvalue, without overflow
         return max(self.floor, math.sqrt(CHI2_2D_99 * max(largest, 0.0)))
 
     def bound(self, frame, map_frame):
