@@ -49,21 +49,25 @@ def main():
         _, eval_rows = replay_modes(checkpoint, summer, winter, 10.0, *ev, work, "cpu", "evaluate")
         for mode, rows in eval_rows.items():
             for which, coef in (("calibrated", coefficients), ("bundled coefficients", COEFFICIENTS)):
-                s = E.summarise(rescored(rows, coef, mode), threshold, 25.0)
+                scored = rescored(rows, coef, mode)
+                s = E.summarise(scored, threshold, 25.0)
                 op = s["operating_point"]
+                out = [r["closure"] for r in scored if r["closure"] and r["closure"]["confidence"] >= threshold]
                 results.append({"encoder": label, "fingerprint": fingerprint[:12], "mode": mode,
-                                "coefficients": which, "threshold": threshold, "published": op["published"],
-                                "precision": op["precision"], "recall": op["recall"],
+                                "coefficients": which, "threshold": threshold, "published": len(out),
+                                "right": sum(c["error_m"] <= 25.0 for c in out),
+                                "precision": op["precision"] if out else None, "recall": op["recall"],
                                 "closures_unthresholded": s["curve"]["closures"], "frames": s["curve"]["frames"],
                                 "recall_at_99": s["recall_at_99"]})
         results[-4]["fitted"] = coefficients
     cpu = subprocess.run("lscpu | grep 'Model name'", shell=True, capture_output=True, text=True).stdout.strip()
     lines = [f"calibrated on {cal[0]}..{cal[1]}, evaluated on {ev[0]}..{ev[1]} (winter queries, summer map); {cpu}",
-             "| encoder | mode | coefficients | published at default | precision | recall | recall @ 99 % (oracle) |",
-             "|---|---|---|---:|---:|---:|---:|"]
+             "| encoder | mode | coefficients | published at default | right | precision | recall | "
+             "recall @ 99 % (oracle) |", "|---|---|---|---:|---:|---:|---:|---:|"]
     for r in results:
+        precision = "-" if r["precision"] is None else f"{r['precision']:.3f}"
         lines.append(f"| {r['encoder']} ({r['fingerprint']}) | {r['mode']} | {r['coefficients']} | {r['published']} | "
-                     f"{r['precision']:.3f} | {r['recall']:.3f} | {r['recall_at_99']:.3f} |")
+                     f"{r['right']} | {precision} | {r['recall']:.3f} | {r['recall_at_99']:.3f} |")
     print("\n".join(lines))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "calibration_bench.json").write_text(json.dumps({"calibrate": cal, "evaluate": ev, "cpu": cpu,

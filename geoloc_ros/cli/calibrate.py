@@ -95,6 +95,10 @@ def run(args):
             raise SystemExit(f"geoloc calibrate: {mode} mode: {e}") from None
         coefficients[mode] = C.aligned(theta, safe, threshold)
         fitted[mode] = safe
+        if safe >= 1.0:
+            print(f"WARNING: {mode} mode: no threshold keeps precision {args.precision:g} on this data (the best "
+                  f"closures are already wrong): calibrated, the default threshold publishes nothing. The encoder "
+                  f"does not tell these places apart; train it on them (docs/robot.md) or use another.")
     for mode, mode_rows in rows.items():
         s = E.summarise(rescored(mode_rows, coefficients, mode), threshold, args.tolerance)
         summaries[f"{mode} (calibrated)"] = s
