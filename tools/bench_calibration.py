@@ -32,6 +32,7 @@ def main():
     ap.add_argument("--evaluate", default="21610:24000", metavar="LO:HI")
     ap.add_argument("--precision", type=float, default=0.99)
     ap.add_argument("--out", type=Path, default=Path("runs/calibration_bench"))
+    ap.add_argument("--work", type=Path, default=Path("runs/calibration_bench"), help="folder for the maps built")
     args = ap.parse_args()
     cal, ev = ([int(v) for v in r.split(":")] for r in (args.calibrate, args.evaluate))
     summer, winter = Path(args.data) / "summer", Path(args.data) / "winter"
@@ -39,7 +40,7 @@ def main():
     for item in args.encoder:
         label, _, checkpoint = item.partition("=")
         fingerprint = load_encoder(checkpoint, device="cpu").fingerprint
-        work = args.out / "work" / label
+        work = args.work / label
         base, fit_rows = replay_modes(checkpoint, summer, winter, 10.0, *cal, work, "cpu", "calibrate")
         threshold = base.loop_closure_min_confidence
         coefficients = {}
