@@ -17,10 +17,11 @@ import numpy as np
 T0_NS = 1_700_000_000 * 10**9
 
 
-def replay(settings, queries, batch_size: int = 32, odometry=None) -> list[dict]:
+def replay(settings, queries, batch_size: int = 32, odometry=None, fixes=None) -> list[dict]:
     """Each query record (geoloc_ros.datasets.GeoImage) through a Localizer on `settings` (its map_path,
     encoder, consistency mode...), closures unthresholded: one row per non-blank frame. `odometry`: an optional
-    (x, y, z) per record, given to the frames as the node's odom_topic would."""
+    (x, y, z) per record, given to the frames as the node's odom_topic would; `fixes`: an optional
+    ((lat, lon, alt), (east var, east-north cov, north var)) per record, as the node's fix_topic would."""
     from geoloc_ros.datasets import read_image
     from geoloc_ros.geodesy import to_utm
     from geoloc_ros.localization import Frame, Localizer, load_snapshot
@@ -46,8 +47,9 @@ def replay(settings, queries, batch_size: int = 32, odometry=None) -> list[dict]
         if is_blank(rgb, settings.blank_threshold):
             continue
         odom = None if odometry is None else tuple(odometry[i])
+        fix, covariance = (None, None) if fixes is None else fixes[i]
         batch.append((rec, Frame(camera="/camera/image_raw", topic="/camera/image_raw", stamp_ns=T0_NS + i * 10**9,
-                                 frame_id="camera", rgb=rgb, odom=odom)))
+                                 frame_id="camera", rgb=rgb, odom=odom, fix=fix, fix_covariance=covariance)))
         if len(batch) >= batch_size:
             flush()
     flush()
