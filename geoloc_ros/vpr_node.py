@@ -72,8 +72,12 @@ class VprNode(LifecycleNode):
         self._swap_lock = threading.Lock()
         self._odom = None  # latest (x, y, z) from odom_topic; a frame takes the one held when it arrives
         self._fix = None  # latest valid (lat, lon, alt) from fix_topic; likewise
+        self._fix_covariance = None  # ENU (east, east-north, north) covariance of that fix, m^2 (None: unknown)
+        self._travelled_m = 0.0  # odometry path length, summed over every odometry message
         self._cv = threading.Condition()
-        self._pending = {}  # camera -> (message, topic, ROS receive time ns, monotonic receive time, odom, fix)
+        # camera -> (message, topic, ROS receive time ns, monotonic receive time, odom, fix, fix covariance,
+        # travelled path)
+        self._pending = {}
         self._cameras: CameraInputs | None = None  # camera models and depth per camera, from configure
         self._markers = 0  # id of the next loop-closure marker
         self._worker = None
@@ -126,6 +130,9 @@ class VprNode(LifecycleNode):
         verifier = self._localizer.verifier
         for problem in verifier.problems() if verifier is not None else ():  # maps without stored features
             self.get_logger().warning(problem)
+        calibration = self._localizer.snapshot.calibration
+        if calibration is not None and not calibration.calibrated:  # another encoder's coefficients stand in
+            self.get_logger().warning(calibration.describe())
         sizes = ", ".join(f"{m.name} ({len(m)} keyframes)" for m in self.maps) or "none"
         self.get_logger().info(f"configured: encoder {describe_encoder(self.encoder)}; maps: {sizes}")
         return TransitionCallbackReturn.SUCCESS
@@ -212,7 +219,8 @@ class VprNode(LifecycleNode):
         with self._cv:
             if camera in self._pending:
                 self.stats.on_drop()  # newest wins: the worker was busy, the older frame is stale anyway
-            self._pending[camera] = (msg, topic, received_ns, time.monotonic(), self._odom, self._fix)
+            self._pending[camera] = (msg, topic, received_ns, time.monotonic(), self._odom, self._fix,
+                                     self._fix_covariance, self._travelled_m)
             self._cv.notify()
 
     def _on_incompatible_qos(self, topic: str, event):
@@ -227,6 +235,8 @@ class VprNode(LifecycleNode):
         if not (math.isfinite(p.x) and math.isfinite(p.y) and math.isfinite(p.z)):
             self.stats.on_ignored_odom()  # a NaN position would enter the session map and its spacing test
             return
+        if self._odom is not None:  # every message counts: frames alone would cut the corners of the path
+            self._travelled_m += math.hypot(p.x - self._odom[0], p.y - self._odom[1])
         self._odom = (p.x, p.y, p.z)
 
     def _on_fix(self, msg: NavSatFix):
@@ -235,6 +245,9 @@ class VprNode(LifecycleNode):
             self.stats.on_ignored_fix(problem)
             return
         self._fix = (float(msg.latitude), float(msg.longitude), float(msg.altitude))
+        c = msg.position_covariance  # ENU, row-major 3x3; unknown: the search prior keeps its radius floor
+        self._fix_covariance = None if msg.position_covariance_type == NavSatFix.COVARIANCE_TYPE_UNKNOWN else (
+            float(c[0]), float(c[1]), float(c[4]))
 
     # -- the worker: frames -> Localizer -> publications ------------------------------------------------------
     def _work(self):
@@ -264,12 +277,15 @@ class VprNode(LifecycleNode):
             self.stats.on_processed(result.encode_ms, result.search_ms,
                                     (time.monotonic() - result.frame.received_mono) * 1e3)
 
-    def _decode(self, camera, msg, topic, received_ns, received_mono, odom, fix):
+    def _decode(self, camera, msg, topic, received_ns, received_mono, odom, fix, fix_covariance=None,
+                travelled_m=None):
         try:
             s = self.settings
             frame = messages.to_frame(msg, camera, topic, received_ns, received_mono, s.blank_threshold,
                                       odom=odom, fix=fix, max_pixels=s.max_image_pixels, mono16_max=s.mono16_max,
-                                      depth=self._cameras.depth_for(camera, messages.stamp_ns(msg.header.stamp)))
+                                      depth=self._cameras.depth_for(camera, messages.stamp_ns(msg.header.stamp)),
+                                      fix_covariance=fix_covariance,
+                                      travelled_m=travelled_m if odom is not None else None)
             model = self._cameras.model(camera, frame.rgb.shape[1], frame.rgb.shape[0])  # None: does not fit
             return replace(frame, camera_model=model) if model is not None else frame
         except FrameError as e:
@@ -395,9 +411,17 @@ class VprNode(LifecycleNode):
                   **(self._intake.diagnostics() if self._intake is not None else {}), **self._watch.diagnostics(),
                   **(self._cameras.diagnostics() if self._cameras is not None else {}),
                   **verification.diagnostics(self._localizer.verifier if self._localizer is not None else None),
-                  **dict(self._metric_counts)}
+                  **dict(self._metric_counts),
+                  **(self._localizer.prior.diagnostics() if self._localizer is not None else {})}
         if st.level == DiagnosticStatus.OK and "verification_problems" in values:  # maps without stored features
             st.level, st.message = DiagnosticStatus.WARN, f"{st.message}; {values['verification_problems']}"
+        calibration = self._localizer.snapshot.calibration if self._localizer is not None else None
+        if calibration is not None:
+            values["closure_confidence"] = calibration.describe()
+            # a threshold of 0 publishes every closure: then nothing rests on the calibration
+            if st.level == DiagnosticStatus.OK and not calibration.calibrated and \
+                    self._localizer.config.loop_closure_min_confidence > 0:
+                st.level, st.message = DiagnosticStatus.WARN, f"{st.message}; loop-closure confidence uncalibrated"
         st.values = [KeyValue(key=k, value=f"{v:.3f}" if isinstance(v, float) else str(v)) for k, v in values.items()]
         arr = DiagnosticArray(status=[st])
         arr.header.stamp = self.get_clock().now().to_msg()

@@ -100,8 +100,9 @@ def test_sequence_mode_closes_loops_once_the_window_is_full(nordland_maps):
 
 def test_session_map_spacing_exclusion_window_and_stampless_frames(nordland_maps):
     m = nordland_maps
+    # the revisit test (a random encoder's similarities, lap 2 identical to lap 1) is test_session_loops.py's
     s = settings(map_path=[""], encoder_path=m["encoder"], session_map=True, session_min_interval_s=0.5,
-                 session_exclusion_window_s=5.0, consistency_k=1)
+                 session_exclusion_window_s=5.0, consistency_k=1, session_loop_margin=0.0, session_loop_support=0)
     snap = load_snapshot(s)
     session = SessionMap(snap.encoder)
     loc = Localizer(snap, session)

@@ -274,7 +274,9 @@ def test_session_map_exclusion_window_and_services(world, graph, tmp_path):
     start, h = graph
     n = start({"map_path": [""], "encoder_path": world["encoder"], "session_map": True, "session_min_interval_s": 0.5,
                "session_exclusion_window_s": 5.0, "session_map_path": str(tmp_path / "session"),
-               "consistency_k": 1, "loop_closure_min_confidence": 0.0})
+               "consistency_k": 1, "loop_closure_min_confidence": 0.0,
+               # the revisit test is test_session_loops.py's; here lap 2 repeats lap 1's frames exactly
+               "session_loop_margin": 0.0, "session_loop_support": 0})
     assert n.active, n.node.last_error
     assert h.wait_for_subscriber()
     images = [read_image(r.path) for r in world["records"][:15]]

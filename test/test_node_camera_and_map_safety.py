@@ -93,7 +93,9 @@ def test_best_effort_camera_against_a_reliable_subscription_is_named_in_diagnost
 def test_publishers_but_no_frames_warn_and_a_frame_clears_it(street_map, graph):
     start, h = graph
     n = start({"map_path": [str(street_map[2])], "no_frames_warn_s": 1.0, "subscribe_compressed": False,
-               "image_topics": ["/camera/image_raw", "/other/image_raw"]})
+               "image_topics": ["/camera/image_raw", "/other/image_raw"],
+               # the test encoder is uncalibrated, which warns while a confidence threshold is in use
+               "loop_closure_min_confidence": 0.0})
     assert h.wait_for_subscriber()  # the harness's reliable publisher is there, and publishes nothing yet
     assert warns(h, "/camera/image_raw: 1 publisher(s) but no frame for"), h.diag_values()
     assert "/other/image_raw" not in h.diag_values()["message"]  # no publisher there: nothing is wrong with it

@@ -202,8 +202,10 @@ def test_vpr_node_closures_reach_the_pose_graph_at_their_stamps(frames, rclpy_co
                                         "session_min_interval_s": 0.5, "consistency_k": 1, "device": "cpu",
                                         "diagnostics_period_s": 0.2,
                                         # a random encoder's margins are tiny: publish every closure (the
-                                        # operating point is test_loop_closures.py's)
-                                        "loop_closure_min_confidence": 0.0})
+                                        # operating point is test_loop_closures.py's, the revisit
+                                        # test test_session_loops.py's)
+                                        "loop_closure_min_confidence": 0.0, "session_loop_margin": 0.0,
+                                        "session_loop_support": 0})
     h = Harness(rclpy_context)
     b = Backend(rclpy_context, remap=["loop_closures:=/geoloc_vpr/loop_closures"])
     try:

@@ -122,7 +122,7 @@ def test_session_keyframes_keep_features_camera_and_depth(maps, shared_data):
     """A session keyframe added with depth verifies a later frame metrically against it."""
     desk = shared_data / "geometry" / "rgbd_desk"
     loc = localizer("", maps["encoder"], session=True, session_exclusion_window_s=1.0,
-                    verification_require_pose="metric")
+                    verification_require_pose="metric", session_loop_support=0)  # a one-frame revisit
     first = frame(bench.read_rgb(desk / "color" / "1.png"), bench.RGBD_CAMERA, bench.read_depth(desk / "depth" /
                                                                                                   "1.pgm"))
     kid = loc.process([first])[0].session_keyframe

@@ -14,32 +14,8 @@ import argparse
 import json
 
 import numpy as np
-from scipy.optimize import minimize
 
-FEATURES = ("log_sequence_margin", "similarity_margin", "agreement")
-
-
-def fit(x: np.ndarray, y: np.ndarray, l2: float = 1e-3) -> np.ndarray:
-    """(bias, w...) of a logistic with w >= 0: minimises the mean log loss + l2 * |w|^2."""
-    def loss(theta):
-        z = theta[0] + x @ theta[1:]
-        p = 1.0 / (1.0 + np.exp(-z))
-        nll = np.mean(np.logaddexp(0.0, z) - y * z)
-        grad = np.r_[np.mean(p - y), x.T @ (p - y) / len(y)] + 2 * l2 * np.r_[0.0, theta[1:]]
-        return nll + l2 * float(theta[1:] @ theta[1:]), grad
-
-    bounds = [(None, None)] + [(0.0, None)] * x.shape[1]
-    return minimize(loss, np.zeros(x.shape[1] + 1), jac=True, bounds=bounds, method="L-BFGS-B").x
-
-
-def safe_threshold(conf: np.ndarray, ok: np.ndarray, target: float) -> float:
-    """The lowest t such that precision of {conf >= t'} >= target for every t' >= t."""
-    order = np.argsort(-conf, kind="stable")
-    c, k = conf[order], ok[order]
-    precision = np.cumsum(k) / np.arange(1, len(k) + 1)
-    bad = np.nonzero(precision < target)[0]
-    first_bad = bad[0] if len(bad) else len(c)
-    return float(c[first_bad - 1]) if first_bad > 0 else 1.0
+from geoloc_ros.localization.calibration import FEATURES, fit, safe_threshold
 
 
 def main():

@@ -19,11 +19,13 @@ from geoloc_ros.imaging import is_blank
 T0_NS = 1_700_000_000 * 10**9
 
 
-def replay(config, queries, blank_threshold: float = 3.0, batch_size: int = 32, odometry=None) -> list[dict]:
+def replay(config, queries, blank_threshold: float = 3.0, batch_size: int = 32, odometry=None,
+           fixes=None) -> list[dict]:
     """Each query record (geoloc_ros.datasets.GeoImage) through a Localizer on `config` (a LocalizerConfig: its
     maps, encoder, consistency mode...), closures unthresholded: one row per frame that is not blank by
     `blank_threshold` (the node's parameter). `odometry`: an optional (x, y, z) per record, given to the frames as
-    the node's odom_topic would."""
+    the node's odom_topic would; `fixes`: an optional ((lat, lon, alt), (east var, east-north cov, north var)) per
+    record, as the node's fix_topic would."""
     from geoloc_ros.datasets import read_image
     from geoloc_ros.geodesy import to_utm
     from geoloc_ros.localization import Frame, Localizer, load_snapshot
@@ -48,8 +50,9 @@ def replay(config, queries, blank_threshold: float = 3.0, batch_size: int = 32, 
         if is_blank(rgb, blank_threshold):
             continue
         odom = None if odometry is None else tuple(odometry[i])
+        fix, covariance = (None, None) if fixes is None else fixes[i]
         batch.append((rec, Frame(camera="/camera/image_raw", topic="/camera/image_raw", stamp_ns=T0_NS + i * 10**9,
-                                 frame_id="camera", rgb=rgb, odom=odom)))
+                                 frame_id="camera", rgb=rgb, odom=odom, fix=fix, fix_covariance=covariance)))
         if len(batch) >= batch_size:
             flush()
     flush()
@@ -139,3 +142,36 @@ def format_table(summaries: dict) -> str:
 def write_json(path, obj):
     Path(path).parent.mkdir(parents=True, exist_ok=True)
     Path(path).write_text(json.dumps(obj, indent=1, default=float) + "\n")
+
+
+def replay_session(config, drive, odometry=None, camera: str = "/camera/image_raw",
+                   blank_threshold: float = 3.0) -> list[dict]:
+    """A drive through a Localizer on the session map alone (no prior map; `config` a LocalizerConfig), one frame
+    per second, closures unthresholded: one row per frame that is not blank by `blank_threshold`. `drive`: (image
+    path, place in metres along the route) per frame, in driving order; a closure is judged by the places of its
+    frame and of its keyframe's frame. `odometry`: an optional (x, y, z) per frame, given to the frames as the
+    node's odom_topic would."""
+    from geoloc_ros.datasets import read_image
+    from geoloc_ros.localization import Frame, Localizer, SessionMap, load_snapshot
+
+    snapshot = load_snapshot(replace(config, maps=(), loop_closure_min_confidence=0.0))
+    localizer = Localizer(snapshot, SessionMap(snapshot.encoder))
+    place_at, rows = {}, []
+    for i, (path, place) in enumerate(drive):
+        rgb = read_image(path)
+        if is_blank(rgb, blank_threshold):
+            continue
+        stamp = T0_NS + i * 10**9
+        place_at[stamp] = (i, float(place))
+        odom = None if odometry is None else tuple(odometry[i])
+        result = localizer.process([Frame(camera=camera, topic=camera, stamp_ns=stamp, frame_id="camera", rgb=rgb,
+                                          odom=odom)])[0]
+        row = {"frame": i, "image": str(path), "place_m": float(place), "closure": None}
+        if result.closures:
+            c = result.closures[0]
+            k, k_place = place_at[int(c.keyframe.stamp_ns)]
+            row["closure"] = {"keyframe_frame": k, "frames_back": i - k, "error_m": abs(k_place - place),
+                              "confidence": c.confidence, "similarity": c.similarity,
+                              "features": result.evidence.features(), "evidence": asdict(result.evidence)}
+        rows.append(row)
+    return rows

@@ -17,6 +17,8 @@ from geoloc_ros.localization.confidence import ClosureHistory, Evidence, confide
 from geoloc_ros.localization.consistency import ConsistencyFilter, SequenceMatcher
 from geoloc_ros.localization.frames import SESSION_MAP_ID, Candidate, FrameResult, Pose
 from geoloc_ros.localization.fusion import covariance6, fuse
+from geoloc_ros.localization.prior import SearchPrior
+from geoloc_ros.localization.revisit import RevisitTest
 from geoloc_ros.localization.snapshot import reexpress
 from geoloc_ros.localization.verification import Verifier
 
@@ -31,6 +33,8 @@ class Localizer:
             if s.consistency_mode == "sequence" else None
         self.history = ClosureHistory(self.consistency.same_place, s.odometry_tolerance_m,
                                       must_advance=self.sequence is not None)
+        self.revisits = RevisitTest(self.consistency.same_place, s.session_loop_margin, s.session_loop_support)
+        self.prior = SearchPrior(s.search_prior, s.search_prior_radius_floor_m)
 
     @property
     def config(self):
@@ -43,16 +47,20 @@ class Localizer:
         t0 = time.perf_counter()
         desc = self.snapshot.encoder.encode([f.rgb for f in frames])
         t1 = time.perf_counter()
-        candidates = self.search(desc, frames)
+        if self.session is not None:
+            for frame in frames:
+                self.session.observe(frame)
+        candidates, recent = self._search(desc, frames)
         t2 = time.perf_counter()
         encode_ms, search_ms = (t1 - t0) * 1e3 / len(frames), (t2 - t1) * 1e3 / len(frames)
         results = []
-        for frame, d, cands in zip(frames, desc, candidates):
+        for frame, d, cands, past in zip(frames, desc, candidates, recent):
             closures, sequence_margin = self.closures(frame.camera, d, cands)
-            if closures and self.verifier is not None:
+            revisit = self._is_revisit(frame.camera, closures, past)
+            if closures and revisit and self.verifier is not None:
                 closures = self.verifier.verify(frame, closures)
             closures, evidence = self._rate(frame, cands, closures, sequence_margin)
-            closures = [c for c in closures if c.confidence >= self.config.loop_closure_min_confidence]
+            closures = [c for c in closures if revisit and c.confidence >= self.config.loop_closure_min_confidence]
             pose = self.pose(closures) if closures else None
             results.append(FrameResult(frame, cands, closures, pose, encode_ms, search_ms,
                                        self._add_to_session(frame, d), evidence))
@@ -62,19 +70,38 @@ class Localizer:
     def search(self, desc, frames) -> list[list[Candidate]]:
         """Per frame: candidates of every map and the session map, best first, at most top_k, all at least
         min_similarity, ranked."""
+        return self._search(desc, frames)[0]
+
+    def _search(self, desc, frames):
+        """search(), and per frame the session map's RecentPast (None without a session map)."""
         s = self.config
         merged = [[] for _ in frames]
+        recent = [None for _ in frames]
         for m in self.snapshot.maps:
             for i, matches in enumerate(m.db.search(desc, s.top_k)):
+                near = self.prior.bound(frames[i], m.db.frame)
+                if near is not None:  # candidates outside the prior's bound are not considered
+                    self.prior.count(matches, near)
+                    matches = m.db.search(desc[i:i + 1], s.top_k, near=near)[0]
                 merged[i].extend(Candidate(m.id, m.name, x.keyframe, float(x.similarity)) for x in matches)
         if self.session is not None:
-            for i, found in enumerate(self.session.search(desc, frames, s.top_k, s.session_exclusion_window_s)):
-                merged[i].extend(found)
+            found, recent = self.session.search(desc, frames, s.top_k, s)
+            for i, cands in enumerate(found):
+                merged[i].extend(cands)
         out = []
         for cands in merged:
             kept = sorted((c for c in cands if c.similarity >= s.min_similarity), key=lambda c: -c.similarity)
             out.append(_ranked([self.snapshot.placed(c) for c in kept[: s.top_k]]))
-        return out
+        return out, recent
+
+    def _is_revisit(self, camera: str, closures, past) -> bool:
+        """False for a session-map closure that revisit.RevisitTest does not believe. Like the confidence
+        threshold, it decides publication only: the closure's confidence is rated all the same, so agreement
+        evidence stays what the confidence was fitted on."""
+        if past is None:  # no session map
+            return True
+        anchor = closures[0] if closures and closures[0].map_id == SESSION_MAP_ID else None
+        return self.revisits.check(camera, anchor, past.best, past.spread) or anchor is None
 
     # -- loop closures ----------------------------------------------------------------------------------------
     def closures(self, camera: str, desc, cands) -> tuple[list[Candidate], float | None]:
@@ -118,7 +145,9 @@ class Localizer:
         evidence = Evidence(margin, agreement, sequence_margin, anchor.inliers if anchor.verified else 0,
                             s.verification_min_inliers, odometry_ok)
         # a closure of consecutive agreement (also sequence mode's fallback on the session map alone) is rated so
-        value = confidence(evidence, "consecutive" if sequence_margin is None else "sequence")
+        calibration = self.snapshot.calibration
+        value = confidence(evidence, "consecutive" if sequence_margin is None else "sequence",
+                           calibration.coefficients if calibration is not None else None)
         return [replace(c, confidence=value) for c in closures], evidence
 
     # -- pose -------------------------------------------------------------------------------------------------

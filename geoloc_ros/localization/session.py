@@ -4,8 +4,11 @@ with its own path. It outlives map reloads (the localizer of each snapshot is ha
 from __future__ import annotations
 
 from collections import OrderedDict
+from dataclasses import dataclass
 import math
 import threading
+
+import numpy as np
 
 from geoloc_ros.localization.frames import SESSION_MAP_ID, Candidate
 
@@ -13,6 +16,15 @@ from geoloc_ros.localization.frames import SESSION_MAP_ID, Candidate
 # keyframes' features are dropped (those keyframes can then no longer be verified). SIFT at the default 2000
 # keypoints is 2000 x (128 + 8 + 4) bytes = 280 KB per keyframe, so this is about 950 keyframes (ORB: 88 KB, ~3,000).
 SESSION_FEATURE_BYTES = 256 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class RecentPast:
+    """A frame against its own recent past: its best similarity to the session keyframes of the recent past (None
+    when there are none) and the spread (standard deviation) of its similarities to the whole session map."""
+
+    best: float | None
+    spread: float
 
 
 class FeatureStore:
@@ -63,25 +75,57 @@ class SessionMap:
         self.features = FeatureStore(feature_bytes)
         self.lock = threading.Lock()  # the worker adds while a service saves
         self._last = None  # (time_ns, x, y) of the last session keyframe
+        self.path_m = 0.0  # odometry path travelled during the session (metres), summed frame to frame
+        self._odom = None  # (x, y) of the last frame with odometry
+        self._stamps: list[int] = []  # per row: the keyframe's time
+        self._path: list[float] = []  # per row: path_m when it was added (NaN: no odometry then)
 
     def __len__(self):
         return len(self.db)
 
-    def search(self, desc, frames, top_k: int, exclusion_window_s: float) -> list[list[Candidate]]:
-        """Per frame: at most top_k session candidates, none younger than the exclusion window (the robot's own
-        recent path is no loop closure)."""
+    def observe(self, frame) -> None:
+        """Count the path travelled up to `frame`: the session's recent past is measured on it. The frame's
+        travelled_m when the node summed it over every odometry message; else summed here from frame to frame
+        (right for dense frames, short of the path when frames are sparse on a curve)."""
+        odom = frame.odom
+        if odom is None:
+            return
+        if frame.travelled_m is not None:
+            self.path_m = float(frame.travelled_m)
+        elif self._odom is not None:
+            self.path_m += math.hypot(odom[0] - self._odom[0], odom[1] - self._odom[1])
+        self._odom = (odom[0], odom[1])
+
+    def recent(self, frame, s) -> np.ndarray:
+        """Per row, whether that session keyframe lies in the recent past of `frame`: travelled less than
+        session_exclusion_distance_m ago when the frame has odometry and the keyframe a path mark, else taken less
+        than session_exclusion_window_s ago."""
+        stamps, path = np.asarray(self._stamps, dtype=np.int64), np.asarray(self._path, dtype=float)
+        young = np.abs(frame.time_ns - stamps) < int(s.session_exclusion_window_s * 1e9)
+        if frame.odom is not None:
+            measured = ~np.isnan(path)
+            young[measured] = self.path_m - path[measured] < s.session_exclusion_distance_m
+        return young
+
+    def search(self, desc, frames, top_k: int, s) -> tuple[list[list[Candidate]], list[RecentPast]]:
+        """Per frame: at most top_k session candidates, none in the frame's recent past (`recent`: the robot's own
+        last stretch of path is no loop closure), and how the frame compares with that recent past."""
         if not len(self.db):
-            return [[] for _ in frames]
-        window_ns = int(exclusion_window_s * 1e9)
+            return [[] for _ in frames], [RecentPast(None, 0.0) for _ in frames]
         k = min(len(self.db), top_k + 64)  # more than top_k: the youngest keyframes are removed
         with self.lock:
             found = self.db.search(desc, k)
-        out = []
-        for frame, matches in zip(frames, found):
-            kept = [x for x in matches if abs(frame.time_ns - x.keyframe.stamp_ns) >= window_ns][:top_k]
+            sims = np.asarray(desc, dtype=np.float32) @ self.db.descriptors.T  # (frames, keyframes)
+            masks = [self.recent(frame, s) for frame in frames]
+            ids = np.asarray(self.db.column("id"))
+        out, past = [], []
+        for matches, mask, row in zip(found, masks, sims):
+            young = set(ids[mask].tolist())
+            kept = [x for x in matches if int(x.keyframe.id) not in young][:top_k]
             out.append([Candidate(SESSION_MAP_ID, SESSION_MAP_ID, x.keyframe, float(x.similarity),
                                   source="session") for x in kept])
-        return out
+            past.append(RecentPast(float(row[mask].max()) if mask.any() else None, float(row.std())))
+        return out, past
 
     def wants(self, frame, s) -> bool:
         """Whether `frame` is far enough (in time, and in odometry travel) from the last session keyframe."""
@@ -106,6 +150,8 @@ class SessionMap:
             kf.x, kf.y, kf.z = frame.odom
         with self.lock:
             kid = self.db.add(descriptor[None, :], [kf])[0]
+            self._stamps.append(t)
+            self._path.append(self.path_m if frame.odom is not None else math.nan)
         odom = frame.odom
         self._last = (t, odom[0] if odom else None, odom[1] if odom else None)
         return kid
@@ -115,3 +161,4 @@ class SessionMap:
             if attach_encoder and self.db.encoder_path is None:
                 self.db.attach_encoder(encoder_file)
             self.db.save(path)
+

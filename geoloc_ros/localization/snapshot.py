@@ -10,6 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
+from geoloc_ros.localization.calibration import for_encoder as calibration_for
+
 
 class LoadError(RuntimeError):
     """Why the encoder or a map could not be loaded; the node shows it in the log and on /diagnostics."""
@@ -35,6 +37,7 @@ class Snapshot:
     maps: tuple  # MapEntry, in map_path order
     config: object  # geoloc_ros.localization.config.LocalizerConfig
     encoder_file: str  # the checkpoint the encoder came from (attached to a saved session map)
+    calibration: object = None  # calibration.Calibration of the encoder's loop-closure confidence
 
     @property
     def primary_frame(self):
@@ -109,7 +112,7 @@ def load_snapshot(s) -> Snapshot:
             check_encoder(p, m.db.dim, m.db.fingerprint, encoder)
         except MapError as e:
             raise LoadError(f"{e} (encoder {enc_path!r}), or set encoder_path to the map's") from None
-    return Snapshot(encoder, tuple(maps), s, enc_path)
+    return Snapshot(encoder, tuple(maps), s, enc_path, calibration_for(enc_path, encoder.fingerprint))
 
 
 def open_encoder(path: str, s):

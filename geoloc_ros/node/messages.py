@@ -19,14 +19,15 @@ from geoloc_ros.stamps import set_stamp, stamp_ns
 # -- inputs -----------------------------------------------------------------------------------------------------
 def to_frame(msg, camera: str, topic: str, received_ns: int, received_mono: float, blank_threshold: float,
              odom=None, fix=None, max_pixels: int | None = MAX_IMAGE_PIXELS, mono16_max: int = 0, camera_model=None,
-             depth=None) -> Frame:
+             depth=None, fix_covariance=None, travelled_m=None) -> Frame:
     """A decoded Frame of an Image / CompressedImage; FrameError (with its diagnostics kind) when unusable.
     `max_pixels` and `mono16_max`: the node's max_image_pixels and mono16_max (see imaging.message_to_rgb);
     `camera_model`: the camera's PinholeCamera (CameraInfo) or None; `depth`: its paired depth image or None."""
     rgb = pixels(msg, blank_threshold, max_pixels=max_pixels, mono16_max=mono16_max)
     return Frame(camera=camera, topic=topic, stamp_ns=stamp_ns(msg.header.stamp), frame_id=msg.header.frame_id,
                  rgb=rgb, received_ns=received_ns, received_mono=received_mono, odom=odom, fix=fix,
-                 camera_model=camera_model, depth=depth)
+                 camera_model=camera_model, depth=depth, fix_covariance=fix_covariance,
+                 travelled_m=travelled_m)
 
 
 def pixels(msg, blank_threshold: float, max_pixels: int | None = MAX_IMAGE_PIXELS, mono16_max: int = 0) -> np.ndarray:

@@ -169,6 +169,15 @@ SPEC = (
         Param("depth_tolerance_s", 0.02, "A depth image pairs with a colour frame when their header stamps differ "
               "by at most this.", (0.0, 1.0)),
     )),
+    Section("position prior on the search", (
+        Param("search_prior", "none", "'fix': prior-map keyframes farther from the latest fix_topic NavSatFix "
+              "than its 99 % chi-square bound (from position_covariance, never below search_prior_radius_floor_m) "
+              "are not considered (counted in /diagnostics); 'none': the search is unchanged. Not for a GPS that "
+              "can be wrong without its covariance saying so, nor a robot that may be anywhere (kidnapped).",
+              choices=("none", "fix")),
+        Param("search_prior_radius_floor_m", 50.0, "The search prior's bound is never smaller than this (metres).",
+              (0.0, 20_000_000.0)),
+    )),
     Section("session map", (
         Param("session_map", False, "Add keyframes seen during the run to an in-memory session map that is "
               "searched too."),
@@ -176,7 +185,16 @@ SPEC = (
               "disables.", (0.0, 1000.0)),
         Param("session_min_interval_s", 1.0, "Minimum time between session keyframes.", (0.0, 3600.0)),
         Param("session_exclusion_window_s", 30.0, "Session keyframes younger than this are never candidates, so "
-              "the robot does not 'close a loop' with its own last seconds of path.", (0.0, 86400.0)),
+              "the robot does not 'close a loop' with its own last seconds of path (with odometry, "
+              "session_exclusion_distance_m decides instead).", (0.0, 86400.0)),
+        Param("session_exclusion_distance_m", 50.0, "With odometry, session keyframes fewer than this many metres "
+              "of travelled path back are never candidates (instead of session_exclusion_window_s): a robot "
+              "standing still never closes a loop with itself.", (0.0, 100000.0)),
+        Param("session_loop_margin", 1.0, "A session-map loop closure's similarity must beat the frame's best "
+              "similarity to its own recent past (the excluded keyframes) by this many standard deviations of its "
+              "similarities to the session map; 0 turns the test off.", (0.0, 10.0)),
+        Param("session_loop_support", 2, "A session-map loop closure also needs this many of the 4 preceding "
+              "frames to have passed that test at an agreeing keyframe (0: none).", (0, 4)),
         Param("session_map_path", "", "Where ~/save_session_map writes the session map (empty: "
               "~/.ros/geoloc_session_map)."),
     )),
