@@ -31,8 +31,15 @@ PARAMETERS = [
      "per odometry message).", (0.0, 1000.0)),
     ("keyframe_angle_deg", 10.0, "A pose node after this much rotation.", (0.0, 180.0)),
     ("stamp_tolerance_s", 0.5, "A closure's stamps need an odometry message this close.", (0.0, 60.0)),
-    ("pending_timeout_s", 10.0, "Closures newer than the odometry wait this long (stamp time) for it.",
+    ("pending_timeout_s", 10.0, "Closures newer than the odometry wait this long (steady clock) for it.",
      (0.0, 3600.0)),
+    ("max_pending", 1000, "At most this many closures wait for odometry; beyond it the oldest is dropped (counted).",
+     (1, 100000)),
+    ("max_stamp_ahead_s", 60.0, "Odometry, closures and fixes stamped more than this ahead of the node's clock are "
+     "refused (counted), so one wrong stamp cannot hold back every later message.", (0.0, 1e9)),
+    ("max_odometry_speed_mps", 100.0, "Odometry that moves farther than 1 m + this speed x the time since the last "
+     "message has jumped (a reset or a glitch): taken as no motion, and later odometry continues from there.",
+     (0.1, 1e6)),
     ("odom_translation_sigma_ratio", 0.05, "Odometry without covariance: translation sigma per metre.",
      (0.0, 10.0)),
     ("odom_rotation_sigma_per_m", 0.01, "Odometry without covariance: heading sigma (rad) after 1 m, growing with "
@@ -62,9 +69,19 @@ PARAMETERS = [
     ("odom_frame", "", "Child of the map -> odom transform (empty: the odometry's header.frame_id).", None),
     ("publish_tf", True, "Publish map -> odom on /tf.", None),
     ("publish_period_s", 0.5, "Period of ~/path (when changed) and /tf.", (0.01, 60.0)),
-    ("g2o_path", "~/.ros/geoloc_pose_graph.g2o", "Where ~/save_graph writes the g2o file.", None),
+    ("g2o_path", "~/.ros/geoloc_pose_graph.g2o", "Where ~/save_graph writes the g2o file (a regular file or "
+     "absent).", None),
     ("diagnostics_period_s", 1.0, "Period of /diagnostics messages.", (0.05, 60.0)),
 ]
+
+
+# Parameters a running node applies when set (`ros2 param set`); a change of any other one is refused with the
+# reason, since it is read once at start.
+LIVE = ("closures_per_message", "min_confidence", "gate_probability", "stamp_tolerance_s", "pending_timeout_s",
+        "max_pending", "max_stamp_ahead_s", "max_odometry_speed_mps", "gps_sigma_m", "publish_tf", "g2o_path")
+# ... of which these live in the graph's settings under the same name.
+LIVE_GRAPH_SETTINGS = ("gate_probability", "stamp_tolerance_s", "pending_timeout_s", "max_pending",
+                       "max_odometry_speed_mps")
 
 
 def declare(node) -> None:
@@ -85,6 +102,7 @@ def graph_settings(p: dict) -> GraphSettings:
     return GraphSettings(
         keyframe_distance_m=p["keyframe_distance_m"], keyframe_angle_deg=p["keyframe_angle_deg"],
         stamp_tolerance_s=p["stamp_tolerance_s"], pending_timeout_s=p["pending_timeout_s"],
+        max_pending=p["max_pending"], max_odometry_speed_mps=p["max_odometry_speed_mps"],
         odometry=noise.OdometryNoise(p["odom_translation_sigma_ratio"], p["odom_rotation_sigma_per_m"],
                                      p["odom_rotation_sigma_ratio"], p["odom_min_sigma_m"], p["odom_min_sigma_rad"]),
         same_place_sigma_m=p["same_place_sigma_m"], same_place_sigma_rad=p["same_place_sigma_rad"],
