@@ -33,6 +33,11 @@ CLOSURE_FLOOR_SIGMA_M, CLOSURE_FLOOR_SIGMA_RAD = 0.01, 0.001
 JUMP_SLACK_M = 1.0
 # Absolute measurements kept while waiting to place the trajectory in the map frame (the newest; older dropped).
 MAX_UNALIGNED = 1000
+# Odometry nodes reach iSAM2 in batches of (nodes so far) / BATCH_DIVISOR (at least 1), or sooner when anything
+# needs the estimate. GTSAM 4.3's iSAM2 walks every clique of the tree after each update (the Bayes tree
+# destructor's breadth-first pass over the orphans it re-attached), so one update per node made each message cost
+# grow with the drive; batches keep the cost per node near that of a 1,000-node graph.
+BATCH_DIVISOR = 1000
 
 
 class GraphError(RuntimeError):
@@ -101,6 +106,10 @@ class PoseGraph:
         self.aligned = False  # True once absolute factors hold the trajectory in the map frame
         self._factors = gtsam.NonlinearFactorGraph()  # every committed factor but the gauge prior
         self._gauge = None  # the prior on X(0) in force
+        self._committed = 0  # pose nodes iSAM2 holds; those after it wait in the batch below
+        self._batch, self._batch_values = gtsam.NonlinearFactorGraph(), gtsam.Values()
+        self._edges_committed = 0
+        self._tip = None  # the estimate of the newest pose node (iSAM2's, or predicted from odometry in the batch)
         self._closure_count = 0
         # Odometry is stored corrected: corrected = _odom_correction * received, continuous across jumps.
         self._odom_correction = gtsam.Pose3()
@@ -149,25 +158,48 @@ class PoseGraph:
 
     def _maybe_add_node(self, stamp_ns, pose, covariance) -> int | None:
         s = self.settings
-        graph, values = gtsam.NonlinearFactorGraph(), gtsam.Values()
         i = len(self.node_stamps)
         if i == 0:
+            graph, values = gtsam.NonlinearFactorGraph(), gtsam.Values()
             gauge = gtsam.PriorFactorPose3(X(0), pose, gtsam.noiseModel.Diagonal.Sigmas(GAUGE_SIGMAS))
             graph.add(gauge)
             values.insert(X(0), pose)
             self._commit(graph, values, iterations=0, gauge=gauge)
-        else:
-            step = self.node_odom[-1].between(pose)
-            if not self._is_keyframe_step(step):
-                return None
-            cov = noise.odometry_covariance(step, pose.rotation(), covariance, s.odometry)
-            graph.add(gtsam.BetweenFactorPose3(X(i - 1), X(i), step, noise.gaussian(cov)))
-            values.insert(X(i), self.isam.calculateEstimatePose3(X(i - 1)).compose(step))
-            self._commit(graph, values, iterations=0)
-            self.edges.append(Edge(X(i - 1), X(i), step, cov, "odometry"))
+            self.node_stamps.append(stamp_ns)
+            self.node_odom.append(pose)
+            self._committed, self._tip = 1, pose
+            return i
+        step = self.node_odom[-1].between(pose)
+        if not self._is_keyframe_step(step):
+            return None
+        cov = noise.odometry_covariance(step, pose.rotation(), covariance, s.odometry)
+        self._tip = self._tip.compose(step)
+        self._batch.add(gtsam.BetweenFactorPose3(X(i - 1), X(i), step, noise.gaussian(cov)))
+        self._batch_values.insert(X(i), self._tip)
+        self.edges.append(Edge(X(i - 1), X(i), step, cov, "odometry"))
         self.node_stamps.append(stamp_ns)
         self.node_odom.append(pose)
+        if len(self.node_stamps) - self._committed >= max(1, self._committed // BATCH_DIVISOR):
+            self.flush()  # raises with this node (and the batch's others) dropped
         return i
+
+    def flush(self):
+        """Hand the batched odometry nodes to iSAM2. If GTSAM fails on them even after rebuilding iSAM2, they are
+        dropped (GraphError): the graph then holds exactly the nodes iSAM2 holds, and their odometry messages
+        stay in the history, so later odometry steps from the last node that remains."""
+        if self._committed == len(self.node_stamps):
+            return
+        batch, values = self._batch, self._batch_values
+        self._batch, self._batch_values = gtsam.NonlinearFactorGraph(), gtsam.Values()
+        try:
+            self._commit(batch, values, iterations=0)
+        except GraphError:
+            del self.node_stamps[self._committed:], self.node_odom[self._committed:]
+            del self.edges[self._edges_committed:]
+            self._tip = self.isam.calculateEstimatePose3(X(self._committed - 1))
+            raise
+        self._committed, self._edges_committed = len(self.node_stamps), len(self.edges)
+        self._tip = self.isam.calculateEstimatePose3(X(self._committed - 1))
 
     def _is_keyframe_step(self, step: gtsam.Pose3) -> bool:
         s = self.settings
@@ -182,6 +214,7 @@ class PoseGraph:
     def locate(self, stamp_ns: int):
         """(node index, offset) with pose(stamp) = node pose * offset, from the odometry nearest the stamp;
         None when no odometry lies within stamp_tolerance_s."""
+        self.flush()
         at = self.history.nearest(stamp_ns, int(self.settings.stamp_tolerance_s * 1e9))
         if at is None or not self.node_stamps:
             return None
@@ -267,6 +300,7 @@ class PoseGraph:
         graph.add(gtsam.BetweenFactorPose3(X(b), X(a), measured, noise.robust(s.robust_kernel, s.robust_k, cov)))
         self._commit(graph, gtsam.Values(), iterations=s.relinearize_iterations)
         self.edges.append(Edge(X(b), X(a), measured, cov, "closure"))
+        self._edges_committed = len(self.edges)
         self._closure_count += 1
         self.accepted += 1
         return Verdict.ACCEPTED
@@ -397,6 +431,7 @@ class PoseGraph:
             raise GraphError(f"placing the trajectory in the map frame failed: {e}") from e
         self.isam, self._gauge, self.aligned, self._estimate = isam, anchor, True, None
         self._factors.push_back(new)
+        self._tip = isam.calculateEstimatePose3(X(self._committed - 1))
 
     def prior_map_covariance(self) -> np.ndarray:
         s = self.settings
@@ -434,12 +469,14 @@ class PoseGraph:
         else:
             self._factors.push_back(graph)
         self._estimate = None
+        if self._committed and self._committed == len(self.node_stamps):  # a closure or absolute factor moved it
+            self._tip = self.isam.calculateEstimatePose3(X(self._committed - 1))
         self.last_optimise_ms = (time.perf_counter() - start) * 1e3
 
     def _recover(self):
         """Rebuild iSAM2 (QR) from the gauge and every committed factor, seeded by a batch Levenberg-Marquardt
         optimisation (QR) from the last linearisation point. Raises GraphError if even that fails."""
-        n = len(self.node_stamps)
+        n = self._committed
         self._estimate = None
         if n == 0:
             self.isam = gtsam.ISAM2(isam2_params("QR"))
@@ -471,6 +508,7 @@ class PoseGraph:
 
     @property
     def estimate(self) -> gtsam.Values:
+        self.flush()
         if self._estimate is None:
             self._estimate = self.isam.calculateEstimate()
         return self._estimate
@@ -483,9 +521,9 @@ class PoseGraph:
     def map_to_odom(self) -> gtsam.Pose3:
         """The map -> odom correction: the newest node's optimised pose times its odometry pose inverted (and
         times the correction that makes odometry continuous across jumps, so it is the received odom frame)."""
-        if not self.node_stamps:
+        if not self._committed:
             return gtsam.Pose3()
-        last = len(self.node_stamps) - 1
+        last = self._committed - 1  # the batch's nodes are odometry from it, so the correction is the same
         newest = self.isam.calculateEstimatePose3(X(last))
         return newest.compose(self.node_odom[last].inverse()).compose(self._odom_correction)
 
