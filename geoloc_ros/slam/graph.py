@@ -513,6 +513,16 @@ class PoseGraph:
             self._estimate = self.isam.calculateEstimate()
         return self._estimate
 
+    def pose_arrays(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """poses() as arrays, extracted in one pass: stamps (N), positions (N x 3) and quaternions (N x 4, x y z w)."""
+        from scipy.spatial.transform import Rotation
+
+        if not self.node_stamps:
+            return np.zeros(0, np.int64), np.zeros((0, 3)), np.zeros((0, 4))
+        m = gtsam.utilities.extractPose3(self.estimate)
+        quaternions = Rotation.from_matrix(m[:, :9].reshape(-1, 3, 3)).as_quat()
+        return np.asarray(self.node_stamps, np.int64), m[:, 9:12], quaternions
+
     def poses(self) -> list[tuple[int, gtsam.Pose3]]:
         """Every pose node's optimised base pose in the map frame, with its odometry stamp."""
         est = self.estimate

@@ -81,6 +81,7 @@ class PoseGraphNode(Node):
         self.create_timer(self.p["diagnostics_period_s"],
                           lambda: self._guarded("diagnostics", self.publish_diagnostics))
         self._path_due = 0.0  # steady time before which ~/path is not rebuilt (PATH_COST_FACTOR)
+        self._path_cache = (np.zeros(0, np.int64), np.zeros((0, 3)), np.zeros((0, 4)), [])
         self._odom_ms = []  # odometry callback times since the last /diagnostics
         self.last_error = ""
         self.add_on_set_parameters_callback(self._on_set_parameters)
@@ -234,16 +235,26 @@ class PoseGraphNode(Node):
 
     # -- outputs ----------------------------------------------------------------------------------------------
     def path_message(self) -> Path:
+        """Every pose node as nav_msgs/Path. The PoseStamped of the last path are reused where stamp and pose are
+        unchanged (odometry alone only adds poses at the end), since building them is the costly part."""
+        stamps, xyz, quat = self.graph.pose_arrays()
+        old_stamps, old_xyz, old_quat, messages = self._path_cache
+        keep = min(len(messages), len(stamps))
+        changed = np.flatnonzero((stamps[:keep] != old_stamps[:keep]) | np.any(xyz[:keep] != old_xyz[:keep], axis=1)
+                                 | np.any(quat[:keep] != old_quat[:keep], axis=1))
+        messages = messages[:keep]
+        for i in changed:
+            _fill_pose(messages[i], int(stamps[i]), xyz[i], quat[i])
+        for i in range(keep, len(stamps)):
+            ps = PoseStamped()
+            ps.header.frame_id = self.p["map_frame"]
+            messages.append(_fill_pose(ps, int(stamps[i]), xyz[i], quat[i]))
+        self._path_cache = (stamps, xyz, quat, messages)
         path = Path()
         path.header.frame_id = self.p["map_frame"]
-        poses = self.graph.poses()
-        if poses:
-            path.header.stamp = _time(poses[-1][0])
-        for stamp, pose in poses:
-            ps = PoseStamped()
-            ps.header.stamp, ps.header.frame_id = _time(stamp), self.p["map_frame"]
-            _fill_pose(ps.pose, pose)
-            path.poses.append(ps)
+        if len(stamps):
+            path.header.stamp = _time(int(stamps[-1]))
+        path.poses = list(messages)
         return path
 
     def publish(self):
@@ -307,10 +318,12 @@ def _time(ns: int):
     return set_stamp(Time(), ns)
 
 
-def _fill_pose(msg, pose: gtsam.Pose3):
-    msg.position.x, msg.position.y, msg.position.z = (float(v) for v in pose.translation())
-    q = pose.rotation().toQuaternion()
-    msg.orientation.x, msg.orientation.y, msg.orientation.z, msg.orientation.w = q.x(), q.y(), q.z(), q.w()
+def _fill_pose(ps: PoseStamped, stamp: int, xyz, quat_xyzw) -> PoseStamped:
+    set_stamp(ps.header.stamp, stamp)
+    p, o = ps.pose.position, ps.pose.orientation
+    p.x, p.y, p.z = float(xyz[0]), float(xyz[1]), float(xyz[2])
+    o.x, o.y, o.z, o.w = (float(v) for v in quat_xyzw)
+    return ps
 
 
 def main(args=None):
