@@ -248,7 +248,7 @@ def run(messages: int = 50000, lap: int = 2500, closures: int = 12, say=print, w
                 for k in range(sent, min(sent + CHUNK, messages)):
                     client.odom.publish(odometry_message(k, odometry[k]))
                 sent = min(sent + CHUNK, messages)
-                if sent % 1000 == 0 or sent == messages:
+                if sent % 500 == 0 or sent in (messages // 2, messages):
                     samples.append((sent, client.value("odometry_received"), client.value("poses"),
                                     rss_mib(process.pid)))
                 if sent % 10000 == 0:
@@ -313,7 +313,8 @@ def _drive_figures(history, samples, messages, received, poses, drive_s, rss_sta
             n = sum(r[1] for r in rows)
             segments.append({"messages": f"{lo}-{hi}", "callback_ms_mean": round(sum(r[1] * r[2] for r in rows) / n, 3),
                              "callback_ms_max": round(max(r[3] for r in rows), 2)})
-    rss = [{"sent": s, "poses": p, "rss_mib": round(r, 1)} for s, _, p, r in samples if s % 5000 == 0 or s == messages]
+    step = max(messages // 10, 1)
+    rss = [{"sent": s, "poses": p, "rss_mib": round(r, 1)} for s, _, p, r in samples if s % step == 0 or s == messages]
     half = [r for s, _, _, r in samples if s == messages // 2]
     growth = {"first_half_mib": round(half[0] - rss_start, 1), "second_half_mib": round(rss_drive - half[0], 1)} \
         if half else {}
@@ -390,6 +391,8 @@ def main(argv=None):
     ap.add_argument("--out", default="docs/benchmarks/long_drive")
     args = ap.parse_args(argv)
     os.environ.setdefault("ROS_AUTOMATIC_DISCOVERY_RANGE", "LOCALHOST")
+    # a DDS domain of its own (the node's /diagnostics status is named by node name, not namespace)
+    os.environ.setdefault("ROS_DOMAIN_ID", str(101 + os.getpid() % 100))
     command = "python -m geoloc_ros.bench.long_drive " + " ".join(argv if argv is not None else sys.argv[1:])
     machine = {"cpu": cpu_model(), "cores": os.cpu_count(), "os": platform.platform(),
                "load_average_at_start": load_average(),
