@@ -58,6 +58,7 @@ def write_g2o(graph: PoseGraph, path) -> str:
         raise G2oError(f"{path} exists and is not a g2o file written by geoloc_pose_graph; refusing to overwrite")
     if not len(graph):
         raise G2oError("the graph has no poses yet")
+    graph.flush()  # batched odometry nodes into iSAM2 first, so edges and estimate agree
     factors, values = gtsam.NonlinearFactorGraph(), gtsam.Values()
     for e in graph.edges:
         factors.add(gtsam.BetweenFactorPose3(e.key_from, e.key_to, e.measured, gaussian(e.covariance)))
