@@ -83,16 +83,20 @@ def read_vg_folder(folder) -> list[GeoImage]:
 _GPS_IFD = 0x8825  # EXIF tag of the GPS sub-directory (GPSInfo)
 
 
+class UnreadableImage(ValueError):
+    """An image file that cannot be opened at all; the message names it and the reason."""
+
+
 def exif_gps(path) -> tuple[float, float, float, float] | None:
     """(lat, lon, alt, heading) from an image's EXIF GPS tags (NaN where a tag is absent), or None without a fix.
     Raises ValueError naming the file when the tags are present but malformed."""
-    from PIL import Image, UnidentifiedImageError
+    from PIL import Image
 
     try:
         with Image.open(path) as im:
             gps = im.getexif().get_ifd(_GPS_IFD)
-    except (UnidentifiedImageError, OSError) as e:
-        raise ValueError(f"{path}: not a readable image ({e})") from None
+    except Exception as e:  # noqa: BLE001 - Pillow raises many types for damaged files (and DecompressionBombError)
+        raise UnreadableImage(f"{path}: not a readable image ({type(e).__name__}: {e})") from None
     if 2 not in gps or 4 not in gps:
         return None
     try:
@@ -115,13 +119,20 @@ def _dms(value) -> float:
     return float(value)
 
 
-def read_exif_folder(folder) -> list[GeoImage]:
+def read_exif_folder(folder, unreadable: list | None = None) -> list[GeoImage]:
     """Every image of `folder` (recursively, in name order) placed by its EXIF GPS fix; an image without one is an
-    error naming it (a position cannot be made up)."""
+    error naming it (a position cannot be made up). An image that cannot be read at all (truncated, not an image,
+    a decompression bomb) is skipped and its reason appended to `unreadable`; without that list it is an error."""
     folder = Path(folder)
     images = []
     for path in list_images(folder):
-        fix = exif_gps(path)
+        try:
+            fix = exif_gps(path)
+        except UnreadableImage as e:
+            if unreadable is None:
+                raise
+            unreadable.append(str(e))
+            continue
         if fix is None:
             raise ValueError(f"{path}: no GPS position in its EXIF")
         lat, lon, alt, heading = fix
@@ -214,10 +225,11 @@ def read_sequence(folder, spacing: float, origin=(0.0, 0.0), heading: float = 0.
     return images
 
 
-def load_dataset(path, sequence_spacing: float | None = None, **sequence_options) -> list[GeoImage]:
+def load_dataset(path, sequence_spacing: float | None = None, unreadable: list | None = None,
+                 **sequence_options) -> list[GeoImage]:
     """Read any of the layouts: a .csv file, a VG-named folder, a raw MSLS city side, a folder of EXIF-geotagged
-    photos, or (with
-    `sequence_spacing`) a coordinate-free sequence folder."""
+    photos, or (with `sequence_spacing`) a coordinate-free sequence folder. `unreadable`: a list that collects
+    the images of an EXIF folder that cannot be read (skipped), as `encode_into` does for the other layouts."""
     path = Path(path)
     if path.is_file() and path.suffix.lower() == ".csv":
         return read_csv(path)
@@ -230,10 +242,20 @@ def load_dataset(path, sequence_spacing: float | None = None, **sequence_options
         raise ValueError(f"{path}: no images found")
     if all(is_vg_name(p.name) for p in images):
         return read_vg_folder(path)
-    if exif_gps(images[0]) is not None:
-        return read_exif_folder(path)
+    if _first_readable_fix(images) is not None:
+        return read_exif_folder(path, unreadable)
     raise ValueError(f"{path}: file names carry no VG-benchmark coordinates and the images no EXIF GPS; give a CSV "
                      f"of image,lat,lon or a sequence spacing in metres for a coordinate-free sequence")
+
+
+def _first_readable_fix(images):
+    """The EXIF GPS fix of the first image that can be read (None: none can, or that one has no fix)."""
+    for path in images:
+        try:
+            return exif_gps(path)
+        except UnreadableImage:
+            continue
+    return None
 
 
 def positions_utm(images: list[GeoImage]) -> np.ndarray:

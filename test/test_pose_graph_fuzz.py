@@ -83,6 +83,7 @@ def closures(draw):
     candidates = []
     for _ in range(draw(st.integers(0, 3))):
         candidates.append({"map": draw(st.sampled_from(["session", "summer", ""])),
+                           "source": draw(st.integers(0, 255)), "has_position": draw(st.booleans()),
                            "kind": draw(st.integers(0, 255)), "confidence": draw(number),
                            "kf_offset": draw(stamp_offset), "kf_raw": draw(st.none() | raw_stamp),
                            "xyz": draw(st.lists(number | small, min_size=3, max_size=3)),
@@ -142,7 +143,8 @@ class Feeder:
         m = PlaceRecognition()
         if "query_back_s" in f:
             m.header.stamp.sec, m.header.stamp.nanosec = divmod(self.t - int(f["query_back_s"] * NS_PER_S), NS_PER_S)
-            pc = PlaceCandidate(map_name="session", keyframe_id=1, relative_pose_kind=f["kind"], confidence=1.0)
+            pc = PlaceCandidate(map_name="session", source=PlaceCandidate.SOURCE_SESSION, keyframe_id=1,
+                                relative_pose_kind=f["kind"], confidence=1.0)
             pc.keyframe_stamp.sec, pc.keyframe_stamp.nanosec = divmod(
                 self.t - int(f["keyframe_back_s"] * NS_PER_S), NS_PER_S)
             pose = pc.relative_pose.pose
@@ -153,7 +155,8 @@ class Feeder:
             return m
         set_time(m.header.stamp, now, f["offset"], f["raw"])
         for c in f["candidates"]:
-            pc = PlaceCandidate(map_name=c["map"], keyframe_id=3, relative_pose_kind=c["kind"],
+            pc = PlaceCandidate(map_name=c["map"], source=c["source"], has_position=c["has_position"],
+                                keyframe_id=3, relative_pose_kind=c["kind"],
                                 confidence=c["confidence"], latitude=c["lat"], longitude=c["lon"], altitude=c["alt"])
             set_time(pc.keyframe_stamp, now, c["kf_offset"], c["kf_raw"])
             pose = pc.relative_pose.pose

@@ -100,7 +100,8 @@ def closure_message(query: int, keyframe: int):
     msg = PlaceRecognition(camera_topic="/camera/image_raw", camera_frame_id="camera")
     set_stamp(msg.header.stamp, stamp(query))
     msg.header.frame_id = "camera"
-    c = PlaceCandidate(map_name="session", keyframe_id=keyframe, similarity=0.9, confidence=1.0,
+    c = PlaceCandidate(map_name="session", source=PlaceCandidate.SOURCE_SESSION, keyframe_id=keyframe,
+                       similarity=0.9, confidence=1.0,
                        relative_pose_kind=PlaceCandidate.RELATIVE_POSE_NONE)
     set_stamp(c.keyframe_stamp, stamp(keyframe))
     msg.candidates = [c]

@@ -43,9 +43,9 @@ def csv_text(csv_path, address_column: str | None = "address", caption_column: s
     asked for explicitly (pass None to skip a column)."""
     path = Path(csv_path)
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.reader(f))
-    except OSError as e:
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise AnnotationError(f"{path}: cannot read ({e})") from None
     rows = [r for r in rows if r and not r[0].lstrip().startswith("#")]
     if not rows:
@@ -162,7 +162,10 @@ def _in_polygon(x, y, rings) -> bool:
 
 def read_address_table(path, radius_m: float = 30.0, property_name: str = "address") -> AddressTable:
     """A GeoJSON file (.geojson / .json: Point, Polygon, MultiPolygon features with the address in
-    properties[property_name]) or a CSV with a header naming lat, lon and address columns."""
+    properties[property_name]) or a CSV with a header naming lat, lon and address columns. Every feature must
+    have a WGS84 position (finite, in range) and an address that is text or a number; anything else (a NaN
+    point, `"address": null`, JSON nested too deeply to read) is refused with AnnotationError naming the file,
+    the feature and the reason."""
     path = Path(path)
     if path.suffix.lower() == ".csv":
         return _read_address_csv(path, radius_m, property_name)
@@ -170,38 +173,67 @@ def read_address_table(path, radius_m: float = 30.0, property_name: str = "addre
         doc = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, ValueError) as e:
         raise AnnotationError(f"{path}: not a readable GeoJSON file ({e})") from None
+    except RecursionError:
+        raise AnnotationError(f"{path}: not a readable GeoJSON file (nested too deeply)") from None
     features = doc.get("features") if isinstance(doc, dict) else None
     if not isinstance(features, list):
         raise AnnotationError(f"{path}: not a GeoJSON FeatureCollection (no 'features' list)")
     points, polygons = [], []
     for n, feature in enumerate(features):
         try:
-            address = str((feature.get("properties") or {})[property_name])
+            properties = feature.get("properties") or {}
+            address = _address_text(properties[property_name], property_name)
             geometry = feature["geometry"]
             kind, coords = geometry["type"], geometry["coordinates"]
             if kind == "Point":
-                points.append((float(coords[1]), float(coords[0]), address))
+                lat, lon = _position(float(coords[1]), float(coords[0]))
+                points.append((lat, lon, address))
             elif kind in ("Polygon", "MultiPolygon"):
                 for poly in ([coords] if kind == "Polygon" else coords):
-                    polygons.append(([np.asarray(r, dtype=np.float64)[:, :2] for r in poly], address))
+                    polygons.append(([_ring(r) for r in poly], address))
             else:
                 raise ValueError(f"geometry type {kind} (Point, Polygon, MultiPolygon are read)")
-        except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        except (KeyError, TypeError, ValueError, IndexError, AttributeError, OverflowError) as e:
             raise AnnotationError(f"{path}: feature {n}: {e!r}") from None
     return AddressTable(points, polygons, radius_m)
 
 
+def _address_text(value, name: str) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return str(value)  # a house number
+    raise ValueError(f"{name} is {json.dumps(value)[:60]}, not text")
+
+
+def _position(lat: float, lon: float) -> tuple[float, float]:
+    if not (math.isfinite(lat) and math.isfinite(lon) and abs(lat) <= 90 and abs(lon) <= 180):
+        raise ValueError(f"point (lat {lat}, lon {lon}) is not a WGS84 position")
+    return lat, lon
+
+
+def _ring(coords) -> np.ndarray:
+    ring = np.asarray(coords, dtype=np.float64)
+    if ring.ndim != 2 or ring.shape[1] < 2 or len(ring) < 3:
+        raise ValueError(f"a polygon ring of shape {ring.shape}, expected (N >= 3, 2)")
+    ring = ring[:, :2]
+    if not np.isfinite(ring).all() or np.any(np.abs(ring[:, 1]) > 90) or np.any(np.abs(ring[:, 0]) > 180):
+        raise ValueError("a polygon ring with a vertex that is not a WGS84 position")
+    return ring
+
+
 def _read_address_csv(path: Path, radius_m: float, property_name: str) -> AddressTable:
     try:
-        with open(path, newline="") as f:
+        with open(path, newline="", encoding="utf-8") as f:
             rows = list(csv.DictReader(f))
-    except OSError as e:
+    except (OSError, UnicodeDecodeError, csv.Error) as e:
         raise AnnotationError(f"{path}: cannot read ({e})") from None
     points = []
     for line, row in enumerate(rows, start=2):
-        row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items()}
+        row = {(k or "").strip().lower(): (v or "").strip() for k, v in row.items() if isinstance(v, (str, type(None)))}
         try:
-            points.append((float(row["lat"]), float(row["lon"]), row[property_name.lower()]))
+            lat, lon = _position(float(row["lat"]), float(row["lon"]))
+            points.append((lat, lon, row[property_name.lower()]))
         except (KeyError, ValueError) as e:
             raise AnnotationError(f"{path}:{line}: expected columns lat, lon, {property_name} ({e!r})") from None
     return AddressTable(points, (), radius_m)

@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 import json
 import math
 import re
@@ -74,9 +74,7 @@ def retrieve(maps, descriptor: np.ndarray, k: int):
                      if m.keyframe.has_geotag]
     nearest = sorted(nearest, key=lambda c: -c.similarity)[:k]
     farthest = sorted(farthest, key=lambda c: c.similarity)[:k]
-    for rank, c in enumerate(nearest):
-        c.rank = rank
-    return nearest, farthest
+    return [replace(c, rank=rank) for rank, c in enumerate(nearest)], farthest
 
 
 def _unit(lat, lon) -> np.ndarray:
@@ -116,24 +114,43 @@ def retrieval_estimate(nearest, settings: GeolocateSettings) -> GeoEstimate:
                        lat, lon, cov, list(nearest))
 
 
+MAX_ANSWER_CHARS = 20_000  # a coordinate answer is a few dozen characters; the rest of a longer one is not read
+_JSON_OBJECT = re.compile(r"\{[^{}]*\}")
+_NUMBER = re.compile(r"-?\d+(?:\.\d+)?")
+_PAIR_SEPARATOR = re.compile(r"\s*°?\s*[NS]?\s*,\s*")
+
+
 def parse_coordinates(text: str):
     """(lat, lon) from a model's answer: a JSON object with latitude/longitude (or lat/lon/lng), else the first
-    "number, number" pair in range; None when there is none."""
-    for blob in re.findall(r"\{[^{}]*\}", text or ""):
+    "number, number" pair in range; None when there is none. Linear time in the text, of which the first
+    MAX_ANSWER_CHARS characters are read."""
+    text = (text or "")[:MAX_ANSWER_CHARS]
+    for blob in _JSON_OBJECT.findall(text):
         try:
             obj = json.loads(blob)
-        except ValueError:
+        except (ValueError, RecursionError):
+            continue
+        if not isinstance(obj, dict):
             continue
         lat = next((obj[k] for k in ("latitude", "lat") if k in obj), None)
         lon = next((obj[k] for k in ("longitude", "lon", "lng") if k in obj), None)
         try:
             lat, lon = float(lat), float(lon)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             continue
         if abs(lat) <= 90 and abs(lon) <= 180:
             return lat, lon
-    for a, b in re.findall(r"(-?\d+(?:\.\d+)?)\s*°?\s*[NS]?\s*,\s*(-?\d+(?:\.\d+)?)", text or ""):
-        lat, lon = float(a), float(b)
+    # numbers found once each, left to right (each digit run is read once: no backtracking over long runs), and
+    # a pair is two consecutive numbers with only a separator such as ", " or "° N, " between them
+    numbers = list(_NUMBER.finditer(text))
+    for a, b in zip(numbers, numbers[1:]):
+        gap = text[a.end():b.start()]
+        if len(gap) > 32 or not _PAIR_SEPARATOR.fullmatch(gap):
+            continue
+        try:
+            lat, lon = float(a.group()), float(b.group())
+        except (ValueError, OverflowError):
+            continue
         if abs(lat) <= 90 and abs(lon) <= 180:
             return lat, lon
     return None
@@ -193,6 +210,7 @@ class Geolocator:
         except LmmError as e:
             estimate.message = f"model failed ({e}); {estimate.message}"
             return estimate
+        answer = answer[:MAX_ANSWER_CHARS]
         estimate.lmm_answer = answer
         found = parse_coordinates(answer)
         if found is None:

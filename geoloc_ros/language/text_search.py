@@ -5,17 +5,23 @@
 - "fts5": no text tower: SQLite FTS5 (porter stemming, unicode61 tokens, in memory, built once per set of maps)
   over the keyframes' stored address and caption text; the words are OR-ed and ranked by FTS5's bm25, and the
   score is -bm25 / (1 - bm25), in [0, 1), higher is better.
+
+Text over MAX_TEXT_CHARS characters is refused with the reason; a full-text query uses the first MAX_WORDS distinct
+words, so every query costs time linear in its (capped) length.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 import re
 import sqlite3
 
 from geoloc_ros.localization.frames import Candidate
 
 DEFAULT_RESULTS = 5
+MAX_RESULTS = 1000
+MAX_TEXT_CHARS = 2000  # a place description is a sentence or two; longer text is refused, not searched
+MAX_WORDS = 32  # distinct words OR-ed into one full-text query (the first ones, in order)
 
 
 @dataclass
@@ -37,8 +43,12 @@ class TextSearch:
         self._fts = None
 
     def find(self, text: str, max_results: int = 0) -> TextAnswer:
-        k = int(max_results) or DEFAULT_RESULTS
-        text = (text or "").strip()
+        k = min(int(max_results) or DEFAULT_RESULTS, MAX_RESULTS)
+        text = text or ""
+        if len(text) > MAX_TEXT_CHARS:
+            return TextAnswer("", f"text of {len(text)} characters refused: at most {MAX_TEXT_CHARS} are searched",
+                              success=False)
+        text = text.strip()
         if not text:
             return TextAnswer("", "empty text: nothing to look for", success=False)
         if not self.maps:
@@ -59,7 +69,7 @@ class TextSearch:
                                        f" {len(places)} place(s) by cosine similarity to the text embedding", places)
 
     def _text(self, text: str, k: int) -> TextAnswer:
-        words = re.findall(r"\w+", text.lower())
+        words = list(dict.fromkeys(re.findall(r"\w+", text.lower())))[:MAX_WORDS]
         if not words:
             return TextAnswer("fts5", "no words in the text", success=False)
         con = self._index()
@@ -92,9 +102,7 @@ class TextSearch:
 
 def _ranked(candidates, k: int) -> list:
     best = sorted(candidates, key=lambda c: -c.similarity)[:k]
-    for rank, c in enumerate(best):
-        c.rank = rank
-    return best
+    return [replace(c, rank=rank) for rank, c in enumerate(best)]
 
 
 def text_search_for(maps, encoder, checkpoint=None) -> TextSearch:

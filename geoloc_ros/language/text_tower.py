@@ -102,19 +102,24 @@ def load_text_tower(path, encoder) -> TextTower:
     if meta.get("encoder_fingerprint") != encoder.fingerprint:
         raise ValueError(f"{path}: belongs to encoder {meta.get('encoder_fingerprint', '?')[:12]}..., not "
                          f"{encoder.fingerprint[:12]}...")
-    arch = json.loads(meta["arch"])
-    tower = _build_tower(arch)
+    try:
+        arch, dim = json.loads(meta["arch"]), int(meta["dim"])
+        if not isinstance(arch, dict):
+            raise ValueError("arch is not a JSON object")
+        tower = _build_tower(arch)
+    except (KeyError, ValueError, TypeError, AttributeError, RecursionError, RuntimeError) as e:
+        raise ValueError(f"{path}: not a readable text tower header ({type(e).__name__}: {str(e)[:200]})") from None
     proj_state = {k[len("projection."):]: v for k, v in state.items() if k.startswith("projection.")}
     try:
         tower.load_state_dict({k: v for k, v in state.items() if not k.startswith("projection.")})
-    except RuntimeError as e:
-        raise ValueError(f"{path}: tensors do not fit the architecture ({str(e).splitlines()[0]})") from None
-    projection = None
-    if proj_state:
-        weight = proj_state["weight"]
-        projection = torch.nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in proj_state)
-        projection.load_state_dict(proj_state)
-    return TextTower(tower, arch, int(meta["dim"]), projection, path)
+        projection = None
+        if proj_state:
+            weight = proj_state["weight"]
+            projection = torch.nn.Linear(weight.shape[1], weight.shape[0], bias="bias" in proj_state)
+            projection.load_state_dict(proj_state)
+    except (RuntimeError, KeyError, IndexError) as e:
+        raise ValueError(f"{path}: tensors do not fit the architecture ({(str(e).splitlines() or [''])[0]})") from None
+    return TextTower(tower, arch, dim, projection, path)
 
 
 def find_text_tower(encoder, checkpoint=None):

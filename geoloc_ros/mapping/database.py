@@ -64,6 +64,7 @@ class MapDatabase:
         self._text_tower_path = None  # the encoder's text tower, carried beside it (language/text_tower.py)
         self._id_order = None  # argsort of ids, rebuilt lazily after adds
         self.local_features = None  # a mapping.features.LocalFeatureStore when the map keeps local features
+        self.structure = None  # a mapping.structure.MapStructure when keyframes carry camera poses and 3D points
         if self._index.ntotal != len(self) or self._desc.n != len(self):
             raise MapError(f"map {self.name!r}: index has {self._index.ntotal} rows, descriptors {self._desc.n}, "
                            f"keyframes {len(self)}")
@@ -95,6 +96,8 @@ class MapDatabase:
             if required not in files:
                 raise MapError(f"{folder / required}: missing from the manifest")
         parts = (storage.KEYFRAMES, storage.DESCRIPTORS, storage.INDEX)
+        if manifest.get("local_features") is not None:  # read (and verified) once, by features.attach_on_load
+            parts += (storage.LOCAL_FEATURES, storage.CAMERAS)
         storage.verify_files(folder, manifest, skip=parts)
         encoder_path = carried_encoder(folder, files, fingerprint)
         columns = storage.read_keyframes(folder / storage.KEYFRAMES,
@@ -104,6 +107,8 @@ class MapDatabase:
         if descriptors.dtype != np.float32 or descriptors.ndim != 2 or descriptors.shape[1] != dim:
             raise MapError(f"{folder / storage.DESCRIPTORS}: expected float32 (N, {dim}), got {descriptors.dtype} "
                            f"{descriptors.shape}")
+        if not np.isfinite(descriptors).all():
+            raise MapError(f"{folder / storage.DESCRIPTORS}: holds NaN or infinite values")
         index = storage.parse_faiss_index(folder / storage.INDEX,
                                           storage.read_verified(folder, manifest, storage.INDEX))
         if index.d != dim:
@@ -121,6 +126,9 @@ class MapDatabase:
         from geoloc_ros.mapping.features import attach_on_load
 
         attach_on_load(db, folder, manifest)
+        from geoloc_ros.mapping.structure import attach_on_load as attach_structure
+
+        attach_structure(db, folder, manifest)
         return db
 
     # -- identity --------------------------------------------------------------------------------------------
@@ -343,11 +351,15 @@ class MapDatabase:
                 shutil.copyfile(self._text_tower_path, folder / storage.TEXT_TOWER)
         if self.local_features is not None:
             self.local_features.write(folder)
+        if self.structure is not None:
+            self.structure.write(folder)
         (folder / storage.MANIFEST).write_bytes(storage.manifest_bytes(self.manifest(storage.describe_files(folder))))
 
     def manifest(self, files: dict | None = None) -> dict:
         synthetic = self.column("synthetic")
         extra = {"local_features": self.local_features.manifest_entry()} if self.local_features is not None else {}
+        if self.structure is not None:
+            extra["structure"] = self.structure.manifest_entry()
         return {**extra,
             "format": storage.FORMAT,
             "format_version": storage.FORMAT_VERSION,
@@ -391,6 +403,7 @@ class MapDatabase:
         other._text_tower_path = self._text_tower_path
         other.map_id = self.map_id  # the same keyframes, only indexed differently
         other.local_features = self.local_features.copy() if self.local_features is not None else None
+        other.structure = self.structure.copy() if self.structure is not None else None
         other.add(self.descriptors, list(self.keyframes()))
         return other
 

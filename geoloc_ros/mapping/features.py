@@ -1,4 +1,4 @@
-"""Each keyframe's camera model and local features, stored in the map directory (issue 18).
+"""Each keyframe's camera model and local features, stored in the map directory.
 
     MAP/features.npz   uncompressed npz: ids (N,) keyframe ids, offsets (N+1,) into the concatenated arrays
                        keypoints (T, 2) float32 px, descriptors (T, D) uint8, depth (T,) float32 metres (NaN: none),
@@ -9,6 +9,10 @@
 Both are listed with size and sha256 in the manifest (storage.MAP_FILES) and written inside the map's temporary
 directory, so they are replaced atomically with the rest of the map; the manifest's "local_features" entry names
 the detector so verification can refuse a mismatched query.
+
+On load both are checked in full (mapping/storage.parse_npz: stored members only, so nothing inflates past the
+file's size; every array's type, shape and range; descriptor width of the detector; camera indices; keyframe ids
+of the map): a map whose features would fail at run time does not load, and MapError names the file and reason.
 """
 
 from __future__ import annotations
@@ -112,46 +116,113 @@ class LocalFeatureStore:
         (folder / CAMERAS).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
 
     @classmethod
-    def read(cls, folder: Path, entry: dict, keyframe_ids) -> "LocalFeatureStore":
-        """Load and check the two files (their checksums were verified with the rest of the map)."""
-        try:
-            doc = json.loads((folder / CAMERAS).read_text())
-            cameras = [PinholeCamera.from_dict(c) for c in doc["cameras"]]
-            detector, max_kp = doc["detector"], int(doc["max_keypoints"])
-        except (OSError, ValueError, KeyError, TypeError) as e:
-            raise MapError(f"{folder / CAMERAS}: not a camera model file ({e})") from None
+    def read(cls, folder: Path, entry: dict, keyframe_ids, manifest: dict | None = None) -> "LocalFeatureStore":
+        """Load and check the two files: every array's type, shape and range against the others, the cameras and
+        the map's keyframes, so that a map that loads has usable features for every keyframe it lists. With
+        `manifest`, the bytes parsed are those its checksums verified. Raises MapError naming the file."""
+        cameras_path = folder / CAMERAS
+        detector, max_kp, cameras = _read_cameras(cameras_path, _file_bytes(folder, CAMERAS, manifest))
         if detector != entry.get("detector"):
-            raise MapError(f"{folder / CAMERAS}: detector {detector!r}, the manifest says {entry.get('detector')!r}")
+            raise MapError(f"{cameras_path}: detector {detector!r}, the manifest says {entry.get('detector')!r}")
         store = cls(detector, max_kp)
         store._cameras = cameras
-        arrays = _read_arrays(folder / LOCAL_FEATURES)
-        ids, offsets = arrays["ids"], arrays["offsets"]
+        path = folder / LOCAL_FEATURES
+        arrays = _read_arrays(path, _file_bytes(folder, LOCAL_FEATURES, manifest), detector, len(cameras))
+        ids = arrays["ids"]
         unknown = set(ids.tolist()) - set(np.asarray(keyframe_ids).tolist())
-        if unknown or len(offsets) != len(ids) + 1 or len(ids) != int(entry.get("keyframes", -1)):
-            raise MapError(f"{folder / LOCAL_FEATURES}: does not match the map's keyframes "
+        if unknown or len(ids) != entry.get("keyframes", -1):
+            raise MapError(f"{path}: does not match the map's keyframes "
                            f"({len(ids)} entries, {len(unknown)} unknown ids, manifest {entry.get('keyframes')})")
+        offsets = arrays["offsets"]
         for n, kid in enumerate(ids.tolist()):
             a, b = int(offsets[n]), int(offsets[n + 1])
             size = tuple(int(v) for v in arrays["image_size"][n])
-            cam = int(arrays["camera"][n])
-            if cam >= len(cameras):
-                raise MapError(f"{folder / LOCAL_FEATURES}: keyframe {kid} names camera {cam} of {len(cameras)}")
-            feats = Features(arrays["keypoints"][a:b], arrays["descriptors"][a:b], detector,
-                             arrays["depth"][a:b] if arrays["has_depth"][n] else None, size if any(size) else None)
-            store._entries[kid] = (feats, cam)
+            try:
+                feats = Features(arrays["keypoints"][a:b], arrays["descriptors"][a:b], detector,
+                                 arrays["depth"][a:b] if arrays["has_depth"][n] else None, size if any(size) else None)
+            except ValueError as e:
+                raise MapError(f"{path}: keyframe {kid}: {e}") from None
+            store._entries[kid] = (feats, int(arrays["camera"][n]))
         return store
 
 
-def _read_arrays(path: Path) -> dict:
+# Bytes per descriptor of each detector (OpenCV defaults: SIFT 128 values, ORB 256 bits, AKAZE MLDB 486 bits)
+DESCRIPTOR_BYTES = {"sift": 128, "orb": 32, "akaze": 61}
+
+
+def _file_bytes(folder: Path, name: str, manifest: dict | None) -> np.ndarray:
+    from geoloc_ros.mapping.storage import read_verified
+
+    if manifest is not None:
+        return read_verified(folder, manifest, name)
     try:
-        with np.load(path, allow_pickle=False) as z:
-            arrays = {name: z[name] for name in _ARRAYS}
-    except (OSError, ValueError, KeyError) as e:
-        raise MapError(f"{path}: not a readable local feature file ({type(e).__name__}: {e})") from None
-    total = int(arrays["offsets"][-1]) if len(arrays["offsets"]) else -1
-    if not (len(arrays["keypoints"]) == len(arrays["descriptors"]) == len(arrays["depth"]) == total) or \
-            np.any(np.diff(arrays["offsets"]) < 0):
-        raise MapError(f"{path}: array lengths disagree with the offsets (truncated or altered)")
+        return np.fromfile(folder / name, dtype=np.uint8)
+    except OSError as e:
+        raise MapError(f"{folder / name}: cannot read ({e})") from None
+
+
+def _read_cameras(path: Path, raw: np.ndarray):
+    """(detector, max_keypoints, [PinholeCamera]) from cameras.json."""
+    try:
+        doc = json.loads(raw.tobytes().decode("utf-8"))
+        if not isinstance(doc, dict) or not isinstance(doc.get("cameras"), list):
+            raise ValueError("not an object with a 'cameras' list")
+        detector, max_kp = doc.get("detector"), doc.get("max_keypoints")
+        if detector not in DETECTORS:
+            raise ValueError(f"detector {detector!r} is not one of {', '.join(DETECTORS)}")
+        if not isinstance(max_kp, int) or isinstance(max_kp, bool) or max_kp <= 0:
+            raise ValueError(f"max_keypoints {max_kp!r} is not a positive integer")
+        cameras = []
+        for n, c in enumerate(doc["cameras"]):
+            if not isinstance(c, dict):
+                raise ValueError(f"camera {n} is not an object")
+            cameras.append(PinholeCamera.from_dict(c))
+    except (ValueError, TypeError, KeyError, OverflowError, RecursionError) as e:
+        raise MapError(f"{path}: not a camera model file ({type(e).__name__}: {str(e)[:200]})") from None
+    return detector, max_kp, cameras
+
+
+# name -> (numpy kind codes accepted, number of dimensions)
+_ARRAY_TYPES = {"ids": ("iu", 1), "offsets": ("iu", 1), "keypoints": ("f", 2), "descriptors": ("u", 2),
+                "depth": ("f", 1), "has_depth": ("b", 1), "image_size": ("iu", 2), "camera": ("iu", 1)}
+
+
+def _read_arrays(path: Path, raw: np.ndarray, detector: str = "", n_cameras: int | None = None) -> dict:
+    from geoloc_ros.mapping.storage import parse_npz
+
+    arrays = parse_npz(path, raw, _ARRAYS)
+    for name, (kinds, ndim) in _ARRAY_TYPES.items():
+        a = arrays[name]
+        if a.dtype.kind not in kinds or a.ndim != ndim:
+            raise MapError(f"{path}: array {name!r} is {a.dtype} of {a.ndim} dimension(s), expected {ndim} of kind "
+                           f"{kinds!r}")
+    if arrays["descriptors"].dtype != np.uint8:
+        raise MapError(f"{path}: descriptors are {arrays['descriptors'].dtype}, expected uint8")
+    for name in ("ids", "offsets", "image_size", "camera"):  # unsigned values past int64 turn negative: refused below
+        arrays[name] = arrays[name].astype(np.int64)
+    ids, offsets = arrays["ids"], arrays["offsets"]
+    n, total = len(ids), len(arrays["keypoints"])
+    if len(offsets) != n + 1 or offsets[0] != 0 or int(offsets[-1]) != total or np.any(np.diff(offsets) < 0):
+        raise MapError(f"{path}: offsets do not cut {total} keypoints into {n} keyframes (truncated or altered)")
+    if len(np.unique(ids)) != n:
+        raise MapError(f"{path}: keyframe ids repeat")
+    for name, want in (("descriptors", total), ("depth", total), ("has_depth", n), ("image_size", n), ("camera", n)):
+        if len(arrays[name]) != want:
+            raise MapError(f"{path}: array {name!r} has {len(arrays[name])} rows, expected {want}")
+    if arrays["keypoints"].shape[1] != 2 or arrays["image_size"].shape[1] != 2:
+        raise MapError(f"{path}: keypoints and image_size must have 2 columns")
+    width = arrays["descriptors"].shape[1]
+    if detector and total and width != DESCRIPTOR_BYTES[detector]:
+        raise MapError(f"{path}: descriptors are {width} bytes wide; {detector} descriptors are "
+                       f"{DESCRIPTOR_BYTES[detector]}")
+    if not np.isfinite(arrays["keypoints"].astype(np.float32)).all():
+        raise MapError(f"{path}: keypoints are not all finite")
+    if np.any(arrays["image_size"] < 0) or np.any(arrays["image_size"] > 1 << 20):
+        raise MapError(f"{path}: image sizes out of range")
+    camera = arrays["camera"]
+    if n_cameras is not None and np.any((camera < -1) | (camera >= n_cameras)):
+        bad = int(camera[(camera < -1) | (camera >= n_cameras)][0])
+        raise MapError(f"{path}: a keyframe names camera {bad} of {n_cameras}")
     return arrays
 
 
@@ -160,10 +231,13 @@ def attach_on_load(db, folder: Path, manifest: dict) -> None:
     entry = manifest.get("local_features")
     if entry is None:
         return
+    if not isinstance(entry, dict) or not isinstance(entry.get("keyframes"), int):
+        raise MapError(f"{folder / 'manifest.json'}: field 'local_features' must be an object with 'detector' and "
+                       f"'keyframes', got {entry!r}")
     for name in (LOCAL_FEATURES, CAMERAS):
         if name not in manifest.get("files", {}):
             raise MapError(f"{folder / name}: missing from the manifest (its local_features entry needs it)")
-    db.local_features = LocalFeatureStore.read(folder, entry, db.column("id"))
+    db.local_features = LocalFeatureStore.read(folder, entry, db.column("id"), manifest)
 
 
 def merged_store(maps, new_ids) -> LocalFeatureStore | None:

@@ -49,35 +49,77 @@ def _to_sql(column, value):
 
 def read_keyframes(path: Path, data=None) -> dict:
     """name -> numpy column (floats with NaN for NULL; label/source as object arrays), in row order. `data`: the
-    file's bytes already read (and verified), parsed in memory instead of reading `path` again."""
+    file's bytes already read (and verified), parsed in memory instead of reading `path` again. Every value is
+    checked (a table, not a view; no generated columns; integers, finite-or-NULL reals, text) and a file that is
+    not such a table is refused with MapError naming it and the reason."""
     if data is None:
         con = sqlite3.connect(f"file:{path}?mode=ro&immutable=1", uri=True)
+        size = Path(path).stat().st_size if Path(path).is_file() else 0
     else:
         con = sqlite3.connect(":memory:")
+        size = len(data)
+    # what a crafted file could ask of SQLite is bounded: no value larger than the file, a step budget per query
+    con.setlimit(sqlite3.SQLITE_LIMIT_LENGTH, max(size, 1 << 16))
+    steps = [0]
+
+    def budget():
+        steps[0] += 1
+        return steps[0] > 1000 + size // 8  # 1000 steps per call: far more than a table scan of this file needs
+
+    con.set_progress_handler(budget, 1000)
     try:
         if data is not None:
+            if len(data) == 0:
+                raise MapError(f"{path}: empty")
             con.deserialize(bytes(data))
-        present = {r[1] for r in con.execute("PRAGMA table_info(keyframes)")}
+        kind = con.execute("SELECT type FROM sqlite_master WHERE name = 'keyframes'").fetchone()
+        if kind is None or kind[0] != "table":
+            raise MapError(f"{path}: no keyframes table")
+        info = con.execute("PRAGMA table_xinfo(keyframes)").fetchall()
+        if any(r[6] != 0 for r in info):
+            raise MapError(f"{path}: the keyframes table has generated or hidden columns")
+        present = {r[1] for r in info}
+        missing = [c for c in ("row",) + KEYFRAME_FIELDS if c not in present and c not in TEXT_FIELDS]
+        if missing:
+            raise MapError(f"{path}: the keyframes table has no column {', '.join(missing)}")
         # maps written before the text columns existed have none: they read as '' (docs/language.md)
         selected = [c if c in present or c not in TEXT_FIELDS else "''" for c in KEYFRAME_FIELDS]
         cur = con.execute(f"SELECT row, {', '.join(selected)} FROM keyframes ORDER BY row")
         data = cur.fetchall()
-    except sqlite3.DatabaseError as e:
-        raise MapError(f"{path}: not a readable keyframe database ({e})") from None
+    except (sqlite3.Error, MemoryError, ValueError) as e:  # ValueError: text that is not UTF-8
+        raise MapError(f"{path}: not a readable keyframe database ({type(e).__name__}: {e})") from None
     finally:
         con.close()
-    rows = np.array([r[0] for r in data], dtype=np.int64)
-    if not np.array_equal(rows, np.arange(len(rows))):
+    try:
+        return _columns(path, data)
+    except (ValueError, TypeError, OverflowError) as e:
+        raise MapError(f"{path}: a keyframe value of the wrong type ({type(e).__name__}: {str(e)[:200]})") from None
+
+
+def _columns(path: Path, data: list) -> dict:
+    rows = [r[0] for r in data]
+    if not all(type(r) is int for r in rows) or rows != list(range(len(rows))):
         raise MapError(f"{path}: keyframe rows are not 0..N-1")
     cols = {}
     for j, name in enumerate(KEYFRAME_FIELDS, start=1):
         values = [r[j] for r in data]
         if name in FLOAT_FIELDS:
+            if not all(v is None or type(v) in (int, float) for v in values):
+                raise MapError(f"{path}: column {name} holds values that are not numbers")
             cols[name] = np.array([math.nan if v is None else v for v in values], dtype=np.float64)
-        elif name in ("id", "stamp_ns"):
-            cols[name] = np.array(values, dtype=np.int64)
-        elif name == "synthetic":
-            cols[name] = np.array(values, dtype=bool)
+            if np.isinf(cols[name]).any():
+                raise MapError(f"{path}: column {name} holds infinite values")
+        elif name in ("id", "stamp_ns", "synthetic"):
+            if not all(type(v) is int for v in values):
+                raise MapError(f"{path}: column {name} holds values that are not integers")
+            cols[name] = np.array(values, dtype=bool if name == "synthetic" else np.int64)
         else:
-            cols[name] = np.array(values, dtype=object)
+            if not all(v is None or type(v) is str for v in values):
+                raise MapError(f"{path}: column {name} holds values that are not text")
+            cols[name] = np.array(["" if v is None else v for v in values], dtype=object).reshape(len(values))
+    lat, lon = cols["lat"], cols["lon"]
+    if np.any(np.abs(lat) > 90) or np.any(np.abs(lon) > 180):
+        raise MapError(f"{path}: a latitude or longitude out of range")
+    if len(np.unique(cols["id"])) != len(rows) or np.any(cols["id"] < 0):
+        raise MapError(f"{path}: keyframe ids repeat or are negative")
     return cols

@@ -8,6 +8,7 @@
     MAP/encoder.safetensors  optional: the encoder checkpoint the map was built with
     MAP/features.npz, MAP/cameras.json  optional: keyframes' local features and camera models (mapping/features.py)
     MAP/text_tower.safetensors  optional: the encoder's CLIP text tower (language/text_tower.py)
+    MAP/structure.npz        optional: keyframes' camera poses and 3D points (mapping/structure.py)
 
 A map is written into a temporary sibling directory, every file and the directory are fsynced, and the
 directory is then renamed over the old one (swapped atomically where the kernel offers renameat2), so a crash
@@ -19,7 +20,9 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import hashlib
+import io
 import json
+import math
 import os
 from pathlib import Path
 import shutil
@@ -40,6 +43,7 @@ ENCODER = "encoder.safetensors"
 LOCAL_FEATURES = "features.npz"  # optional: per-keyframe local features (mapping/features.py)
 CAMERAS = "cameras.json"  # optional: the keyframes' camera models (mapping/features.py)
 TEXT_TOWER = "text_tower.safetensors"  # optional: the encoder's CLIP text tower (language/text_tower.py)
+STRUCTURE = "structure.npz"  # optional: keyframes' camera poses and 3D points (mapping/structure.py)
 _SELF_CHECKSUM = "manifest_sha256"
 
 
@@ -197,6 +201,7 @@ def parse_faiss_index(path: Path, raw: np.ndarray):
     the peak of a load)."""
     import faiss
 
+    _check_flat_layout(path, raw)
     view, pos = memoryview(raw), 0
 
     def read(n: int) -> bytes:
@@ -206,28 +211,115 @@ def parse_faiss_index(path: Path, raw: np.ndarray):
         return chunk
 
     try:
-        return faiss.read_index(faiss.PyCallbackIOReader(read))
-    except RuntimeError as e:
-        raise MapError(f"{path}: not a readable FAISS index ({str(e).splitlines()[0]})") from None
+        index = faiss.read_index(faiss.PyCallbackIOReader(read))
+    except (RuntimeError, MemoryError, ValueError, TypeError) as e:  # FAISS's C++ exceptions arrive as these
+        raise MapError(f"{path}: not a readable FAISS index ({(str(e).splitlines() or [''])[0][:200]})") from None
+    if pos != raw.size:
+        raise MapError(f"{path}: {raw.size - pos} bytes after the end of the FAISS index (altered)")
+    if index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise MapError(f"{path}: the FAISS index does not use the inner product metric")
+    return index
+
+
+def _check_flat_layout(path: Path, raw: np.ndarray) -> None:
+    """A flat index (the default "Flat" factory) is checked byte for byte before FAISS reads it: FAISS sizes its
+    buffers from counts in the file, so a crafted count would have it allocate (and zero) far more than the file
+    holds. Header: fourcc, d (int32), ntotal, two int64s, is_trained (uint8), metric (int32, + float argument
+    for metrics > 1), then the float count of the codes (uint64) and the codes."""
+    head = raw[:64].tobytes()
+    if head[:4] not in (b"IxFI", b"IxF2") or len(head) < 45:
+        return  # other index kinds: FAISS's own checks (counts below 2^40)
+    d = int.from_bytes(head[4:8], "little", signed=True)
+    ntotal = int.from_bytes(head[8:16], "little", signed=True)
+    metric = int.from_bytes(head[33:37], "little", signed=True)
+    at = 37 + (4 if metric > 1 else 0)
+    floats = int.from_bytes(head[at:at + 8], "little")
+    if d <= 0 or ntotal < 0 or floats != d * ntotal or raw.size != at + 8 + 4 * floats:
+        raise MapError(f"{path}: a flat FAISS index whose header (d {d}, ntotal {ntotal}, {floats} floats) does not "
+                       f"describe its {raw.size} bytes (truncated or altered)")
 
 
 def parse_npy(path: Path, raw: np.ndarray) -> np.ndarray:
-    """A .npy file held in memory (`raw`, uint8) -> its array, a view of `raw` (no second copy)."""
-    import io
-
+    """A .npy file held in memory (`raw`, uint8) -> its array, a view of `raw` (no second copy). The header's
+    shape and type must describe exactly the bytes that follow it."""
     fp = io.BytesIO(raw[:4096].tobytes())
     try:
         version = np.lib.format.read_magic(fp)
         reader = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
         shape, fortran, dtype = reader(fp)
-    except ValueError as e:
-        raise MapError(f"{path}: not a readable .npy array ({e})") from None
-    if fortran or dtype.hasobject:
-        raise MapError(f"{path}: not a C-ordered numeric .npy array")
+    except Exception as e:  # noqa: BLE001 - numpy's header parser raises ValueError, SyntaxError, TokenError...
+        raise MapError(f"{path}: not a readable .npy array ({type(e).__name__}: {str(e)[:200]})") from None
+    if fortran or dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None or dtype.itemsize == 0:
+        raise MapError(f"{path}: not a C-ordered plain numeric .npy array ({dtype})")
+    if not all(isinstance(d, int) and d >= 0 for d in shape):
+        raise MapError(f"{path}: bad array shape {shape}")
     body = raw[fp.tell():]
-    if body.size != int(np.prod(shape)) * dtype.itemsize:
+    if body.size != math.prod(shape) * dtype.itemsize:  # Python integers: a crafted shape cannot overflow
         raise MapError(f"{path}: {body.size} data bytes for an array of shape {shape} {dtype}")
     return body.view(dtype).reshape(shape)
+
+
+def parse_npz(path: Path, raw: np.ndarray, names) -> dict:
+    """An uncompressed .npz held in memory (`raw`, uint8) -> {name: array} for `names`, every one required (the
+    archive is read in place, each array copied out once). Members must be stored, not compressed (numpy's
+    `savez` stores them), so nothing is inflated beyond the file's own size, and each member's CRC is checked.
+    Raises MapError naming the file."""
+    import zipfile
+    import zlib
+
+    try:
+        with zipfile.ZipFile(_ArrayFile(raw)) as z:
+            members = {info.filename: info for info in z.infolist()}
+    except Exception as e:  # noqa: BLE001 - zipfile raises many types for damaged archives (BadZipFile, EOFError...)
+        raise MapError(f"{path}: not a readable .npz archive ({type(e).__name__}: {str(e)[:200]})") from None
+    out = {}
+    for name in names:
+        info = members.get(f"{name}.npy")
+        if info is None:
+            raise MapError(f"{path}: no array {name!r} (it holds {sorted(members)[:10]})")
+        where = Path(f"{path}:{info.filename}")
+        if info.compress_type != zipfile.ZIP_STORED or info.file_size != info.compress_size:
+            raise MapError(f"{where}: compressed ({info.compress_size} bytes that inflate to {info.file_size}); "
+                           f"only stored members are read")
+        local = raw[info.header_offset:info.header_offset + 30].tobytes()
+        if len(local) < 30 or local[:4] != b"PK\x03\x04":
+            raise MapError(f"{where}: no local header where the directory says")
+        start = info.header_offset + 30 + int.from_bytes(local[26:28], "little") + \
+            int.from_bytes(local[28:30], "little")
+        if start + info.file_size > raw.size:
+            raise MapError(f"{where}: {info.file_size} bytes past the end of the file")
+        member = raw[start:start + info.file_size]
+        if zlib.crc32(member) != info.CRC:
+            raise MapError(f"{where}: CRC mismatch (altered)")
+        out[name] = parse_npy(where, member).copy()  # aligned arrays of their own (members start at any byte)
+    return out
+
+
+class _ArrayFile(io.RawIOBase):
+    """A read-only, seekable file over a uint8 array, for zipfile to read the archive directory without a copy."""
+
+    def __init__(self, raw: np.ndarray):
+        self._view, self._pos = memoryview(raw).cast("B"), 0
+
+    def readable(self):
+        return True
+
+    def seekable(self):
+        return True
+
+    def tell(self):
+        return self._pos
+
+    def seek(self, offset, whence=io.SEEK_SET):
+        base = {io.SEEK_SET: 0, io.SEEK_CUR: self._pos, io.SEEK_END: len(self._view)}[whence]
+        self._pos = max(base + offset, 0)
+        return self._pos
+
+    def readinto(self, buffer):
+        chunk = self._view[self._pos:self._pos + len(buffer)]
+        buffer[:len(chunk)] = chunk
+        self._pos += len(chunk)
+        return len(chunk)
 
 
 def describe_files(folder: Path) -> dict:
@@ -300,7 +392,7 @@ def _renameat2_exchange(a: Path, b: Path) -> bool:
     return False  # e.g. EINVAL on filesystems without exchange support: fall back
 
 
-MAP_FILES = (MANIFEST, KEYFRAMES, DESCRIPTORS, INDEX, ENCODER, LOCAL_FEATURES, CAMERAS, TEXT_TOWER)
+MAP_FILES = (MANIFEST, KEYFRAMES, DESCRIPTORS, INDEX, ENCODER, LOCAL_FEATURES, CAMERAS, TEXT_TOWER, STRUCTURE)
 
 
 def carry_over_extras(old: Path, tmp: Path) -> None:

@@ -111,9 +111,14 @@ def read_safetensors_metadata(file) -> dict:
             header = json.loads(f.read(n))
         if not isinstance(header, dict):
             raise ValueError("the header is not a JSON object")
+        meta = header.get("__metadata__") or {}
+        if not isinstance(meta, dict) or not all(isinstance(v, str) for v in meta.values()):
+            raise ValueError("__metadata__ is not an object of strings")
     except (OSError, ValueError) as e:  # JSON and UTF-8 decoding errors are ValueErrors
         raise CheckpointError(f"{file}: not a readable safetensors file ({e})") from None
-    return dict(header.get("__metadata__") or {})
+    except RecursionError:
+        raise CheckpointError(f"{file}: not a readable safetensors file (its header is nested too deeply)") from None
+    return dict(meta)
 
 
 def read_header(path) -> dict:
@@ -122,7 +127,11 @@ def read_header(path) -> dict:
     meta = read_safetensors_metadata(file)
     for k in ("arch", "preprocess", "training"):
         if k in meta:
-            meta[k] = json.loads(meta[k])
+            try:
+                meta[k] = json.loads(meta[k])
+            except (ValueError, RecursionError) as e:
+                raise CheckpointError(f"{file}: header field {k!r} is not readable JSON "
+                                      f"({type(e).__name__}: {str(e)[:200]})") from None
     return meta
 
 

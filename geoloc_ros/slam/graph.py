@@ -20,6 +20,8 @@ from geoloc_ros.slam.history import OdometryHistory
 
 # geoloc_msgs/PlaceCandidate.RELATIVE_POSE_* (kept as numbers so the core needs no ROS).
 KIND_NONE, KIND_DIRECTION, KIND_METRIC = 0, 1, 2
+# A keyframe camera's optical frame in its body frame (x forward, y left, z up): REP-103's optical rotation
+BODY_TO_OPTICAL = gtsam.Pose3(gtsam.Rot3.Quaternion(0.5, -0.5, 0.5, -0.5), np.zeros(3))
 # The first pose's prior fixes the gauge: tight until absolute factors place the trajectory (a looser one
 # makes the system too poorly conditioned for iSAM2), then loose in position and heading so they decide, and
 # tight in tilt because odom frames are gravity-aligned (REP-105). Sigmas in GTSAM order (rx ry rz x y z).
@@ -103,6 +105,7 @@ class PoseGraph:
         self.node_odom: list[gtsam.Pose3] = []
         self.edges: list[Edge] = []
         self.absolute_factors = 0
+        self.pose_priors = 0  # of which full 6-DoF priors (metric prior-map closures)
         self.aligned = False  # True once absolute factors hold the trajectory in the map frame
         self._factors = gtsam.NonlinearFactorGraph()  # every committed factor but the gauge prior
         self._gauge = None  # the prior on X(0) in force
@@ -116,11 +119,13 @@ class PoseGraph:
         self._last_odometry = None  # (stamp_ns, received pose, corrected pose) of the last message taken
         self.counts = Counter()  # what the graph handled on its own (jumps, expiries, recoveries), for diagnostics
         self._unaligned: list[tuple[int, np.ndarray, np.ndarray]] = []  # (node, position, cov) before aligning
-        self.accepted = 0
-        self.rejected = 0
+        self.closures_accepted = 0  # loop closures that became factors
+        self.closures_rejected = 0  # ... refused: gate, no odometry at a stamp, timed out
+        self.absolute_rejected = 0  # absolute positions refused: gate, no pose, alignment outlier, timed out
         self.last_optimise_ms = float("nan")
         self.last_error = ""  # the last failure the graph recovered from or refused, for diagnostics
-        self._pending: list[tuple[float, int, callable]] = []  # (steady deadline, stamp_ns it waits for, retry)
+        # (steady deadline, stamp_ns it waits for, retry, is a closure)
+        self._pending: list[tuple[float, int, callable, bool]] = []
         self._estimate = None
 
     def __len__(self) -> int:
@@ -227,25 +232,31 @@ class PoseGraph:
         last = self.history.last_stamp
         return last is None or stamp_ns > last
 
-    def _defer(self, stamp_ns: int, retry) -> str:
+    def _defer(self, stamp_ns: int, retry, closure: bool) -> str:
         """Hold a measurement until odometry passes its stamp: at most pending_timeout_s on the steady clock
         (which no message stamp can stall) and max_pending of them (the oldest dropped), each drop counted."""
         self._expire_pending()
         while self._pending and len(self._pending) >= self.settings.max_pending:
-            self._pending.pop(0)
-            self.rejected += 1
+            self._count_rejected(self._pending.pop(0)[3])
             self.counts["pending_dropped"] += 1
-        self._pending.append((time.monotonic() + self.settings.pending_timeout_s, stamp_ns, retry))
+        self._pending.append((time.monotonic() + self.settings.pending_timeout_s, stamp_ns, retry, closure))
         return Verdict.PENDING
 
     def _expire_pending(self):
         now = time.monotonic()
         kept = [p for p in self._pending if p[0] >= now]
-        expired = len(self._pending) - len(kept)
+        expired = [p for p in self._pending if p[0] < now]
         if expired:
             self._pending = kept
-            self.rejected += expired
-            self.counts["pending_expired"] += expired
+            for p in expired:
+                self._count_rejected(p[3])
+            self.counts["pending_expired"] += len(expired)
+
+    def _count_rejected(self, closure: bool):
+        if closure:
+            self.closures_rejected += 1
+        else:
+            self.absolute_rejected += 1
 
     @property
     def pending(self) -> int:
@@ -257,11 +268,11 @@ class PoseGraph:
         if not waiting:
             return
         self._pending = [p for p in self._pending if p[1] > now_ns]
-        for _, _, retry in waiting:
+        for _, _, retry, closure in waiting:
             try:
                 retry()
             except (ValueError, RuntimeError) as e:  # the odometry that triggered it is recorded all the same
-                self.rejected += 1
+                self._count_rejected(closure)
                 self.counts["pending_failed"] += 1
                 self.last_error = f"pending measurement: {e}"
 
@@ -278,10 +289,10 @@ class PoseGraph:
         query_stamp_ns, keyframe_stamp_ns = int(query_stamp_ns), int(keyframe_stamp_ns)
         if self._waits_for_odometry(query_stamp_ns):
             return self._defer(query_stamp_ns, lambda: self.add_session_closure(
-                query_stamp_ns, keyframe_stamp_ns, relative_pose, covariance, kind))
+                query_stamp_ns, keyframe_stamp_ns, relative_pose, covariance, kind), closure=True)
         query, keyframe = self.locate(query_stamp_ns), self.locate(keyframe_stamp_ns)
         if query is None or keyframe is None:
-            self.rejected += 1
+            self.closures_rejected += 1
             return Verdict.NO_POSE
         (a, d_a), (b, d_b) = query, keyframe
         if a == b:
@@ -293,7 +304,7 @@ class PoseGraph:
         cov = noise.transform_covariance(d_a, noise.transform_covariance(e, cov_cam))
         cov = noise.floored(cov, [CLOSURE_FLOOR_SIGMA_RAD ** 2] * 3 + [CLOSURE_FLOOR_SIGMA_M ** 2] * 3)
         if not self._gate_between(X(b), X(a), measured, cov):
-            self.rejected += 1
+            self.closures_rejected += 1
             return Verdict.REJECTED
         s = self.settings
         graph = gtsam.NonlinearFactorGraph()
@@ -302,7 +313,7 @@ class PoseGraph:
         self.edges.append(Edge(X(b), X(a), measured, cov, "closure"))
         self._edges_committed = len(self.edges)
         self._closure_count += 1
-        self.accepted += 1
+        self.closures_accepted += 1
         return Verdict.ACCEPTED
 
     def _camera_measurement(self, relative_pose: gtsam.Pose3, covariance, kind: int):
@@ -347,10 +358,11 @@ class PoseGraph:
         covariance3 = noise.floored(noise.checked_covariance(covariance3, 3, "position"),
                                     [CLOSURE_FLOOR_SIGMA_M ** 2] * 3)
         if self._waits_for_odometry(stamp_ns):
-            return self._defer(stamp_ns, lambda: self.add_absolute(stamp_ns, position, covariance3))
+            return self._defer(stamp_ns, lambda: self.add_absolute(stamp_ns, position, covariance3),
+                               closure=False)
         where = self.locate(stamp_ns)
         if where is None:
-            self.rejected += 1
+            self.absolute_rejected += 1
             return Verdict.NO_POSE
         i, offset = where
         cov = np.asarray(covariance3, float).reshape(3, 3)
@@ -360,18 +372,60 @@ class PoseGraph:
         if not self.aligned:
             if len(self._unaligned) >= MAX_UNALIGNED:
                 self._unaligned.pop(0)
-                self.rejected += 1
+                self.absolute_rejected += 1
                 self.counts["unaligned_dropped"] += 1
             self._unaligned.append((i, target, cov))
             return Verdict.ACCEPTED if self._try_align() else Verdict.PENDING
         if not self._gate_position(X(i), node, target, cov):
-            self.rejected += 1
+            self.absolute_rejected += 1
             return Verdict.REJECTED
         graph = gtsam.NonlinearFactorGraph()
         self._add_absolute_factor(graph, i, target, cov)
         self._commit(graph, gtsam.Values(), iterations=self.settings.relinearize_iterations)
         self.absolute_factors += 1
-        self.accepted += 1
+        return Verdict.ACCEPTED
+
+    def add_prior_map_pose(self, stamp_ns: int, keyframe_pose: gtsam.Pose3, relative_pose: gtsam.Pose3,
+                           covariance) -> str:
+        """A prior-map candidate with a metric relative pose: `keyframe_pose` is the keyframe camera's body pose in
+        the map frame (x forward, y left, z up at the camera centre, as maps with 3D structure store keyframes),
+        `relative_pose` the query camera in the keyframe camera's optical frame with its ROS-ordered covariance.
+        The robot's full pose at `stamp_ns` becomes a robust gtsam.PriorFactorPose3 with that covariance; before
+        the trajectory is aligned to the map frame its position alone goes to `add_absolute`, with the prior map's
+        position covariance (the alignment's inlier test is against drifted odometry)."""
+        stamp_ns = int(stamp_ns)
+        noise.checked_pose(keyframe_pose, "keyframe pose")
+        noise.checked_pose(relative_pose, "relative pose")
+        if not noise.is_unset(covariance):
+            noise.checked_covariance(covariance, 6, "relative pose")
+        if self._waits_for_odometry(stamp_ns):
+            return self._defer(stamp_ns, lambda: self.add_prior_map_pose(stamp_ns, keyframe_pose, relative_pose,
+                                                                         covariance), closure=False)
+        t_cam, cov_cam = self._camera_measurement(relative_pose, covariance, KIND_METRIC)
+        e = self.settings.base_to_camera
+        map_from_base = keyframe_pose.compose(BODY_TO_OPTICAL).compose(t_cam).compose(e.inverse())
+        cov = noise.floored(noise.transform_covariance(e, cov_cam),
+                            [CLOSURE_FLOOR_SIGMA_RAD ** 2] * 3 + [CLOSURE_FLOOR_SIGMA_M ** 2] * 3)
+        if not self.aligned:  # the alignment is a coarse fit against drifted odometry: a place's sigma
+            return self.add_absolute(stamp_ns, map_from_base.translation(), self.prior_map_covariance())
+        where = self.locate(stamp_ns)
+        if where is None:
+            self.absolute_rejected += 1
+            return Verdict.NO_POSE
+        i, offset = where
+        target = map_from_base.compose(offset.inverse())  # node i's pose; the stamp lies `offset` beyond it
+        cov = noise.transform_covariance(offset, cov)
+        rot = target.rotation().matrix()
+        if not self._gate_position(X(i), self.isam.calculateEstimatePose3(X(i)), target.translation(),
+                                   rot @ cov[3:, 3:] @ rot.T):
+            self.absolute_rejected += 1
+            return Verdict.REJECTED
+        s = self.settings
+        graph = gtsam.NonlinearFactorGraph()
+        graph.add(gtsam.PriorFactorPose3(X(i), target, noise.robust(s.robust_kernel, s.robust_k, cov)))
+        self._commit(graph, gtsam.Values(), iterations=s.relinearize_iterations)
+        self.absolute_factors += 1
+        self.pose_priors += 1
         return Verdict.ACCEPTED
 
     def _add_absolute_factor(self, graph, i, target, cov):
@@ -404,8 +458,7 @@ class PoseGraph:
         inliers = [m for m, k in zip(self._unaligned, keep) if k]
         self._rebuild(gtsam.Pose3(gtsam.Rot3.Yaw(yaw), np.array([trans[0], trans[1], 0.0])), inliers)
         self.absolute_factors += len(inliers)
-        self.accepted += len(inliers)
-        self.rejected += int((~keep).sum())
+        self.absolute_rejected += int((~keep).sum())
         self._unaligned = []
         return True
 
