@@ -18,6 +18,15 @@ _ROS_OF_GTSAM = [3, 4, 5, 0, 1, 2]
 # Base -> optical camera (REP-103): camera z forward = base x, camera x right = base -y, camera y down = base -z.
 OPTICAL_ROTATION = np.array([[0.0, 0.0, 1.0], [-1.0, 0.0, 0.0], [0.0, -1.0, 0.0]])
 
+# Positions farther than this from their frame's origin are refused: no odom or map frame is that large, and
+# composing poses near float64's limits gives infinities.
+MAX_COORDINATE_M = 1e8
+# A quaternion's norm may differ from 1 by this much (float32 rounding, typed-in values); more is not a rotation.
+QUATERNION_TOLERANCE = 0.01
+# A rotation sigma beyond pi says the rotation is unknown; larger ones are capped there so the factor stays
+# well conditioned (drivers write 1e6 or more on axes they do not measure).
+MAX_SIGMA_RAD = math.pi
+
 
 def ros_to_gtsam_covariance(cov) -> np.ndarray:
     """6x6 covariance in GTSAM's tangent order from a row-major 36-element (or 6x6) ROS covariance."""
@@ -26,16 +35,68 @@ def ros_to_gtsam_covariance(cov) -> np.ndarray:
 
 
 def is_unset(cov) -> bool:
-    """A covariance a driver left empty (all zeros) or filled with non-finite values."""
+    """A covariance a driver left empty (all zeros)."""
+    return not np.any(np.asarray(cov, dtype=float))
+
+
+def checked_covariance(cov, n: int, what: str) -> np.ndarray:
+    """The n x n covariance `cov` (n*n values, row-major), or ValueError naming `what` when it is not finite,
+    symmetric and positive semi-definite: such a matrix is no covariance, and a negative one would turn a
+    chi-square gate's statistic negative."""
     c = np.asarray(cov, dtype=float)
-    return not np.all(np.isfinite(c)) or not np.any(c)
+    if c.size != n * n:
+        raise ValueError(f"{what} covariance has {c.size} values, expected {n * n}")
+    c = c.reshape(n, n)
+    if not np.all(np.isfinite(c)):
+        raise ValueError(f"{what} covariance has non-finite values")
+    scale = float(np.abs(c).max())
+    if np.abs(c - c.T).max() > 1e-6 * scale:
+        raise ValueError(f"{what} covariance is not symmetric")
+    w = np.linalg.eigvalsh(0.5 * (c + c.T))
+    if w[0] < -1e-9 * max(float(w[-1]), 0.0) or (scale > 0.0 and w[-1] <= 0.0):
+        raise ValueError(f"{what} covariance is not positive semi-definite (smallest eigenvalue {w[0]:.3g})")
+    return 0.5 * (c + c.T)
+
+
+def floored(cov: np.ndarray, floor_variances) -> np.ndarray:
+    """`cov` (positive semi-definite) plus the floor variances on its diagonal: positive definite, so a factor
+    never claims more certainty than the floor on any axis, and never becomes singular."""
+    return np.asarray(cov, float) + np.diag(np.asarray(floor_variances, float))
+
+
+def capped_rotation(cov6: np.ndarray) -> np.ndarray:
+    """A GTSAM-ordered 6x6 covariance with each rotation sigma capped at MAX_SIGMA_RAD (rows and columns scaled,
+    so the correlations and positive definiteness are kept)."""
+    scale = np.ones(6)
+    for k in range(3):
+        if cov6[k, k] > MAX_SIGMA_RAD ** 2:
+            scale[k] = MAX_SIGMA_RAD / math.sqrt(cov6[k, k])
+    return cov6 * np.outer(scale, scale)
+
+
+def checked_position(xyz, what: str) -> np.ndarray:
+    """Three finite coordinates within MAX_COORDINATE_M of the origin, or ValueError."""
+    p = np.asarray(xyz, dtype=float).reshape(-1)
+    if p.size != 3 or not np.all(np.isfinite(p)) or float(np.abs(p).max()) > MAX_COORDINATE_M:
+        raise ValueError(f"{what} {p.tolist()} is not a finite position within {MAX_COORDINATE_M:g} m of the origin")
+    return p
+
+
+def checked_pose(pose: gtsam.Pose3, what: str) -> gtsam.Pose3:
+    """`pose` when its translation is a checked position and its rotation matrix finite, else ValueError."""
+    checked_position(pose.translation(), what)
+    if not np.all(np.isfinite(pose.rotation().matrix())):
+        raise ValueError(f"{what} has a non-finite rotation")
+    return pose
 
 
 def pose_from_xyz_quat(x, y, z, qx, qy, qz, qw) -> gtsam.Pose3:
+    """A Pose3 from a position and a unit quaternion (norm within QUATERNION_TOLERANCE of 1), else ValueError."""
     norm = math.sqrt(qx * qx + qy * qy + qz * qz + qw * qw)
-    if not math.isfinite(norm) or norm < 1e-9:
-        raise ValueError(f"quaternion ({qx}, {qy}, {qz}, {qw}) is not a rotation")
-    return gtsam.Pose3(gtsam.Rot3.Quaternion(qw / norm, qx / norm, qy / norm, qz / norm), np.array([x, y, z], float))
+    if not math.isfinite(norm) or abs(norm - 1.0) > QUATERNION_TOLERANCE:
+        raise ValueError(f"quaternion ({qx}, {qy}, {qz}, {qw}) is not a unit quaternion (norm {norm:.6g})")
+    position = checked_position([x, y, z], "position")
+    return gtsam.Pose3(gtsam.Rot3.Quaternion(qw / norm, qx / norm, qy / norm, qz / norm), position)
 
 
 def pose_from_msg(pose) -> gtsam.Pose3:
@@ -82,16 +143,18 @@ class OdometryNoise:
 
 
 def odometry_covariance(step: gtsam.Pose3, orientation: gtsam.Rot3, message_cov, defaults: OdometryNoise) -> np.ndarray:
-    """Between-factor covariance of one odometry step: the message's pose covariance read as the step's
-    uncertainty (given in the odom frame, so rotated into the frame of the pose at `orientation`), or the
-    default when it is unset."""
-    if is_unset(message_cov):
+    """Between-factor covariance of one odometry step: the message's pose covariance (checked: finite, symmetric,
+    positive semi-definite) read as the step's uncertainty (given in the odom frame, so rotated into the frame of
+    the pose at `orientation`), rotation sigmas capped at MAX_SIGMA_RAD, plus the floor variances; or the default
+    when it is unset (None or all zero)."""
+    if message_cov is None or is_unset(message_cov):
         return defaults.covariance(step)
     rt = orientation.matrix().T
     block = np.zeros((6, 6))
     block[:3, :3], block[3:, 3:] = rt, rt
-    out = block @ ros_to_gtsam_covariance(message_cov) @ block.T
-    return 0.5 * (out + out.T)
+    out = block @ ros_to_gtsam_covariance(checked_covariance(message_cov, 6, "odometry")) @ block.T
+    floor = [defaults.min_rotation_rad ** 2] * 3 + [defaults.min_translation_m ** 2] * 3
+    return floored(capped_rotation(0.5 * (out + out.T)), floor)
 
 
 def gaussian(cov: np.ndarray):

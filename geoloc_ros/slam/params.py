@@ -19,6 +19,7 @@ from geoloc_ros.slam.graph import GraphSettings
 
 NODE_NAME = "geoloc_pose_graph"
 P = partial(Param, read_only=True)  # read once, when the node starts
+LIVE_P = Param  # applied by the running node when set (LIVE below)
 
 SPEC = (
     Section("inputs", (
@@ -26,9 +27,9 @@ SPEC = (
         P("use_geopose", False, "Subscribe to `geopose` (geographic_msgs/GeoPoseWithCovarianceStamped, e.g. "
           "geoloc_vpr's ~/geopose) and add GPS factors. It is derived from the same matches as loop_closures: use "
           "one or the other, not both."),
-        P("closures_per_message", 1, "Candidates of each loop_closures message turned into factors, best first "
+        LIVE_P("closures_per_message", 1, "Candidates of each loop_closures message turned into factors, best first "
           "(the others agree with the best one; adding them would count one match several times).", (1, 100)),
-        P("min_confidence", 0.0, "Candidates whose confidence is below this are ignored.", (0.0, 1.0)),
+        LIVE_P("min_confidence", 0.0, "Candidates whose confidence is below this are ignored.", (0.0, 1.0)),
         P("map_origin", [0.0], "WGS84 origin (lat, lon[, alt]) of the map frame for GPS factors. [0.0]: taken "
           "from the first geotagged prior-map candidate, else from the first fix."),
         P("base_to_camera", [0.0, 0.0, 0.0, -0.5, 0.5, -0.5, 0.5], "Fixed base -> camera optical frame "
@@ -38,9 +39,16 @@ SPEC = (
         P("keyframe_distance_m", 1.0, "A pose node after this much travel (0 with keyframe_angle_deg 0: one node "
           "per odometry message).", (0.0, 1000.0)),
         P("keyframe_angle_deg", 10.0, "A pose node after this much rotation.", (0.0, 180.0)),
-        P("stamp_tolerance_s", 0.5, "A closure's stamps need an odometry message this close.", (0.0, 60.0)),
-        P("pending_timeout_s", 10.0, "Closures newer than the odometry wait this long (stamp time) for it.",
-          (0.0, 3600.0)),
+        LIVE_P("stamp_tolerance_s", 0.5, "A closure's stamps need an odometry message this close.", (0.0, 60.0)),
+        LIVE_P("pending_timeout_s", 10.0, "Closures newer than the odometry wait this long (steady clock) for it.",
+               (0.0, 3600.0)),
+        LIVE_P("max_pending", 1000, "At most this many closures wait for odometry; beyond it the oldest is dropped "
+               "(counted).", (1, 100000)),
+        LIVE_P("max_stamp_ahead_s", 60.0, "Odometry, closures and fixes stamped more than this ahead of the node's "
+               "clock are refused (counted), so one wrong stamp cannot hold back every later message.", (0.0, 1e9)),
+        LIVE_P("max_odometry_speed_mps", 100.0, "Odometry that moves farther than 1 m + this speed x the time since "
+               "the last message has jumped (a reset or a glitch): taken as no motion, and later odometry continues "
+               "from there.", (0.1, 1e6)),
         P("odom_translation_sigma_ratio", 0.05, "Odometry without covariance: translation sigma per metre.",
           (0.0, 10.0)),
         P("odom_rotation_sigma_per_m", 0.01, "Odometry without covariance: heading sigma (rad) after 1 m, growing with "
@@ -59,20 +67,21 @@ SPEC = (
         P("metric_default_sigma_rad", 0.05, "Relative pose sent without covariance: rotation sigma.", (0.0001, 10.0)),
         P("prior_map_sigma_m", 5.0, "Prior-map keyframe as an absolute position: horizontal sigma.", (0.01, 10000.0)),
         P("prior_map_sigma_z_m", 100.0, "Prior-map keyframe: vertical sigma.", (0.01, 100000.0)),
-        P("gps_sigma_m", 5.0, "GPS factor sigma when the message carries no covariance.", (0.01, 10000.0)),
+        LIVE_P("gps_sigma_m", 5.0, "GPS factor sigma when the message carries no covariance.", (0.01, 10000.0)),
         P("align_min_factors", 3, "Absolute measurements needed to place the trajectory in the map frame.", (2, 1000)),
         P("align_min_spread_m", 10.0, "... spread over at least this distance.", (0.0, 100000.0)),
         P("align_inlier_sigmas", 3.0, "Alignment inliers lie within this many sigmas.", (0.1, 100.0)),
         P("robust_kernel", "huber", "Kernel on closures and absolute factors.", choices=("huber", "cauchy", "none")),
         P("robust_k", 1.345, "Kernel threshold in sigmas.", (0.01, 100.0)),
-        P("gate_probability", 0.999, "Chi-square gate on each closure's innovation (1.0: no gate).", (0.5, 1.0)),
+        LIVE_P("gate_probability", 0.999, "Chi-square gate on each closure's innovation (1.0: no gate).", (0.5, 1.0)),
     )),
     Section("outputs", (
         P("map_frame", "map", "Frame of ~/path and parent of the map -> odom transform."),
         P("odom_frame", "", "Child of the map -> odom transform (empty: the odometry's header.frame_id)."),
-        P("publish_tf", True, "Publish map -> odom on /tf."),
+        LIVE_P("publish_tf", True, "Publish map -> odom on /tf."),
         P("publish_period_s", 0.5, "Period of ~/path (when changed) and /tf.", (0.01, 60.0)),
-        P("g2o_path", "~/.ros/geoloc_pose_graph.g2o", "Where ~/save_graph writes the g2o file."),
+        LIVE_P("g2o_path", "~/.ros/geoloc_pose_graph.g2o", "Where ~/save_graph writes the g2o file (a regular file "
+               "or absent)."),
         P("diagnostics_period_s", 1.0, "Period of /diagnostics messages.", (0.05, 60.0)),
     )),
 )
@@ -80,6 +89,15 @@ PARAMETERS = ros_params.flat(SPEC)
 YAML_HEADER = """Parameters of the geoloc_pose_graph node, generated from geoloc_ros/slam/params.py by
 tools/gen_params.py: edit the spec there, not this file; docs/slam.md gives the reasons for the defaults. Load with:
   pose_graph_node --ros-args --params-file config/pose_graph.yaml -r loop_closures:=/geoloc_vpr/loop_closures"""
+
+
+# Parameters a running node applies when set (`ros2 param set`); a change of any other one is refused with the
+# reason, since it is read once at start.
+LIVE = ("closures_per_message", "min_confidence", "gate_probability", "stamp_tolerance_s", "pending_timeout_s",
+        "max_pending", "max_stamp_ahead_s", "max_odometry_speed_mps", "gps_sigma_m", "publish_tf", "g2o_path")
+# ... of which these live in the graph's settings under the same name.
+LIVE_GRAPH_SETTINGS = ("gate_probability", "stamp_tolerance_s", "pending_timeout_s", "max_pending",
+                       "max_odometry_speed_mps")
 
 
 def declare(node) -> None:
@@ -101,6 +119,7 @@ def graph_settings(p: dict) -> GraphSettings:
     return GraphSettings(
         keyframe_distance_m=p["keyframe_distance_m"], keyframe_angle_deg=p["keyframe_angle_deg"],
         stamp_tolerance_s=p["stamp_tolerance_s"], pending_timeout_s=p["pending_timeout_s"],
+        max_pending=p["max_pending"], max_odometry_speed_mps=p["max_odometry_speed_mps"],
         odometry=noise.OdometryNoise(p["odom_translation_sigma_ratio"], p["odom_rotation_sigma_per_m"],
                                      p["odom_rotation_sigma_ratio"], p["odom_min_sigma_m"], p["odom_min_sigma_rad"]),
         same_place_sigma_m=p["same_place_sigma_m"], same_place_sigma_rad=p["same_place_sigma_rad"],
