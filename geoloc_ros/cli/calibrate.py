@@ -25,9 +25,9 @@ def add_parser(sub):
     p = sub.add_parser("calibrate", help="fit the loop-closure confidence for an encoder from images with positions",
                        description=__doc__.split("\n\n")[0])
     p.add_argument("--encoder", required=True, help="checkpoint file or directory holding encoder.safetensors")
-    p.add_argument("--database", required=True, help="images of the first pass (a map is built of them): VG folder, "
+    p.add_argument("--database", required=True, help="images of the first drive (a map is built of them): VG folder, "
                                                      "CSV image,lat,lon or sequence folder (with --sequence-spacing)")
-    p.add_argument("--queries", required=True, help="images of the second pass over the same places, same layouts")
+    p.add_argument("--queries", required=True, help="images of the second drive over the same places, same layouts")
     p.add_argument("--sequence-spacing", type=float, default=None,
                    help="metres between frames of coordinate-free sequences (positions are synthetic)")
     p.add_argument("--frames", required=True, metavar="LO:HI",
