@@ -10,7 +10,7 @@ import importlib
 import shlex
 import sys
 
-SUBCOMMANDS = ("train", "eval", "map", "geolocate", "demo", "bench", "export", "model")
+SUBCOMMANDS = ("train", "eval", "map", "geolocate", "describe", "demo", "bench", "export", "model")
 
 
 def build_parser():

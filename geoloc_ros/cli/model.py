@@ -1,4 +1,6 @@
-"""`geoloc model convert IN.pth OUT.safetensors`: a ProGEO checkpoint as this package's self-describing encoder file."""
+"""`geoloc model convert IN.pth OUT.safetensors`: a ProGEO checkpoint as this package's self-describing encoder file.
+`geoloc model combine --encoder ENC --images DIR --descriptions FILE.csv --out DIR`: train a feature combiner that
+fuses scene descriptions into ENC's descriptors (docs/language.md)."""
 
 
 def add_parser(sub):
@@ -17,6 +19,23 @@ def add_parser(sub):
     c.add_argument("--dim", type=int, default=None, help="expected descriptor size: refuse others")
     c.add_argument("--force", action="store_true", help="replace an existing OUT")
     c.set_defaults(func=run_convert)
+    f = actions.add_parser("combine", help="train a feature combiner (image + description -> descriptor)",
+                           description="Train the feature combiner of LVLM-empowered multimodal place recognition on "
+                                       "ENC's frozen image descriptors and the images' descriptions (CosFace over "
+                                       "CosPlace groups), and write OUT/encoder.safetensors with "
+                                       "OUT/combiner.safetensors beside it: load_encoder(OUT) then fuses "
+                                       "descriptions, and `geoloc map build --encoder OUT` builds maps with them.")
+    f.add_argument("--encoder", required=True, help="the image encoder (checkpoint file or directory)")
+    f.add_argument("--images", required=True, help="training images: VG folder, CSV, or a sequence folder with "
+                                                    "--sequence-spacing")
+    f.add_argument("--sequence-spacing", type=float, default=None, help="metres between frames of sequences")
+    f.add_argument("--descriptions", required=True, help="descriptions CSV (`geoloc describe`: image,caption)")
+    f.add_argument("--out", required=True, help="output folder")
+    f.add_argument("--steps", type=int, default=300)
+    f.add_argument("--dim", type=int, default=256, help="fused descriptor size (default 256)")
+    f.add_argument("--text-dropout", type=float, default=0.3, help="share of descriptions dropped in training")
+    f.add_argument("--seed", type=int, default=0)
+    f.set_defaults(func=run_combine)
 
 
 def run_convert(args):
@@ -37,4 +56,38 @@ def run_convert(args):
                                                "command": getattr(args, "command_line", None)})
     h, w = enc.image_size
     print(f"wrote {written}: {enc.arch.get('name')} {h}x{w} -> {enc.dim}-d, fingerprint {enc.fingerprint}")
+    return 0
+
+
+def run_combine(args):
+    from pathlib import Path
+
+    from geoloc_ros.datasets import load_dataset, read_image
+    from geoloc_ros.language.describe import read_descriptions
+    from geoloc_ros.mapping.storage import MapError, safe_output_dir
+    from geoloc_ros.model import CheckpointError, load_encoder, save_encoder
+    from geoloc_ros.model.checkpoint import CHECKPOINT_NAME
+    from geoloc_ros.model.combiner_training import CombinerSettings, train_combiner
+    from geoloc_ros.model.fused_encoder import COMBINER_NAME, save_combiner
+
+    try:
+        enc = load_encoder(args.encoder, device="cpu", half=False, combiner=False)
+        records = load_dataset(args.images, sequence_spacing=args.sequence_spacing)
+        out = safe_output_dir(args.out, (CHECKPOINT_NAME, COMBINER_NAME))
+    except (CheckpointError, MapError, OSError, ValueError) as e:
+        raise SystemExit(f"geoloc model combine: {e}") from None
+    described = read_descriptions(args.descriptions)
+    texts = [described[r.label].text if r.label in described else "" for r in records]
+    print(f"{len(records)} images, {sum(bool(t) for t in texts)} with a description; encoding with {enc!r}")
+    descriptors = enc.encode([read_image(r.path) for r in records])
+    settings = CombinerSettings(out_dim=args.dim, steps=args.steps, text_dropout=args.text_dropout, seed=args.seed)
+    try:
+        combiner, losses = train_combiner(descriptors, texts, records, settings, log=print)
+    except ValueError as e:
+        raise SystemExit(f"geoloc model combine: {e}") from None
+    save_encoder(enc, Path(out) / CHECKPOINT_NAME)
+    save_combiner(combiner, out, enc, training={"images": str(args.images), "descriptions": str(args.descriptions),
+                                               "steps": args.steps, "first_loss": losses[0],
+                                               "last_loss": losses[-1], "command": getattr(args, "command_line", None)})
+    print(f"wrote {out}/{CHECKPOINT_NAME} and {COMBINER_NAME}: loss {losses[0]:.3f} -> {losses[-1]:.3f}")
     return 0
