@@ -14,10 +14,9 @@ from pathlib import Path
 import subprocess
 import sys
 
+from language_fixtures import chat_server
 import numpy as np
 import pytest
-
-from language_fixtures import chat_server
 
 REPO = Path(__file__).resolve().parents[1]
 STRETCH = (16010, 16600)  # the tuning stretch of the bundled encoder (model/nordland.py), never trained on
@@ -169,23 +168,20 @@ def test_maps_store_descriptions_and_the_fused_encoder_runs_in_eval_and_the_node
     records, _, _ = nordland_pairs
     summer = _frames_folder(records, tmp_path, "summer", 30)
     winter = _frames_folder(records, tmp_path, "winter", 30)
-    descriptions = tmp_path / "descriptions.csv"
-    for season in (summer, winter):  # one CSV per folder, labels are file names
+    for season in (summer, winter):  # one CSV per folder: labels are paths relative to it
         run = geoloc("describe", "--images", season, "--out", tmp_path / f"{season.name}.csv", "--colour-layout")
         assert run.returncode == 0, run.stderr
-    with open(descriptions, "w") as f:
-        f.write((tmp_path / "summer.csv").read_text())
-        f.write("".join((tmp_path / "winter.csv").read_text().splitlines(keepends=True)[1:]))
     mapdir = tmp_path / "map"
     run = geoloc("map", "build", "--encoder", folder, "--images", summer, "--sequence-spacing", 10,
-                 "--descriptions", descriptions, "--out", mapdir)
+                 "--descriptions", tmp_path / "summer.csv", "--out", mapdir)
     assert run.returncode == 0, run.stderr + run.stdout
     db = MapDatabase.load(mapdir)
     assert db.dim == 128 and (mapdir / "combiner.safetensors").is_file()
     assert all(k.caption for k in db.keyframes())  # the map stores the descriptions it was built with
 
     run = geoloc("eval", "--encoder", mapdir, "--database", summer, "--queries", winter, "--sequence-spacing", 10,
-                 "--descriptions", descriptions, "--json", tmp_path / "eval.json")
+                 "--database-descriptions", tmp_path / "summer.csv", "--query-descriptions", tmp_path / "winter.csv",
+                 "--json", tmp_path / "eval.json")
     assert run.returncode == 0, run.stderr
     result = json.loads((tmp_path / "eval.json").read_text())
     methods = result["protocols"]["25 m"]

@@ -52,9 +52,11 @@ def add_parser(sub):
                         "database, +-2 frames: raw pixels, untrained and trained encoder")
     p.add_argument("--data", default=None, help="nordland64 folder for --nordland-report (default "
                                                  "../shared/data/nordland64)")
-    p.add_argument("--descriptions", default=None, metavar="FILE.csv",
-                   help="scene descriptions of database and query images (`geoloc describe`), for an encoder with "
-                        "a feature combiner: it is evaluated with them and on the image-only path")
+    p.add_argument("--database-descriptions", default=None, metavar="FILE.csv",
+                   help="scene descriptions of the database images (`geoloc describe`), for an encoder with a "
+                        "feature combiner: it is evaluated with them and on the image-only path")
+    p.add_argument("--query-descriptions", default=None, metavar="FILE.csv",
+                   help="scene descriptions of the query images (`geoloc describe`)")
     p.add_argument("--device", default="auto", help="auto, cuda or cpu")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -174,14 +176,16 @@ def _fused_methods(args, enc, db_img, q_img, vg, db_labels, q_labels) -> dict:
     q_base = enc.base.encode(q_img, batch_size=args.batch_size)
     name = f"encoder {enc.arch.get('name')} + combiner ({enc.fingerprint[:8]})"
     methods = {f"{name}, image only": (enc.fuse(db_base), enc.fuse(q_base))}
-    if args.descriptions:
-        described = read_descriptions(args.descriptions)
+    def texts(path, labels):
+        described = read_descriptions(path)
+        return [described[label].text if label in described else "" for label in labels]
 
-        def texts(labels):
-            return [described[label].text if label in described else "" for label in labels]
-        methods[f"{name}, with descriptions"] = (enc.fuse(db_base, texts(db_labels)), enc.fuse(q_base, texts(q_labels)))
-        methods[f"{name}, described map, image-only queries"] = (methods[f"{name}, with descriptions"][0],
-                                                                 methods[f"{name}, image only"][1])
+    if args.database_descriptions:
+        db_fused = enc.fuse(db_base, texts(args.database_descriptions, db_labels))
+        methods[f"{name}, described map, image-only queries"] = (db_fused, methods[f"{name}, image only"][1])
+        if args.query_descriptions:
+            methods[f"{name}, with descriptions"] = (db_fused, enc.fuse(q_base, texts(args.query_descriptions,
+                                                                                    q_labels)))
     return methods
 
 
