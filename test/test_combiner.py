@@ -193,10 +193,9 @@ def test_maps_store_descriptions_and_the_fused_encoder_runs_in_eval_and_the_node
     assert harness.wait_for_subscriber()
     from geoloc_ros.datasets import read_image
 
-    frames = sorted(winter.iterdir())[:5]
-    for i, path in enumerate(frames):
-        harness.publish(image_message(read_image(path), stamp=(i + 1) * 100_000_000))
-    harness.wait_quiet(expect=len(frames), timeout=60)
+    frames = sorted(winter.iterdir())[:3]
     answered = harness.data.results["place_recognition"]
-    assert len(answered) == len(frames)
+    for i, path in enumerate(frames):  # one at a time: the node keeps only the newest of a burst
+        harness.publish(image_message(read_image(path), stamp=(i + 1) * 100_000_000))
+        assert harness.wait_for(lambda n=i + 1: len(answered) >= n, timeout=60)
     assert all(msg.candidates and np.isfinite(msg.candidates[0].similarity) for msg in answered.values())
