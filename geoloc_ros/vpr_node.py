@@ -18,6 +18,10 @@ counted) and wake the worker, which decodes, encodes, searches and publishes wit
 
 from __future__ import annotations
 
+from collections import Counter
+import dataclasses
+from dataclasses import replace
+import math
 from pathlib import Path
 import threading
 import time
@@ -35,7 +39,8 @@ from visualization_msgs.msg import MarkerArray
 
 from geoloc_msgs.msg import PlaceRecognition
 from geoloc_ros.localization import SESSION_MAP_ID, LoadError, Localizer, SessionMap, load_snapshot, verification
-from geoloc_ros.localization.localizer import CONSISTENCY_MODES
+from geoloc_ros.localization.metric_worker import COUNTERS as METRIC_COUNTERS
+from geoloc_ros.localization.metric_worker import MetricPublisher
 from geoloc_ros.localization.snapshot import backend_values, carries_checkpoint, describe_encoder, load_maps
 from geoloc_ros.node import language_services, messages, params
 from geoloc_ros.node.camera_inputs import CameraInputs
@@ -72,6 +77,8 @@ class VprNode(LifecycleNode):
         self._cameras: CameraInputs | None = None  # camera models and depth per camera, from configure
         self._markers = 0  # id of the next loop-closure marker
         self._worker = None
+        self._metric = None  # the metric localization thread (localization/metric_worker.py), made at activate
+        self._metric_counts = Counter({k: 0 for k in METRIC_COUNTERS})  # which pose was published, for /diagnostics
         self._stop = True
         self._subs = []
         self._intake = None  # the camera subscriptions' node, made at activate
@@ -107,8 +114,6 @@ class VprNode(LifecycleNode):
     def on_configure(self, state: LifecycleState) -> TransitionCallbackReturn:
         try:
             s = params.read(self)
-            if s.consistency_mode not in CONSISTENCY_MODES:  # before anything heavy loads
-                raise LoadError(f"consistency_mode {s.consistency_mode!r}: expected consecutive or sequence")
             self._localizer = self._build_localizer(s)
         except Exception as e:  # noqa: BLE001 - any failure leaves the node unconfigured with the reason
             self.last_error = f"configure failed: {e}"
@@ -118,7 +123,8 @@ class VprNode(LifecycleNode):
         self.settings, self.last_error, self._cameras = s, "", CameraInputs(s)
         self._pubs = {k: self.create_lifecycle_publisher(t, name, RESULT_QOS) for k, (t, name) in PUBLISHERS.items()
                       if k != "markers" or s.publish_markers}
-        for problem in getattr(self._localizer.verifier, "problems", list)():  # maps without stored features
+        verifier = self._localizer.verifier
+        for problem in verifier.problems() if verifier is not None else ():  # maps without stored features
             self.get_logger().warning(problem)
         sizes = ", ".join(f"{m.name} ({len(m)} keyframes)" for m in self.maps) or "none"
         self.get_logger().info(f"configured: encoder {describe_encoder(self.encoder)}; maps: {sizes}")
@@ -126,25 +132,28 @@ class VprNode(LifecycleNode):
 
     @staticmethod
     def _build_localizer(s: params.Settings) -> Localizer:
-        snapshot = load_snapshot(s)
+        config = params.localizer_config(s)
+        snapshot = load_snapshot(config)
         session = SessionMap(snapshot.encoder, frame=snapshot.primary_frame) if s.session_map else None
-        return Localizer(snapshot, session, verification.build_verifier(s, snapshot, session))
+        return Localizer(snapshot, session, verification.build_verifier(config, snapshot, session))
 
     def on_activate(self, state: LifecycleState) -> TransitionCallbackReturn:
         s = self.settings
-        qos = params.image_qos_profile(s.image_qos)
-        self._intake = CameraIntake(self)  # frames on a thread and executor of their own: node/intake.py says why
+        # frames on a thread and executor of their own: node/intake.py says why
+        self._intake = CameraIntake(self, on_qos_change=self._on_qos_change)
         if s.odom_topic:  # before the cameras: a pose that came first is held when a frame is parked
             self._intake.subscribe_input(Odometry, s.odom_topic, self._on_odom, qos_profile_sensor_data)
         if s.fix_topic:
             self._intake.subscribe_input(NavSatFix, s.fix_topic, self._on_fix, qos_profile_sensor_data)
-        topics = self._intake.subscribe(s.image_topics, s.subscribe_compressed, qos, self._on_image,
+        self._watch = CameraWatch([], s.no_frames_warn_s, s.image_qos)  # for a QoS change before the next line
+        topics = self._intake.subscribe(s.image_topics, s.subscribe_compressed, s.image_qos, self._on_image,
                                         self._on_incompatible_qos)
-        self._watch = CameraWatch(topics, s.no_frames_warn_s, s.image_qos)
-        self._subs.extend(self._cameras.subscribe(self, qos))  # CameraInfo and depth: the cameras' QoS
+        self._watch = CameraWatch(topics, s.no_frames_warn_s, s.image_qos, self._intake.qos.reliability)
+        self._cameras.subscribe(self._intake.subscribe_camera)  # CameraInfo and depth: the cameras' QoS
         self._stop = False
         self._worker = threading.Thread(target=self._work, name="geoloc_vpr_worker", daemon=True)
         self._worker.start()
+        self._metric = MetricPublisher(s, self._publish_pose, self._metric_counts)
         self.get_logger().info(f"active: listening on {', '.join(s.image_topics)}")
         return super().on_activate(state)
 
@@ -179,6 +188,9 @@ class VprNode(LifecycleNode):
         if self._worker is not None and self._worker is not threading.current_thread():
             self._worker.join(timeout=10.0)
         self._worker = None
+        if self._metric is not None:
+            self._metric.stop()
+            self._metric = None
         for sub in self._subs:
             self.destroy_subscription(sub)
         self._subs = []
@@ -195,7 +207,7 @@ class VprNode(LifecycleNode):
     # -- inputs: park the newest message per camera -----------------------------------------------------------
     def _on_image(self, msg, camera: str, topic: str):
         self.stats.on_receive(topic)
-        self._watch.on_frame(topic)
+        self._watch.on_frame(topic, messages.stamp_ns(msg.header.stamp))
         received_ns = self.get_clock().now().nanoseconds
         with self._cv:
             if camera in self._pending:
@@ -206,8 +218,15 @@ class VprNode(LifecycleNode):
     def _on_incompatible_qos(self, topic: str, event):
         self.get_logger().warning(self._watch.on_incompatible_qos(topic, event))
 
+    def _on_qos_change(self, topic: str, reliability: str):
+        self._watch.on_qos_change(topic)
+        self.get_logger().info(f"{topic}: image_qos auto now subscribes {reliability} (the publishers' QoS)")
+
     def _on_odom(self, msg: Odometry):
         p = msg.pose.pose.position
+        if not (math.isfinite(p.x) and math.isfinite(p.y) and math.isfinite(p.z)):
+            self.stats.on_ignored_odom()  # a NaN position would enter the session map and its spacing test
+            return
         self._odom = (p.x, p.y, p.z)
 
     def _on_fix(self, msg: NavSatFix):
@@ -241,17 +260,18 @@ class VprNode(LifecycleNode):
             return
         frames = [f for f in (self._decode(camera, *parked) for camera, parked in batch) if f is not None]
         for result in localizer.process(frames):
-            self._publish(result)
+            self._publish(result, localizer.snapshot)
             self.stats.on_processed(result.encode_ms, result.search_ms,
                                     (time.monotonic() - result.frame.received_mono) * 1e3)
 
     def _decode(self, camera, msg, topic, received_ns, received_mono, odom, fix):
         try:
             s = self.settings
-            return messages.to_frame(msg, camera, topic, received_ns, received_mono, s.blank_threshold,
-                                     odom=odom, fix=fix, max_pixels=s.max_image_pixels,
-                                     mono16_max=s.mono16_max, camera_model=self._cameras.model(camera),
-                                     depth=self._cameras.depth_for(camera, messages.stamp_ns(msg.header.stamp)))
+            frame = messages.to_frame(msg, camera, topic, received_ns, received_mono, s.blank_threshold,
+                                      odom=odom, fix=fix, max_pixels=s.max_image_pixels, mono16_max=s.mono16_max,
+                                      depth=self._cameras.depth_for(camera, messages.stamp_ns(msg.header.stamp)))
+            model = self._cameras.model(camera, frame.rgb.shape[1], frame.rgb.shape[0])  # None: does not fit
+            return replace(frame, camera_model=model) if model is not None else frame
         except FrameError as e:
             self.stats.on_reject(e.kind)
             self._warn_once(topic, e.kind, f"{e} (further '{e.kind}' frames are only counted in /diagnostics)")
@@ -266,7 +286,7 @@ class VprNode(LifecycleNode):
             self._warned.add((topic, kind))
             self.get_logger().warning(f"{topic}: dropping frame: {text}")
 
-    def _publish(self, result):
+    def _publish(self, result, snapshot=None):
         """~/place_recognition always, first; the rest when the frame closed a loop and someone listens to it."""
         pubs = self._pubs
         pubs["pr"].publish(messages.recognition_message(result, result.candidates))
@@ -280,7 +300,18 @@ class VprNode(LifecycleNode):
             self._publish_markers(result)
         if result.pose is None or not any(pubs[k].get_subscription_count() for k in ("pose", "geopose", "fix")):
             return
-        pose, geo, fix = messages.pose_messages(result, self.settings.map_frame, self.settings.base_frame)
+        metric = self._metric
+        if metric is not None and snapshot is not None and metric.wants(result, snapshot):
+            metric.submit(result, snapshot)  # it publishes the metric pose, or this fused one
+            return
+        self._metric_counts["place_poses"] += 1
+        self._publish_pose(result, result.pose)
+
+    def _publish_pose(self, result, pose):
+        """~/pose, and ~/geopose + ~/fix when the pose is geotagged (called by the metric thread too)."""
+        pubs = self._pubs
+        pose, geo, fix = messages.pose_messages(dataclasses.replace(result, pose=pose), self.settings.map_frame,
+                                                self.settings.base_frame)
         pubs["pose"].publish(pose)
         if geo is not None:
             pubs["geopose"].publish(geo)
@@ -314,10 +345,10 @@ class VprNode(LifecycleNode):
             self.get_logger().error(response.message)
             return response
         verifier = localizer.verifier.with_maps(maps) if localizer.verifier is not None else None
-        fresh = Localizer(localizer.snapshot.with_maps(maps, s.map_path), localizer.session, verifier)
+        fresh = Localizer(localizer.snapshot.with_maps(maps, s.maps), localizer.session, verifier)
         with self._swap_lock:
             self._localizer = fresh
-        self.settings.map_path = s.map_path
+        self.settings = replace(self.settings, map_path=s.map_path)
         response.success = True
         response.message = "reloaded " + ", ".join(f"{m.name} ({len(m.db)} keyframes)" for m in maps)
         self.get_logger().info(response.message)
@@ -330,7 +361,7 @@ class VprNode(LifecycleNode):
         if session is None:
             response.success, response.message = False, "no session map (set session_map: true and configure)"
             return response
-        s = localizer.settings
+        s = self.settings
         path = Path(s.session_map_path or Path.home() / ".ros" / "geoloc_session_map").expanduser()
         try:
             encoder_file = localizer.snapshot.encoder_file
@@ -361,8 +392,10 @@ class VprNode(LifecycleNode):
                   "maps": ", ".join(m.name for m in maps), "map_keyframes": sum(len(m) for m in maps),
                   "session_keyframes": len(session) if session is not None else 0,
                   **backend_values(encoder), **snap,
+                  **(self._intake.diagnostics() if self._intake is not None else {}), **self._watch.diagnostics(),
                   **(self._cameras.diagnostics() if self._cameras is not None else {}),
-                  **verification.diagnostics(self._localizer.verifier if self._localizer is not None else None)}
+                  **verification.diagnostics(self._localizer.verifier if self._localizer is not None else None),
+                  **dict(self._metric_counts)}
         if st.level == DiagnosticStatus.OK and "verification_problems" in values:  # maps without stored features
             st.level, st.message = DiagnosticStatus.WARN, f"{st.message}; {values['verification_problems']}"
         st.values = [KeyValue(key=k, value=f"{v:.3f}" if isinstance(v, float) else str(v)) for k, v in values.items()]

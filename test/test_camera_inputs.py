@@ -19,7 +19,7 @@ from geoloc_ros.node.markers import closure_markers  # noqa: E402
 
 
 def settings(**overrides):
-    return params.Settings(**{**params.defaults(), **overrides})
+    return params.settings(**overrides)
 
 
 def depth_msg(depth, stamp_ns=0, big_endian=False, pad=0):

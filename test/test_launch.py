@@ -65,7 +65,7 @@ def test_launch_arguments_reach_the_node_parameters(launched):
 
     # every other parameter comes from config/vpr.yaml, which the launch file loads
     config = yaml.safe_load((REPO / "config" / "vpr.yaml").read_text())["/**/geoloc_vpr"]["ros__parameters"]
-    assert {p[0] for p in PARAMETERS} <= set(params)
+    assert {p.name for p in PARAMETERS} <= set(params)
     assert {k: params[k] for k in config if k not in ("map_path", "image_topics", "autostart")} == \
         {k: v for k, v in config.items() if k not in ("map_path", "image_topics", "autostart")}
 

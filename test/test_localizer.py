@@ -26,7 +26,8 @@ T0 = 1_700_000_000 * 10**9
 def settings(**overrides):
     """Defaults, except every closure is published: these tests check consistency, sequence matching and fusion
     with a small random encoder, not the confidence operating point (test_loop_closures.py does)."""
-    return params.Settings(**{**params.defaults(), "device": "cpu", "loop_closure_min_confidence": 0.0, **overrides})
+    return params.localizer_config(params.settings(**{"device": "cpu", "loop_closure_min_confidence": 0.0,
+                                                       **overrides}))
 
 
 @pytest.fixture(scope="module")
@@ -83,8 +84,8 @@ def test_best_matches_in_two_maps_of_one_name_do_not_agree(nordland_maps):
     a, b = snap.maps
     kf_a, kf_b = a.db.keyframe(int(a.row_ids[0])), b.db.keyframe(int(b.row_ids[0]))
     loc = Localizer(snap)
-    assert loc.consistency.agree((a.id, kf_a), (a.id, kf_a))
-    assert not loc.consistency.agree((a.id, kf_a), (b.id, kf_b))
+    assert loc.consistency.same_place((a.id, kf_a), (a.id, kf_a))
+    assert not loc.consistency.same_place((a.id, kf_a), (b.id, kf_b))
 
 
 def test_sequence_mode_closes_loops_once_the_window_is_full(nordland_maps):
@@ -148,13 +149,13 @@ def test_consistency_needs_k_agreeing_frames():
 
 def test_fusion_weights_agreeing_candidates_and_floors_covariance():
     est = fuse([kf(1, 100, 0, 90.0), kf(2, 110, 0, 90.0), kf(3, 5000, 0)], [0.9, 0.9, 0.95],
-               agreement_radius_m=30, floor_m=5, yaw_floor_deg=10)
+               fusion_radius_m=30, floor_m=5, yaw_floor_deg=10)
     assert est.used == 2 and est.x == pytest.approx(105) and est.heading == pytest.approx(90.0)
     assert est.var_xy == pytest.approx(25.0)  # spread var (25+0)/2 = 12.5 -> floored at 5^2
     c = covariance6(est)
     assert c[0] == c[7] == pytest.approx(25.0) and c[21] == UNKNOWN_VARIANCE
     assert c[35] == pytest.approx(math.radians(10) ** 2)
-    wide = fuse([kf(1, 0, 0), kf(2, 40, 0)], [0.5, 0.5], agreement_radius_m=50, floor_m=1)
+    wide = fuse([kf(1, 0, 0), kf(2, 40, 0)], [0.5, 0.5], fusion_radius_m=50, floor_m=1)
     assert wide.var_xy == pytest.approx(200.0) and wide.var_yaw == UNKNOWN_VARIANCE
     assert fuse([Keyframe(id=1)], [0.9]) is None
 

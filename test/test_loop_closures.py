@@ -59,8 +59,8 @@ def look_alike_map(shared_data, tmp_path_factory):
 
 
 def _replay(map_path, records, mode, **overrides):
-    s = params.Settings(**{**params.defaults(), "device": "cpu", "map_path": [map_path], "consistency_mode": mode,
-                           **overrides})
+    s = params.localizer_config(params.settings(**{"device": "cpu", "map_path": [map_path],
+                                                   "consistency_mode": mode, **overrides}))
     loc = Localizer(load_snapshot(s))
     frames = [Frame("/cam", "/cam", (i + 1) * 10**9, "camera", read_image(r.path)) for i, r in enumerate(records)]
     return loc.process(frames)
@@ -118,12 +118,12 @@ def test_agreement_and_odometry_evidence_of_the_closure_history():
     from geoloc_ros.localization.consistency import ConsistencyFilter
     from geoloc_ros.mapping import Keyframe
 
-    agree = ConsistencyFilter(radius_m=50.0).agree
+    same_place = ConsistencyFilter(radius_m=50.0).same_place
 
     def at(i, y):
         return Candidate("/maps/a", "a", Keyframe(id=i, x=0.0, y=float(y)), 0.5)
 
-    moving, stuck = ClosureHistory(agree, 50.0, must_advance=True), ClosureHistory(agree, 50.0, must_advance=True)
+    moving, stuck = (ClosureHistory(same_place, 50.0, must_advance=True) for _ in range(2))
     for i in range(AGREEMENT_MAX + 2):  # the camera advances 10 m a frame; one closure follows it, one is stuck
         m, m_odom = moving.update("/cam", at(i, 10 * i), (0.0, 10.0 * i, 0.0))
         s, s_odom = stuck.update("/cam", at(0, 0), (0.0, 10.0 * i, 0.0))

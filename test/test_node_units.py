@@ -97,7 +97,7 @@ def test_bad_frames_are_refused_with_a_kind(case, kind, frame, shared_data):
 def test_config_file_lists_every_parameter_with_its_default():
     cfg = yaml.safe_load(open(REPO_CONFIG))["/**/geoloc_vpr"]["ros__parameters"]
     assert cfg == params.defaults()
-    names = [p[0] for p in params.PARAMETERS]
+    names = [p.name for p in params.PARAMETERS]
     for required in ("map_path", "encoder_path", "encoder_backend", "device", "half_precision", "image_topics",
                      "top_k", "min_similarity", "autostart"):
         assert required in names

@@ -26,7 +26,7 @@ BAD_AT_STARTUP = [
     ("top_k:=2.5", r"top_k: expected an integer, got 2.5"),
     ("verification:=maybe", r"verification: expected true or false, got 'maybe'"),
     ("consistency_mode:=bogus", r"consistency_mode: 'bogus' is not one of consecutive, sequence"),
-    ("image_qos:=fast", r"image_qos: 'fast' is not one of reliable, sensor_data, system_default"),
+    ("image_qos:=fast", r"image_qos: 'fast' is not one of auto, reliable, sensor_data, system_default"),
     ("image_topics:=['/camera/image raw']", r"image_topics: '/camera/image raw' is not a valid topic name"),
     ("fix_topic:=gnss fix", r"fix_topic: 'gnss fix' is not a valid topic name"),
     ("device:=gpu", r"device: 'gpu'"),
@@ -63,10 +63,11 @@ def test_an_empty_map_path_needs_a_session_map(rclpy_context):
 
 def test_defaults_and_new_parameters(rclpy_context):
     s = params.read(node_with(rclpy_context, f"map_path:={MAP}"))
-    assert (s.image_qos, s.max_image_pixels, s.mono16_max) == ("reliable", 40_000_000, 0)
+    assert (s.image_qos, s.max_image_pixels, s.mono16_max) == ("auto", 40_000_000, 0)
     whole = params.read(node_with(rclpy_context, f"map_path:={MAP}", "min_similarity:=1", name="whole"))
     assert whole.min_similarity == 1.0 and isinstance(whole.min_similarity, float)  # `:=1` for a float is fine
     assert params.image_qos_profile("reliable").reliability == ReliabilityPolicy.RELIABLE
+    assert params.image_qos_profile("auto").reliability == ReliabilityPolicy.RELIABLE  # until publishers say
     assert params.image_qos_profile("sensor_data").reliability == ReliabilityPolicy.BEST_EFFORT
     assert params.image_qos_profile("reliable").depth == params.IMAGE_QUEUE_DEPTH == 5
     params.image_qos_profile("system_default")
@@ -108,3 +109,66 @@ def test_vpr_node_stays_unconfigured_with_the_reason_before_loading(rclpy_contex
     assert node.lifecycle_state == "unconfigured"
     assert reason in node.last_error and "no such map" not in node.last_error  # refused before any map load
     node.destroy_node()
+
+
+def test_generated_files_are_current():
+    """config/*.yaml and the docs' parameter tables are generated from the specs: a stale one fails here."""
+    import subprocess
+    import sys
+
+    root = params.__file__.rsplit("/geoloc_ros/", 1)[0]
+    done = subprocess.run([sys.executable, "tools/gen_params.py", "--check"], cwd=root, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stdout + done.stderr
+
+
+def test_a_parameter_added_to_a_spec_is_declared_checked_and_documented(rclpy_context):
+    from rclpy.node import Node
+
+    from geoloc_ros import ros_params
+    from geoloc_ros.ros_params import Param, Section
+
+    extra = Param("extra_spacing_m", 2.5, "A parameter added in one place.", (0.0, 10.0))
+    spec = params.SPEC + (Section("added", (extra,)),)
+    yaml_text = ros_params.render_yaml(spec, "geoloc_vpr", "header")
+    assert "extra_spacing_m: 2.5" in yaml_text and "A parameter added in one place. Range 0.0..10.0." in yaml_text
+    assert "| `extra_spacing_m` | `2.5` | 0.0..10.0 | A parameter added in one place. |" in \
+        ros_params.render_table(spec)
+    node = Node("added_param", context=rclpy_context, cli_args=["--ros-args", "-p", "extra_spacing_m:=11.0"])
+    ros_params.declare(node, spec)
+    (described,) = node.describe_parameters(["extra_spacing_m"])
+    assert described.description == "A parameter added in one place."
+    assert described.floating_point_range[0].to_value == 10.0
+    with pytest.raises(params.ParameterError, match="extra_spacing_m"):
+        ros_params.read(node, spec)
+    assert node.set_parameters([Parameter("extra_spacing_m", value=3)])[0].successful
+    assert ros_params.read(node, spec)["extra_spacing_m"] == 3.0
+    node.destroy_node()
+
+
+def test_settings_and_localizer_config_follow_the_spec():
+    from dataclasses import FrozenInstanceError, fields
+
+    from geoloc_ros.localization import LocalizerConfig
+
+    assert [f.name for f in fields(params.Settings)] == [p.name for p in params.PARAMETERS]
+    s = params.settings(map_path=["/a", "", "/b"], agreement_radius_m=12.0, consistency_radius_m=80.0)
+    config = params.localizer_config(s)
+    assert config.maps == ("/a", "/b") and config.fusion_radius_m == 12.0
+    assert config.consistency_radius_m == 80.0 and config.odometry_tolerance_m == 50.0  # two parameters now
+    with pytest.raises(FrozenInstanceError):
+        config.top_k = 3
+    with pytest.raises(ValueError, match="consistency_mode 'bogus'"):
+        LocalizerConfig(consistency_mode="bogus")
+    core = {f.name for f in fields(LocalizerConfig)}
+    assert not core & {"image_topics", "image_qos", "map_frame", "lmm_url", "autostart", "session_map_path"}
+
+
+def test_descriptions_say_what_the_code_does(rclpy_context):
+    by_name = {p.name: p for p in params.PARAMETERS}
+    assert "bit depth" in by_name["mono16_max"].description and "percentile" not in by_name["mono16_max"].description
+    assert f"depth {params.IMAGE_QUEUE_DEPTH}" in by_name["image_qos"].description
+    assert "Depth 1" not in by_name["image_qos"].description
+    node = node_with(rclpy_context, f"map_path:={MAP}", name="read_only")
+    (result,) = node.set_parameters([Parameter("diagnostics_period_s", value=2.0)])
+    assert not result.successful  # read once, at start: a later value would be silently ignored

@@ -94,7 +94,7 @@ def test_a_wrong_closure_among_right_ones_does_not_fold_the_graph(laps, gate):
     g, verdicts = run(truth, odom, wrong=[wrong_pair], settings=GraphSettings(gate_probability=gate))
     if gate < 1.0:
         assert verdicts[("wrong", wrong_pair[0])] == Verdict.REJECTED
-        assert g.rejected == 1
+        assert g.closures_rejected == 1
     est, ref = positions([p for _, p in g.poses()]), positions([p for _, p in right.poses()])
     odom_err = np.linalg.norm(positions(odom) - positions(truth), axis=1).mean()
     assert np.linalg.norm(est - positions(truth), axis=1).mean() < 0.5 * odom_err
@@ -149,10 +149,10 @@ def test_stamps_pending_and_missing():
     for k in range(5):
         g.add_odometry(ns(k), gtsam.Pose3(gtsam.Rot3(), [float(k), 0.0, 0.0]))
     assert g.add_session_closure(ns(7), ns(0), gtsam.Pose3(), NO_COV, KIND_NONE) == Verdict.PENDING
-    assert g.accepted == 0
+    assert g.closures_accepted == 0
     for k in range(5, 9):
         g.add_odometry(ns(k), gtsam.Pose3(gtsam.Rot3(), [float(k) * 0.2, 0.0, 0.0]))
-    assert g.accepted == 1  # retried once odometry passed its stamp
+    assert g.closures_accepted == 1  # retried once odometry passed its stamp
     assert g.add_session_closure(ns(3), ns(0) - 10**10, gtsam.Pose3(), NO_COV, KIND_NONE) == Verdict.NO_POSE
     with pytest.raises(ValueError, match="not after"):
         g.add_odometry(ns(8), gtsam.Pose3())

@@ -110,8 +110,8 @@ def closure_message(query_ns, keyframe_ns, frame="camera"):
     msg = PlaceRecognition(camera_topic="/camera/image_raw", camera_frame_id=frame)
     msg.header.stamp.sec, msg.header.stamp.nanosec = divmod(query_ns, 10**9)
     msg.header.frame_id = frame
-    c = PlaceCandidate(map_name="session", keyframe_id=1, similarity=0.9,
-                       relative_pose_kind=PlaceCandidate.RELATIVE_POSE_NONE, confidence=1.0)
+    c = PlaceCandidate(map_name="session", map_id="session", source=PlaceCandidate.SOURCE_SESSION, keyframe_id=1,
+                       similarity=0.9, relative_pose_kind=PlaceCandidate.RELATIVE_POSE_NONE, confidence=1.0)
     c.keyframe_stamp.sec, c.keyframe_stamp.nanosec = divmod(keyframe_ns, 10**9)
     msg.candidates = [c]
     return msg
@@ -141,8 +141,8 @@ def test_closures_over_dds_correct_the_path_and_tf(rclpy_context, tmp_path):
         for t in range(0, 60, 4):  # lap 2 sees lap 1's places
             b.lc_pub.publish(closure_message(T0 + (LAP_S + t) * 10**9, T0 + t * 10**9))
         b.lc_pub.publish(closure_message(T0 + (LAP_S + 30) * 10**9, T0 + 80 * 10**9))  # a wrong one, ~95 m off
-        assert wait_for(lambda: b.node.graph.accepted + b.node.graph.rejected == 16, 30)
-        assert b.node.graph.rejected == 1, dict(b.node.counts)
+        assert wait_for(lambda: b.node.graph.closures_accepted + b.node.graph.closures_rejected == 16, 30)
+        assert b.node.graph.closures_rejected == 1, dict(b.node.counts)
         n = len(b.node.graph)
         assert wait_for(lambda: b.paths and len(b.paths[-1].poses) == n and b.node._changed is False, 10)
         path = b.paths[-1]
@@ -224,8 +224,8 @@ def test_vpr_node_closures_reach_the_pose_graph_at_their_stamps(frames, rclpy_co
         lap2 = {s: m for s, m in closures.items() if s >= T0 + LAP_S * 10**9}
         assert len(lap2) >= len(images) // 2
         graph = b.node.graph
-        assert wait_for(lambda: graph.accepted + graph.rejected >= len(lap2), 30)
-        assert graph.accepted >= len(lap2) // 2
+        assert wait_for(lambda: graph.closures_accepted + graph.closures_rejected >= len(lap2), 30)
+        assert graph.closures_accepted >= len(lap2) // 2
         node_of = {s: i for i, s in enumerate(graph.node_stamps)}
         for s, m in lap2.items():
             assert m.header.frame_id == "front_camera_optical"  # the image's frame, copied
@@ -256,7 +256,8 @@ def test_gps_fixes_and_prior_map_candidates_share_the_map_frame(rclpy_context):
         odom = drifting_odometry(40.0)
         for stamp, pose in odom[:5]:
             node._on_odom(odometry_message(stamp, pose))
-        c = PlaceCandidate(map_name="nordland_summer", keyframe_id=7)
+        c = PlaceCandidate(map_name="nordland_summer", map_id="/maps/nordland_summer", keyframe_id=7,
+                           source=PlaceCandidate.SOURCE_PRIOR_MAP, has_position=True)
         c.latitude, c.longitude, c.altitude = frame.to_wgs84(1000.0, 2000.0, 0.0)
         c.pose.position.x, c.pose.position.y = 1000.0, 2000.0
         msg = closure_message(odom[4][0], 0)

@@ -23,8 +23,8 @@ MAX_ROTATION_DEG, MAX_DIRECTION_DEG, MAX_METRIC_M = 1.0, 5.0, 0.10
 
 
 def settings(**overrides):
-    return params.Settings(**{**params.defaults(), "device": "cpu", "consistency_k": 1, "top_k": 2,
-                              "verification": True, **overrides})
+    return params.localizer_config(params.settings(**{"device": "cpu", "consistency_k": 1, "top_k": 2,
+                                                       "verification": True, **overrides}))
 
 
 def build_map(path, encoder, images, camera, depths=None, features=True):

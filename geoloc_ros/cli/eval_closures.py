@@ -34,6 +34,7 @@ def add_arguments(p):
 
 def run(args):
     from geoloc_ros.localization import closure_eval as E
+    from geoloc_ros.node import params
 
     if not (args.encoder and args.database and args.queries and args.sequence_spacing):
         raise SystemExit("geoloc eval --loop-closures: give --encoder, --database, --queries and --sequence-spacing")
@@ -45,7 +46,7 @@ def run(args):
         queries = _records(args.queries, args.sequence_spacing, lo, hi)
         for mode in args.modes:
             s = replace(base, map_path=[str(map_dir)], consistency_mode=mode)
-            rows = E.replay(s, queries)
+            rows = E.replay(params.localizer_config(s), queries, blank_threshold=s.blank_threshold)
             key = f"{label} {lo}..{hi}, {mode}"
             summaries[key] = E.summarise(rows, base.loop_closure_min_confidence, args.tolerance)
             runs[key] = {"map": str(map_dir), "rows": rows}

@@ -2,10 +2,12 @@
 
     geoloc map build --encoder PATH --images DIR|CSV [--sequence-spacing M] --out MAP
     geoloc map build --encoder PATH --bag BAG --image-topic T [--fix-topic T] [--odom-topic T] --out MAP
+    geoloc map build --encoder PATH --images DIR --poses CSV [--depth DIR] | --sfm | --colmap MODEL --out MAP
     geoloc map add MAP --images ...|--bag ...          append keyframes (encoder: the one the map carries)
     geoloc map merge --out MAP MAP1 MAP2 ...
     geoloc map info MAP
     geoloc map query MAP IMAGE... [-k 5]    |    geoloc map query MAP --text "words" [-k 5]
+    geoloc map localize MAP IMAGE... [--camera FX,FY,CX,CY[,K1,K2,P1,P2]] [--json]   6-DoF pose in a 3D map
     geoloc map bag --images DIR --sequence-spacing M --out BAG   write an image sequence as a rosbag2 replay
 """
 
@@ -16,7 +18,7 @@ import math
 from pathlib import Path
 import sys
 
-from geoloc_ros.cli import map_features, map_text
+from geoloc_ros.cli import map_features, map_localize, map_structure, map_text
 
 
 def add_parser(sub):
@@ -39,6 +41,7 @@ def add_parser(sub):
     b.add_argument("--force", action="store_true", help="replace an existing map at --out (only a map: any other "
                                                         "non-empty directory is refused)")
     map_features.add_args(b)
+    map_structure.add_args(b)
     map_text.add_args(b)
     _encode_args(b)
     b.set_defaults(func=run_build)
@@ -76,6 +79,8 @@ def add_parser(sub):
     q.add_argument("--near", help="X,Y,RADIUS: only keyframes within RADIUS metres of (X, Y) in the map frame")
     q.add_argument("--device", default="auto")
     q.set_defaults(func=run_query)
+
+    map_localize.add_parser(msub)
 
     g = msub.add_parser("bag", help="write an image sequence (with its positions) as a rosbag2 recording")
     g.add_argument("--images", required=True, help="image folder or CSV")
@@ -229,7 +234,7 @@ def run_build(args):
         db = new_map_for(encoder, args.name or out.name, args.index, args.search_params, args.rerank)
         if not args.no_encoder_copy:
             db.attach_encoder(args.encoder)
-        ids = _add_source(db, encoder, args)
+        ids = map_structure.add(db, encoder, args) if map_structure.wanted(args) else _add_source(db, encoder, args)
         if not ids:
             _fail("no keyframes selected: nothing written (with --bag: are the images inside the span of the "
                   "position topic?)")
@@ -308,6 +313,10 @@ def run_info(args):
     if len(stamps) and (stamps > 0).any():
         s = stamps[stamps > 0]
         print(f"stamps     {s.min() / 1e9:.3f}..{s.max() / 1e9:.3f} s")
+    if db.structure is not None:
+        st = db.structure
+        print(f"structure  {st.source}: {st.point_count()} 3D points on {len(st)} keyframes"
+              + (", georegistered" if st.georegistered else ""))
     sources = sorted(set(db.column("source").tolist()))
     print(f"sources    {', '.join(sources[:5]) + (' ...' if len(sources) > 5 else '') if sources else '-'}")
 

@@ -2,9 +2,12 @@
 
     geoloc train --train-set DATA [--train-set DATA2 ...] --run-dir runs/x [--arch RN50] [--pretrained openai]
     geoloc train --nordland --run-dir runs/nordland            # the bundled encoder's recipe (docs/model.md)
+    geoloc train --bag BAG [--bag BAG2 ...] --image-topic T (--odom-topic T | --fix-topic T | --poses CSV) --run-dir R
 
 DATA is a VG-benchmark folder, a CSV of image,lat,lon[,alt,heading] or, with --sequence-spacing, a
-coordinate-free sequence folder. Defaults are ProGEO's published hyperparameters (Chain-Mao/ProGEO parser.py).
+coordinate-free sequence folder. BAG is a rosbag2 recording (geoloc_ros/model/recordings.py): its held-out part
+is chosen by position and its revisits validate. Defaults are ProGEO's published hyperparameters
+(Chain-Mao/ProGEO parser.py).
 Re-running the same command resumes an interrupted run from its last finished epoch.
 """
 
@@ -56,6 +59,25 @@ def add_parser(sub):
                    help="the bundled recipe (geoloc_ros/model/recipes/nordland.yaml): nordland64 training stretch "
                         "(frames 10..19200), both seasons, RN-nano at 64x128; other flags override it")
     g.add_argument("--data", default=None, help="nordland64 folder for --nordland (default ../shared/data/nordland64)")
+    b = p.add_argument_group("rosbag2 recordings (docs/model.md, \"Training from your own recordings\")")
+    b.add_argument("--bag", action="append", default=[], help="rosbag2 recording, directory or .mcap/.db3 file "
+                                                              "(repeatable: one route, several drives)")
+    b.add_argument("--image-topic", help="sensor_msgs/Image or CompressedImage topic")
+    src = b.add_mutually_exclusive_group()
+    src.add_argument("--odom-topic", help="nav_msgs/Odometry topic giving the positions (x east, y north)")
+    src.add_argument("--fix-topic", help="sensor_msgs/NavSatFix topic giving the positions (-> UTM)")
+    src.add_argument("--poses", help="CSV of stamp,x,y[,z][,heading|qx,qy,qz,qw] (or lat,lon), or TUM trajectory")
+    b.add_argument("--max-gap", type=float, default=0.5, metavar="S",
+                   help="an image is placed only between two position samples at most S seconds apart (default 0.5)")
+    b.add_argument("--val-fraction", type=float, default=0.2, help="share of the route held out (default 0.2)")
+    b.add_argument("--val-gap", type=float, default=None, metavar="M",
+                   help="metres between training and held-out places (default (N+1)*M: beyond a CosPlace group)")
+    b.add_argument("--min-revisit-s", type=float, default=30.0,
+                   help="a held-out frame validates as a query when its place was seen this long before, or in an "
+                        "earlier bag (default 30)")
+    p.add_argument("--init-from", default=None, metavar="CKPT",
+                   help="fine-tune from an encoder checkpoint (encoder.safetensors, a map folder, a ProGEO .pth): "
+                        "its arch, dim, input size and weights")
     p.add_argument("--run-dir", required=True, help="output folder: stage1.pt, stage2.pt, encoder.safetensors")
     p.add_argument("--output", default=None, help="also copy the final encoder.safetensors here (file or folder)")
     add_config_flags(p)
@@ -78,7 +100,7 @@ def run(args):
 
     from geoloc_ros.datasets import read_image
     from geoloc_ros.mapping.storage import TRAINING_OUTPUTS, MapError, safe_output_dir
-    from geoloc_ros.model.training import Trainer
+    from geoloc_ros.model.eta import EtaTrainer
 
     try:  # before any work: a run directory holding anything but a previous run's files is refused, untouched
         safe_output_dir(args.run_dir, TRAINING_OUTPUTS)
@@ -87,14 +109,38 @@ def run(args):
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.threads:
         torch.set_num_threads(args.threads)
-    cfg = _config(args)
-    records, metadata = _training_records(args)
-    # with DataLoader workers the images stay on disk (read by path per batch); else decoded once into memory
-    images = None if cfg.data_workers else [read_image(r.path) for r in records]
-    trainer = Trainer(cfg, records, args.run_dir, images=images, val_fn=_validation_fn(args),
-                      progress=not args.no_progress, metadata=metadata)
+    start = None
+    try:
+        if args.init_from:
+            from geoloc_ros.model.finetune import checkpoint_config
+
+            fixed, start = checkpoint_config(args.init_from)
+        cfg = _config(args, fixed if start is not None else {})
+        if args.bag:
+            records, images, val_fn, metadata = _recording_data(args, cfg)
+        else:
+            records, metadata = _training_records(args)
+            # with DataLoader workers the images stay on disk (read by path per batch); else decoded once into memory
+            images = None if cfg.data_workers else [read_image(r.path) for r in records]
+            val_fn = _validation_fn(args)
+        if start is not None:
+            metadata["init_from"] = str(args.init_from)
+        trainer = EtaTrainer(cfg, records, args.run_dir, images=images, val_fn=val_fn,
+                             progress=not args.no_progress, metadata=metadata)
+        if start is not None:
+            from geoloc_ros.model.finetune import load_weights
+
+            load_weights(trainer, start, args.init_from)
+    except (MapError, ValueError) as e:  # bad recordings, checkpoints, too few places: a clear message, no trace
+        raise SystemExit(f"geoloc train: {e}") from None
+    if args.bag:
+        print(f"held-out recall before training: {_recall_text(val_fn(trainer.encoder))}", flush=True)
     (Path(args.run_dir) / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
     final = trainer.run()
+    if args.bag:
+        from geoloc_ros.model import load_encoder as _load
+
+        print(f"held-out recall after training:  {_recall_text(val_fn(_load(final, device='cpu', half=False)))}")
     if args.address_csv:
         from geoloc_ros.language.address_training import train_from_csv
 
@@ -110,9 +156,15 @@ def run(args):
     return 0
 
 
-def _config(args) -> TrainConfig:
-    """The recipe (--nordland) under the flags given; a small CPU architecture brings its own input size."""
+def _config(args, fixed=None) -> TrainConfig:
+    """The recipe (--nordland) under the flags given; a small CPU architecture brings its own input size. `fixed`:
+    what an --init-from checkpoint sets (its arch and dim must not be overridden; its input size may)."""
     values = load_recipe("nordland") if args.nordland else {}
+    for k, v in (fixed or {}).items():
+        given = getattr(args, k, None)
+        if k in ("arch", "dim", "pool_grid") and given is not None and given != v:
+            raise ValueError(f"--{k.replace('_', '-')} {given} contradicts the --init-from checkpoint ({v})")
+        values[k] = v
     for f in config_fields():
         v = getattr(args, f.name, None)
         if v is not None:
@@ -183,3 +235,44 @@ def _validation_fn(args):
         return E.recall_at_n(enc.encode(dbi), enc.encode(qi), pos)
 
     return val_fn
+
+
+def _recall_text(r: dict) -> str:
+    return (f"R@1 {r['R@1']:.1f}  R@5 {r['R@5']:.1f}  R@10 {r['R@10']:.1f}  ({r['queries']} revisit queries, "
+            f"{r['database']} database frames)")
+
+
+def _recording_data(args, cfg):
+    """(records, images, validation function, metadata) of --bag: the frames with positions, the training part,
+    and the held-out part's revisits for validation (geoloc_ros.model.recordings)."""
+    import logging
+
+    from geoloc_ros.model import recordings as R
+    from geoloc_ros.model.archs import hw
+
+    if not args.image_topic:
+        raise ValueError("--bag needs --image-topic")
+    if not (args.odom_topic or args.fix_topic or args.poses):
+        raise ValueError("--bag needs positions: --odom-topic, --fix-topic or --poses")
+    if args.train_set or args.nordland:
+        raise ValueError("--bag trains on recordings alone: leave out --train-set and --nordland")
+    if cfg.data_workers:
+        logging.getLogger("geoloc.train").info("--bag: frames are decoded into memory; --data-workers unused")
+    rec = R.read_recordings(args.bag, args.image_topic, odom_topic=args.odom_topic, fix_topic=args.fix_topic,
+                            poses=args.poses, max_gap_s=args.max_gap, size=hw(cfg.image_size),
+                            progress=not args.no_progress)
+    gap = args.val_gap if args.val_gap is not None else (cfg.N + 1) * cfg.M
+    split = R.split_recording(rec, args.val_fraction, gap, args.min_revisit_s)
+    print(f"frames: {len(rec.records)} with positions; dropped: {R.format_dropped(rec.dropped)}", flush=True)
+    for line in rec.examples:
+        print(f"  dropped: {line}")
+    print("split by position ({:g} m gap): {}".format(gap, ", ".join(f"{k} {v}" for k, v in split.summary().items())),
+          flush=True)
+    records = [rec.records[i] for i in split.train]
+    images = [rec.images[i] for i in split.train]
+    metadata = {"data": {"bags": [str(b) for b in args.bag], "image_topic": args.image_topic,
+                         "positions": {"odom_topic": args.odom_topic, "fix_topic": args.fix_topic,
+                                       "poses": args.poses, "max_gap_s": args.max_gap},
+                         "dropped": rec.dropped, "split": {**split.summary(), "val_fraction": args.val_fraction,
+                                                           "gap_m": gap, "min_revisit_s": args.min_revisit_s}}}
+    return records, images, R.validation(rec, split), metadata

@@ -16,7 +16,7 @@
 from __future__ import annotations
 
 import base64
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 import json
 import math
 import re
@@ -74,9 +74,7 @@ def retrieve(maps, descriptor: np.ndarray, k: int):
                      if m.keyframe.has_geotag]
     nearest = sorted(nearest, key=lambda c: -c.similarity)[:k]
     farthest = sorted(farthest, key=lambda c: c.similarity)[:k]
-    for rank, c in enumerate(nearest):
-        c.rank = rank
-    return nearest, farthest
+    return [replace(c, rank=rank) for rank, c in enumerate(nearest)], farthest
 
 
 def _unit(lat, lon) -> np.ndarray:

@@ -9,7 +9,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 import re
 import sqlite3
 
@@ -92,9 +92,7 @@ class TextSearch:
 
 def _ranked(candidates, k: int) -> list:
     best = sorted(candidates, key=lambda c: -c.similarity)[:k]
-    for rank, c in enumerate(best):
-        c.rank = rank
-    return best
+    return [replace(c, rank=rank) for rank, c in enumerate(best)]
 
 
 def text_search_for(maps, encoder, checkpoint=None) -> TextSearch:

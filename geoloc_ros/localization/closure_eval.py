@@ -17,16 +17,17 @@ import numpy as np
 T0_NS = 1_700_000_000 * 10**9
 
 
-def replay(settings, queries, batch_size: int = 32, odometry=None) -> list[dict]:
-    """Each query record (geoloc_ros.datasets.GeoImage) through a Localizer on `settings` (its map_path,
-    encoder, consistency mode...), closures unthresholded: one row per non-blank frame. `odometry`: an optional
-    (x, y, z) per record, given to the frames as the node's odom_topic would."""
+def replay(config, queries, blank_threshold: float = 3.0, batch_size: int = 32, odometry=None) -> list[dict]:
+    """Each query record (geoloc_ros.datasets.GeoImage) through a Localizer on `config` (a LocalizerConfig: its
+    maps, encoder, consistency mode...), closures unthresholded: one row per frame that is not blank by
+    `blank_threshold` (the node's parameter). `odometry`: an optional (x, y, z) per record, given to the frames as
+    the node's odom_topic would."""
     from geoloc_ros.datasets import read_image
     from geoloc_ros.geodesy import to_utm
     from geoloc_ros.localization import Frame, Localizer, load_snapshot
     from geoloc_ros.node.images import is_blank
 
-    localizer = Localizer(load_snapshot(replace(settings, loop_closure_min_confidence=0.0)))
+    localizer = Localizer(load_snapshot(replace(config, loop_closure_min_confidence=0.0)))
     rows, batch = [], []
 
     def flush():
@@ -43,7 +44,7 @@ def replay(settings, queries, batch_size: int = 32, odometry=None) -> list[dict]
 
     for i, rec in enumerate(queries):
         rgb = read_image(rec.path)
-        if is_blank(rgb, settings.blank_threshold):
+        if is_blank(rgb, blank_threshold):
             continue
         odom = None if odometry is None else tuple(odometry[i])
         batch.append((rec, Frame(camera="/camera/image_raw", topic="/camera/image_raw", stamp_ns=T0_NS + i * 10**9,

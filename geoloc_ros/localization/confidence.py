@@ -71,10 +71,11 @@ def _sigmoid(x: float) -> float:
     return e / (1.0 + e)
 
 
-def similarity_margin(anchor, candidates, agree) -> float:
-    """The anchor's similarity minus the best candidate that does not agree with it (another place). When all of
-    them agree, the lowest candidate's similarity stands in: the best other place is at most that similar."""
-    others = [c.similarity for c in candidates if not agree(anchor.key, c.key)]
+def similarity_margin(anchor, candidates, same_place) -> float:
+    """The anchor's similarity minus the best candidate at another place (`same_place(key, key)` false). When all
+    of them are at the anchor's place, the lowest candidate's similarity stands in: the best other place is at
+    most that similar."""
+    others = [c.similarity for c in candidates if not same_place(anchor.key, c.key)]
     if others:
         return float(anchor.similarity - max(others))
     return float(anchor.similarity - min((c.similarity for c in candidates), default=anchor.similarity))
@@ -84,8 +85,10 @@ class ClosureHistory:
     """Per camera, the anchors (candidate 0) of the last frames' closures, before any confidence threshold, and
     the odometry of those frames: the agreement and odometry evidence."""
 
-    def __init__(self, agree, odometry_tolerance_m: float, must_advance: bool = False):
-        self.agree, self.tolerance, self.must_advance = agree, float(odometry_tolerance_m), bool(must_advance)
+    def __init__(self, same_place, odometry_tolerance_m: float, must_advance: bool = False):
+        """`same_place(key, key)`: whether two closures' keyframes are one place (ConsistencyFilter.same_place)."""
+        self.same_place, self.tolerance = same_place, float(odometry_tolerance_m)
+        self.must_advance = bool(must_advance)
         self._history: dict[str, deque] = {}
 
     def reset(self):
@@ -96,7 +99,7 @@ class ClosureHistory:
         h = self._history.setdefault(camera, deque(maxlen=AGREEMENT_MAX))
         agreement, consistent = 0, None
         if anchor is not None:
-            agreement = sum(prev is not None and self.agree(anchor.key, prev.key)
+            agreement = sum(prev is not None and self.same_place(anchor.key, prev.key)
                             and not (self.must_advance and _same_keyframe(prev, anchor)) for prev, _ in h)
             consistent = self._odometry_consistent(anchor, odom, h)
         h.append((anchor, odom))

@@ -11,7 +11,7 @@ import math
 class ConsistencyFilter:
     """Per camera, the keyframes that the last `k` frames matched best.
 
-    Two keyframes agree when both have map-frame positions within `radius_m` of each other (same map), or,
+    Two keyframes are one place when both have map-frame positions within `radius_m` of each other (same map), or,
     lacking positions, when they belong to the same map and their ids differ by at most `id_window`
     (map builders number keyframes in capture order)."""
 
@@ -22,8 +22,8 @@ class ConsistencyFilter:
     def reset(self):
         self._history.clear()
 
-    def agree(self, a, b) -> bool:
-        """a, b: (map_name, Keyframe)."""
+    def same_place(self, a, b) -> bool:
+        """Whether keyframes a, b, each (map_id, Keyframe), show one place (see the class docstring)."""
         (ma, ka), (mb, kb) = a, b
         if ma != mb:
             return False
@@ -32,13 +32,13 @@ class ConsistencyFilter:
         return abs(int(ka.id) - int(kb.id)) <= self.id_window
 
     def update(self, camera: str, best) -> bool:
-        """Record this frame's best (map_name, Keyframe), or None when it had no candidate; True when the last k
-        frames' best matches all agree with this one."""
+        """Record this frame's best (map_id, Keyframe), or None when it had no candidate; True when the last k
+        frames' best matches are all at this one's place."""
         h = self._history.setdefault(camera, deque(maxlen=self.k))
         h.append(best)
         if best is None or len(h) < self.k:
             return False
-        return all(other is not None and self.agree(best, other) for other in h)
+        return all(other is not None and self.same_place(best, other) for other in h)
 
 
 class SequenceMatcher:

@@ -36,9 +36,13 @@ class Frame:
         return self.stamp_ns or self.received_ns
 
 
-@dataclass
+SOURCES = ("prior_map", "session", "peer")  # where a candidate's keyframe came from (PlaceCandidate.source)
+
+
+@dataclass(frozen=True)
 class Candidate:
-    """One place candidate: a keyframe of a map, its similarity, and what verification said about it."""
+    """One place candidate: a keyframe of a map, its similarity, and what verification said about it. Immutable:
+    each step (ranking, verification, confidence) makes a new one with dataclasses.replace."""
 
     map_id: str
     map_name: str
@@ -49,6 +53,11 @@ class Candidate:
     inliers: int = 0
     relative_pose: object | None = None  # geoloc_ros.geometry.RelativePose: query camera in the keyframe camera
     confidence: float = 0.0  # of a loop closure, in [0, 1] (localization/confidence.py); 0 for plain candidates
+    source: str = "prior_map"  # one of SOURCES
+    robot_id: str = ""  # the robot owning a peer keyframe; empty for prior-map and own session keyframes
+    # (x, y, z) of the keyframe in the node's map frame (the first geotagged map's, as ~/pose), z NaN when unknown;
+    # None when the keyframe has no position. Set by Snapshot.placed.
+    position: tuple | None = None
 
     @property
     def relative_pose_kind(self) -> str:

@@ -1,6 +1,6 @@
-"""From candidates to one position: the similarity-weighted mean of the candidates that agree with the best one,
-with a covariance from their spread that never drops below a floor (a place match is only as precise as the
-keyframe spacing, however tightly the candidates cluster)."""
+"""From candidates to one position: the similarity-weighted mean of the candidates within fusion_radius_m of the
+best one, with a covariance from their spread that never drops below a floor (a place match is only as precise
+as the keyframe spacing, however tightly the candidates cluster)."""
 
 from __future__ import annotations
 
@@ -24,7 +24,7 @@ class PoseEstimate:
     used: int  # candidates fused
 
 
-def fuse(keyframes, similarities, agreement_radius_m: float = 30.0, floor_m: float = 5.0, scale: float = 1.0,
+def fuse(keyframes, similarities, fusion_radius_m: float = 30.0, floor_m: float = 5.0, scale: float = 1.0,
          yaw_floor_deg: float = 10.0) -> PoseEstimate | None:
     """`keyframes` best first (the first is the anchor), all in one map frame. None when the best has no
     position."""
@@ -32,7 +32,7 @@ def fuse(keyframes, similarities, agreement_radius_m: float = 30.0, floor_m: flo
         return None
     best = keyframes[0]
     pick = [(k, s) for k, s in zip(keyframes, similarities)
-            if k.has_position and math.hypot(k.x - best.x, k.y - best.y) <= agreement_radius_m]
+            if k.has_position and math.hypot(k.x - best.x, k.y - best.y) <= fusion_radius_m]
     xyz = np.array([(k.x, k.y, k.z if math.isfinite(k.z) else 0.0) for k, _ in pick], dtype=np.float64)
     # Cosine similarities can be negative; shift so the weakest fused candidate still counts a little.
     s = np.array([s for _, s in pick], dtype=np.float64)

@@ -8,6 +8,7 @@ maps. Consistency history starts afresh with each Localizer, as a reload resets 
 
 from __future__ import annotations
 
+from dataclasses import replace
 import time
 
 import numpy as np
@@ -16,27 +17,25 @@ from geoloc_ros.localization.confidence import ClosureHistory, Evidence, confide
 from geoloc_ros.localization.consistency import ConsistencyFilter, SequenceMatcher
 from geoloc_ros.localization.frames import SESSION_MAP_ID, Candidate, FrameResult, Pose
 from geoloc_ros.localization.fusion import covariance6, fuse
-
-CONSISTENCY_MODES = ("consecutive", "sequence")
+from geoloc_ros.localization.snapshot import reexpress
+from geoloc_ros.localization.verification import Verifier
 
 
 class Localizer:
-    def __init__(self, snapshot, session=None, verifier=None):
-        """`session`: a SessionMap or None; `verifier`: anything with `verify(frame, candidates) -> candidates`
-        (and `remember(keyframe_id, frame)` for session keyframes), or None to publish closures unverified."""
-        s = snapshot.settings
-        if s.consistency_mode not in CONSISTENCY_MODES:
-            raise ValueError(f"consistency_mode {s.consistency_mode!r}: expected consecutive or sequence")
+    def __init__(self, snapshot, session=None, verifier: Verifier | None = None):
+        """`session`: a SessionMap or None; `verifier`: a Verifier, or None to publish closures unverified."""
+        s = snapshot.config
         self.snapshot, self.session, self.verifier = snapshot, session, verifier
         self.consistency = ConsistencyFilter(s.consistency_k, s.consistency_radius_m, s.consistency_id_window)
         self.sequence = SequenceMatcher(s.sequence_window, min_margin=s.sequence_min_margin) \
             if s.consistency_mode == "sequence" else None
-        self.history = ClosureHistory(self.consistency.agree, s.consistency_radius_m,
+        self.history = ClosureHistory(self.consistency.same_place, s.odometry_tolerance_m,
                                       must_advance=self.sequence is not None)
 
     @property
-    def settings(self):
-        return self.snapshot.settings
+    def config(self):
+        """The LocalizerConfig of this localizer's snapshot."""
+        return self.snapshot.config
 
     def process(self, frames) -> list[FrameResult]:
         if not frames:
@@ -52,8 +51,8 @@ class Localizer:
             closures, sequence_margin = self.closures(frame.camera, d, cands)
             if closures and self.verifier is not None:
                 closures = self.verifier.verify(frame, closures)
-            evidence = self._rate(frame, cands, closures, sequence_margin)
-            closures = [c for c in closures if c.confidence >= self.settings.loop_closure_min_confidence]
+            closures, evidence = self._rate(frame, cands, closures, sequence_margin)
+            closures = [c for c in closures if c.confidence >= self.config.loop_closure_min_confidence]
             pose = self.pose(closures) if closures else None
             results.append(FrameResult(frame, cands, closures, pose, encode_ms, search_ms,
                                        self._add_to_session(frame, d), evidence))
@@ -63,7 +62,7 @@ class Localizer:
     def search(self, desc, frames) -> list[list[Candidate]]:
         """Per frame: candidates of every map and the session map, best first, at most top_k, all at least
         min_similarity, ranked."""
-        s = self.settings
+        s = self.config
         merged = [[] for _ in frames]
         for m in self.snapshot.maps:
             for i, matches in enumerate(m.db.search(desc, s.top_k)):
@@ -74,7 +73,7 @@ class Localizer:
         out = []
         for cands in merged:
             kept = sorted((c for c in cands if c.similarity >= s.min_similarity), key=lambda c: -c.similarity)
-            out.append(_ranked(kept[: s.top_k]))
+            out.append(_ranked([self.snapshot.placed(c) for c in kept[: s.top_k]]))
         return out
 
     # -- loop closures ----------------------------------------------------------------------------------------
@@ -86,11 +85,11 @@ class Localizer:
         best = cands[0].key if cands else None
         if not self.consistency.update(camera, best):
             return [], None
-        return [_copy(c) for c in cands if self.consistency.agree(best, c.key)], None
+        return [c for c in cands if self.consistency.same_place(best, c.key)], None
 
     def _sequence_closures(self, camera, desc, cands):
-        """The end of the best-scoring run of map rows, then the frame's own candidates that agree with it (same
-        map, within consistency_radius_m)."""
+        """The end of the best-scoring run of map rows, then the frame's own candidates at its place (same map,
+        within consistency_radius_m)."""
         self.sequence.push(camera, desc)
         best = None
         for m in self.snapshot.maps:
@@ -101,46 +100,40 @@ class Localizer:
             return [], None
         m, (row, _score, margin) = best
         kf = m.db.keyframe(int(m.row_ids[row]))
-        anchor = Candidate(m.id, m.name, kf, float(np.dot(desc, m.descriptors[row])))
-        picked = [anchor] + [_copy(c) for c in cands if c.map_id == m.id and c.keyframe.id != kf.id
-                             and self.consistency.agree(anchor.key, c.key)]
+        anchor = self.snapshot.placed(Candidate(m.id, m.name, kf, float(np.dot(desc, m.descriptors[row]))))
+        picked = [anchor] + [c for c in cands if c.map_id == m.id and c.keyframe.id != kf.id
+                             and self.consistency.same_place(anchor.key, c.key)]
         return _ranked(picked), margin
 
-    def _rate(self, frame, cands, closures, sequence_margin) -> Evidence | None:
-        """Set every closure's confidence (docs/node.md, "Loop-closure confidence"); the evidence, or None when
-        the frame has no closure. Agreement and odometry are recorded before any threshold, so the confidence of a
-        frame does not depend on loop_closure_min_confidence."""
-        s = self.settings
+    def _rate(self, frame, cands, closures, sequence_margin) -> tuple[list[Candidate], Evidence | None]:
+        """The closures with their confidence (docs/node.md, "Loop-closure confidence") and the evidence, or None
+        when the frame has no closure. Agreement and odometry are recorded before any threshold, so the confidence
+        of a frame does not depend on loop_closure_min_confidence."""
+        s = self.config
         anchor = closures[0] if closures else None
         agreement, odometry_ok = self.history.update(frame.camera, anchor, frame.odom)
         if anchor is None:
-            return None
-        agree = self.consistency.agree
-        evidence = Evidence(similarity_margin(anchor, cands, agree), agreement, sequence_margin,
-                            anchor.inliers if anchor.verified else 0, s.verification_min_inliers, odometry_ok)
+            return closures, None
+        margin = similarity_margin(anchor, cands, self.consistency.same_place)
+        evidence = Evidence(margin, agreement, sequence_margin, anchor.inliers if anchor.verified else 0,
+                            s.verification_min_inliers, odometry_ok)
         # a closure of consecutive agreement (also sequence mode's fallback on the session map alone) is rated so
         value = confidence(evidence, "consecutive" if sequence_margin is None else "sequence")
-        for c in closures:
-            c.confidence = value
-        return evidence
+        return [replace(c, confidence=value) for c in closures], evidence
 
     # -- pose -------------------------------------------------------------------------------------------------
     def pose(self, closures) -> Pose | None:
         """Fuse the closures of the best one's map into a position; None when that keyframe has no position."""
         from geoloc_ros.mapping import quaternion_from_heading
 
-        s, anchor = self.settings, closures[0].map_id
+        s, anchor = self.config, closures[0].map_id
         same = [c for c in closures if c.map_id == anchor]
-        est = fuse([c.keyframe for c in same], [c.similarity for c in same], s.agreement_radius_m,
+        est = fuse([c.keyframe for c in same], [c.similarity for c in same], s.fusion_radius_m,
                    s.covariance_floor_m, s.covariance_scale, s.yaw_floor_deg)
         if est is None:
             return None
         frame = self._map_frame(anchor)
-        x, y = est.x, est.y
-        primary = self.snapshot.primary_frame
-        if frame is not None and primary is not None and frame != primary:  # express in the first map's frame
-            lat, lon, _ = frame.to_wgs84(x, y, 0.0)
-            x, y, _ = primary.to_local(lat, lon, 0.0)
+        x, y = reexpress(est.x, est.y, frame, self.snapshot.primary_frame)  # in the first geotagged map's frame
         wgs84 = tuple(float(v) for v in frame.to_wgs84(est.x, est.y, est.z)) if frame is not None else None
         return Pose(float(x), float(y), float(est.z), tuple(quaternion_from_heading(est.heading)),
                     covariance6(est), wgs84)
@@ -153,19 +146,13 @@ class Localizer:
 
     # -- session map ------------------------------------------------------------------------------------------
     def _add_to_session(self, frame, desc) -> int | None:
-        if self.session is None or not self.session.wants(frame, self.settings):
+        if self.session is None or not self.session.wants(frame, self.config):
             return None
         kid = self.session.add(frame, desc)
-        if self.verifier is not None and hasattr(self.verifier, "remember"):
+        if self.verifier is not None:
             self.verifier.remember(kid, frame)
         return kid
 
 
-def _copy(c: Candidate) -> Candidate:
-    return Candidate(c.map_id, c.map_name, c.keyframe, c.similarity, c.rank)
-
-
 def _ranked(cands) -> list[Candidate]:
-    for rank, c in enumerate(cands):
-        c.rank = rank
-    return cands
+    return [replace(c, rank=rank) for rank, c in enumerate(cands)]

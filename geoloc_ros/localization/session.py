@@ -79,7 +79,8 @@ class SessionMap:
         out = []
         for frame, matches in zip(frames, found):
             kept = [x for x in matches if abs(frame.time_ns - x.keyframe.stamp_ns) >= window_ns][:top_k]
-            out.append([Candidate(SESSION_MAP_ID, SESSION_MAP_ID, x.keyframe, float(x.similarity)) for x in kept])
+            out.append([Candidate(SESSION_MAP_ID, SESSION_MAP_ID, x.keyframe, float(x.similarity),
+                                  source="session") for x in kept])
         return out
 
     def wants(self, frame, s) -> bool:

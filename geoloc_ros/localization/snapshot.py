@@ -1,5 +1,5 @@
 """One immutable snapshot of what the localizer searches with: the encoder, the maps (each identified by its
-directory) and the settings. Built whole by `load_snapshot` at configure time and by `with_maps` on reload, so a
+directory) and the LocalizerConfig. Built whole by `load_snapshot` at configure time and by `with_maps` on reload, so a
 reader holding a snapshot never sees half of an old one and half of a new one."""
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ class MapEntry:
 class Snapshot:
     encoder: object
     maps: tuple  # MapEntry, in map_path order
-    settings: object  # geoloc_ros.node.params.Settings (a copy owned by this snapshot)
+    config: object  # geoloc_ros.localization.config.LocalizerConfig
     encoder_file: str  # the checkpoint the encoder came from (attached to a saved session map)
 
     @property
@@ -44,9 +44,30 @@ class Snapshot:
     def entry(self, map_id: str) -> MapEntry | None:
         return next((m for m in self.maps if m.id == map_id), None)
 
-    def with_maps(self, maps, map_path) -> Snapshot:
-        """A new snapshot with other maps (reload_map); the encoder and the other settings stay."""
-        return replace(self, maps=tuple(maps), settings=replace(self.settings, map_path=list(map_path)))
+    def with_maps(self, maps, map_paths) -> Snapshot:
+        """A new snapshot with other maps (reload_map); the encoder and the rest of the config stay."""
+        return replace(self, maps=tuple(maps), config=replace(self.config, maps=tuple(map_paths)))
+
+    def placed(self, c):
+        """Candidate `c` with its keyframe's position in the node's map frame (primary_frame, the frame of
+        ~/pose). Session keyframes are already in it; a keyframe of a map this snapshot does not hold keeps its
+        own map's coordinates."""
+        k = c.keyframe
+        if not k.has_position:
+            return replace(c, position=None)
+        entry = self.entry(c.map_id)
+        x, y = reexpress(float(k.x), float(k.y), entry.db.frame if entry is not None else None, self.primary_frame)
+        return replace(c, position=(x, y, float(k.z)))
+
+
+def reexpress(x: float, y: float, frame, target) -> tuple[float, float]:
+    """(x, y) of map frame `frame` in map frame `target` (geodesy.MapFrame, through WGS84); unchanged when either
+    is unknown or they are the same frame."""
+    if frame is None or target is None or frame == target:
+        return x, y
+    lat, lon, _ = frame.to_wgs84(x, y, 0.0)
+    tx, ty, _ = target.to_local(lat, lon, 0.0)
+    return float(tx), float(ty)
 
 
 def map_id(path) -> str:
@@ -70,14 +91,12 @@ def load_maps(paths, encoder=None) -> list[MapEntry]:
 
 
 def load_snapshot(s) -> Snapshot:
-    """Encoder + maps for settings `s` (a params.Settings); LoadError with the reason when anything is wrong."""
+    """Encoder + maps for `s` (a LocalizerConfig); LoadError with the reason when anything is wrong."""
     from geoloc_ros.mapping import MapError
     from geoloc_ros.mapping.database import check_encoder
 
     if s.device not in ("auto", "cpu", "cuda") and not s.device.startswith("cuda:"):
         raise LoadError(f"device {s.device!r}: expected auto, cpu, cuda or cuda:N")
-    if not s.image_topics:
-        raise LoadError("image_topics is empty: nothing to listen to")
     maps = load_maps(s.maps)
     first = maps[0].db if maps else None
     enc_path = s.encoder_path or (str(first.encoder_path) if first is not None and first.encoder_path else "")
@@ -90,7 +109,7 @@ def load_snapshot(s) -> Snapshot:
             check_encoder(p, m.db.dim, m.db.fingerprint, encoder)
         except MapError as e:
             raise LoadError(f"{e} (encoder {enc_path!r}), or set encoder_path to the map's") from None
-    return Snapshot(encoder, tuple(maps), replace(s), enc_path)
+    return Snapshot(encoder, tuple(maps), s, enc_path)
 
 
 def open_encoder(path: str, s):

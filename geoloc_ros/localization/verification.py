@@ -10,12 +10,15 @@ on either side, else direction) and its inliers. When either camera model is unk
 yet, or a map built without one) no pose can be computed: the candidate is judged by the inliers of a RANSAC
 fundamental matrix between the same features, and its relative pose stays "none".
 
-The localizer calls verification through one seam, `verify(query_frame, candidates) -> candidates kept` (with
-`verified`, `inliers` and `relative_pose` filled in), and `remember(keyframe_id, frame)` for session keyframes."""
+The localizer calls verification through one seam, the `Verifier` protocol: `verify(query_frame, candidates) ->
+candidates kept` (new candidates with `verified`, `inliers` and `relative_pose` filled in), and
+`remember(keyframe_id, frame)` for session keyframes."""
 
 from __future__ import annotations
 
 from collections import Counter
+from dataclasses import replace
+from typing import Protocol
 
 import numpy as np
 
@@ -26,6 +29,25 @@ from geoloc_ros.localization.frames import SESSION_MAP_ID
 POSE_LEVELS = ("none", "direction", "metric")  # verification_require_pose values, weakest first
 FUNDAMENTAL_PIXELS = 3.0  # RANSAC threshold of the camera-less check (pixels)
 REBUILD_HINT = "rebuild it with `geoloc map build --local-features sift` (the default)"
+
+
+class Verifier(Protocol):
+    """What the localizer asks of geometric verification."""
+
+    counts: Counter  # verdicts and why candidates could not be checked, for /diagnostics
+
+    def verify(self, frame, candidates) -> list:
+        """The candidates that `frame` verifiably shows, as new Candidates with verified, inliers and
+        relative_pose set."""
+
+    def remember(self, keyframe_id: int, frame) -> None:
+        """Keep what later verification against session keyframe `keyframe_id` (made from `frame`) needs."""
+
+    def with_maps(self, maps) -> Verifier:
+        """The same verifier for reloaded maps."""
+
+    def problems(self) -> list[str]:
+        """Why some candidates can never be verified, for the log and /diagnostics."""
 
 
 class FeatureVerifier:
@@ -57,12 +79,8 @@ class FeatureVerifier:
     # -- the seam ----------------------------------------------------------------------------------------------
     def verify(self, frame, candidates):
         query = self._query_for(frame)
-        kept = []
-        for c in candidates:
-            self._check(query, c)
-            if c.verified:
-                kept.append(c)
-        return kept
+        checked = [self._check(query, c) for c in candidates]
+        return [c for c in checked if c.verified]
 
     def remember(self, keyframe_id: int, frame):
         """Keep a new session keyframe's features with its camera model (depth inside the features)."""
@@ -71,24 +89,25 @@ class FeatureVerifier:
 
     # -- one candidate -----------------------------------------------------------------------------------------
     def _check(self, query, c):
+        """`c` with what verification found (verified, inliers, relative_pose)."""
         stored = self._stored(c)
-        c.verified, c.inliers, c.relative_pose = False, 0, None
         if stored is None:
             self.counts["no_features"] += 1
-            return
+            return replace(c, verified=False, inliers=0, relative_pose=None)
         features, camera = stored
         if query.camera is None or camera is None:
             self.counts["no_query_camera" if query.camera is None else "no_keyframe_camera"] += 1
             result = RelativePose(inliers=fundamental_inliers(query.get(features.detector), features))
         else:
             result = verify_candidate(query.get(features.detector), query.camera, features, camera, self.min_inliers)
-        c.inliers = int(result.inliers)
-        c.relative_pose = result if result.kind != "none" else None
-        c.verified = c.inliers >= self.min_inliers and \
+        inliers = int(result.inliers)
+        verified = inliers >= self.min_inliers and \
             POSE_LEVELS.index(result.kind) >= POSE_LEVELS.index(self.require_pose)
-        self.counts["verified" if c.verified else "rejected"] += 1
-        if c.verified:
+        self.counts["verified" if verified else "rejected"] += 1
+        if verified:
             self.counts[f"pose_{result.kind}"] += 1
+        return replace(c, verified=verified, inliers=inliers,
+                       relative_pose=result if result.kind != "none" else None)
 
     def _stored(self, c):
         """(Features, PinholeCamera or None) of the candidate's keyframe, or None when none are stored."""
@@ -149,9 +168,8 @@ def fundamental_inliers(a, b, threshold_px: float = FUNDAMENTAL_PIXELS) -> int:
     return int(mask.sum()) if mask is not None else 0
 
 
-def build_verifier(s, snapshot, session):
-    """The FeatureVerifier for settings `s` (a params.Settings) and a loaded snapshot, or None when verification
-    is off."""
+def build_verifier(s, snapshot, session) -> Verifier | None:
+    """The FeatureVerifier for `s` (a LocalizerConfig) and a loaded snapshot, or None when verification is off."""
     if not s.verification:
         return None
     return FeatureVerifier(snapshot.maps, session.features if session is not None else None,
@@ -159,7 +177,7 @@ def build_verifier(s, snapshot, session):
                            s.verification_max_keypoints)
 
 
-def diagnostics(verifier) -> dict:
+def diagnostics(verifier: Verifier | None) -> dict:
     """/diagnostics values of verification: candidates verified / rejected, poses by kind, and why candidates
     could not be checked (no_features, no_query_camera: no CameraInfo yet, no_keyframe_camera)."""
     if verifier is None:

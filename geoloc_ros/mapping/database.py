@@ -64,6 +64,7 @@ class MapDatabase:
         self._sidecars = {}  # storage.ENCODER_SIDECARS name -> path: files that travel with the encoder
         self._id_order = None  # argsort of ids, rebuilt lazily after adds
         self.local_features = None  # a mapping.features.LocalFeatureStore when the map keeps local features
+        self.structure = None  # a mapping.structure.MapStructure when keyframes carry camera poses and 3D points
         if self._index.ntotal != len(self) or self._desc.n != len(self):
             raise MapError(f"map {self.name!r}: index has {self._index.ntotal} rows, descriptors {self._desc.n}, "
                            f"keyframes {len(self)}")
@@ -121,6 +122,9 @@ class MapDatabase:
         from geoloc_ros.mapping.features import attach_on_load
 
         attach_on_load(db, folder, manifest)
+        from geoloc_ros.mapping.structure import attach_on_load as attach_structure
+
+        attach_structure(db, folder, manifest)
         return db
 
     # -- identity --------------------------------------------------------------------------------------------
@@ -343,11 +347,15 @@ class MapDatabase:
                 shutil.copyfile(path, folder / name)
         if self.local_features is not None:
             self.local_features.write(folder)
+        if self.structure is not None:
+            self.structure.write(folder)
         (folder / storage.MANIFEST).write_bytes(storage.manifest_bytes(self.manifest(storage.describe_files(folder))))
 
     def manifest(self, files: dict | None = None) -> dict:
         synthetic = self.column("synthetic")
         extra = {"local_features": self.local_features.manifest_entry()} if self.local_features is not None else {}
+        if self.structure is not None:
+            extra["structure"] = self.structure.manifest_entry()
         return {**extra,
             "format": storage.FORMAT,
             "format_version": storage.FORMAT_VERSION,
@@ -391,6 +399,7 @@ class MapDatabase:
         other._sidecars = dict(self._sidecars)
         other.map_id = self.map_id  # the same keyframes, only indexed differently
         other.local_features = self.local_features.copy() if self.local_features is not None else None
+        other.structure = self.structure.copy() if self.structure is not None else None
         other.add(self.descriptors, list(self.keyframes()))
         return other
 

@@ -9,6 +9,7 @@
     MAP/features.npz, MAP/cameras.json  optional: keyframes' local features and camera models (mapping/features.py)
     MAP/text_tower.safetensors  optional: the encoder's CLIP text tower (language/text_tower.py)
     MAP/combiner.safetensors    optional: the encoder's feature combiner for descriptions (model/fused_encoder.py)
+    MAP/structure.npz        optional: keyframes' camera poses and 3D points (mapping/structure.py)
 
 A map is written into a temporary sibling directory, every file and the directory are fsynced, and the
 directory is then renamed over the old one (swapped atomically where the kernel offers renameat2), so a crash
@@ -43,6 +44,7 @@ CAMERAS = "cameras.json"  # optional: the keyframes' camera models (mapping/feat
 TEXT_TOWER = "text_tower.safetensors"  # optional: the encoder's CLIP text tower (language/text_tower.py)
 COMBINER = "combiner.safetensors"  # optional: the encoder's feature combiner (model/fused_encoder.py)
 ENCODER_SIDECARS = (TEXT_TOWER, COMBINER)  # files that travel beside the encoder checkpoint, and with it
+STRUCTURE = "structure.npz"  # optional: keyframes' camera poses and 3D points (mapping/structure.py)
 _SELF_CHECKSUM = "manifest_sha256"
 
 
@@ -303,7 +305,7 @@ def _renameat2_exchange(a: Path, b: Path) -> bool:
     return False  # e.g. EINVAL on filesystems without exchange support: fall back
 
 
-MAP_FILES = (MANIFEST, KEYFRAMES, DESCRIPTORS, INDEX, ENCODER, LOCAL_FEATURES, CAMERAS, *ENCODER_SIDECARS)
+MAP_FILES = (MANIFEST, KEYFRAMES, DESCRIPTORS, INDEX, ENCODER, LOCAL_FEATURES, CAMERAS, *ENCODER_SIDECARS, STRUCTURE)
 
 
 def carry_over_extras(old: Path, tmp: Path) -> None:

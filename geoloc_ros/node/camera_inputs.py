@@ -3,7 +3,10 @@
 CameraInfo topic of an image topic, the rule `geoloc map build` uses for bags (docs/maps.md): image_transport's
 sibling `<namespace>/camera_info` of `<namespace>/image_raw`, and `<image_topic>/camera_info`; the node listens
 on both (a message on the sibling wins) unless `camera_info_topics` names the topic. The latest calibrated
-CameraInfo is the camera's model; an uncalibrated one (K all zero) is ignored and shown in /diagnostics.
+CameraInfo is the camera's model; an uncalibrated one (K all zero) or one with non-finite values is ignored and
+shown in /diagnostics. A model is used for a frame of its own size, or of a size with its aspect ratio (binning,
+a resized stream: the model is scaled); a CameraInfo whose size does not fit the frames (100000x10 for 1024x768
+frames) is refused for them, counted and named in /diagnostics, rather than stretched to fit.
 
 Depth (`depth_topics`, sensor_msgs/Image 16UC1 millimetres or 32FC1 metres): the newest few messages are kept,
 undecoded; a colour frame takes the one whose stamp is nearest its own, within `depth_tolerance_s`, else none.
@@ -22,6 +25,7 @@ from geoloc_ros.stamps import stamp_ns
 DEPTH_KEPT = 4  # depth messages kept per camera: a colour frame and its depth arrive in either order
 TRANSPORTS = ("/compressed", "/theora", "/zstd")
 DEPTH_ENCODINGS = {"16UC1": "u2", "mono16": "u2", "32FC1": "f4"}
+ASPECT_TOLERANCE = 0.02  # relative difference of width/height scale factors still taken as one resize
 
 
 def camera_info_topics(image_topic: str) -> list[str]:
@@ -50,6 +54,31 @@ def decode_depth(msg) -> np.ndarray:
     return np.ascontiguousarray(rows).view(dtype).reshape(h, w).astype(dtype.newbyteorder("="), copy=False)
 
 
+def model_problem(model) -> str | None:
+    """Why a PinholeCamera from a CameraInfo cannot be used (non-finite or non-positive values), or None."""
+    values = (model.fx, model.fy, model.cx, model.cy, *model.distortion)
+    if not all(np.isfinite(v) for v in values):
+        return f"CameraInfo has non-finite values (K {model.fx}, {model.fy}, {model.cx}, {model.cy}; " \
+               f"D {list(model.distortion)})"
+    if model.fx <= 0 or model.fy <= 0:
+        return f"CameraInfo focal lengths {model.fx}, {model.fy} are not positive"
+    if (model.width or 0) < 0 or (model.height or 0) < 0:
+        return f"CameraInfo size {model.width}x{model.height} is negative"
+    return None
+
+
+def size_problem(model, width: int, height: int) -> str | None:
+    """None when a model of CameraInfo size model.width x model.height describes frames of width x height: the
+    same size, no size given (0x0), or a resize keeping the aspect ratio; else why not."""
+    if not model.width or not model.height or (model.width, model.height) == (width, height):
+        return None
+    sx, sy = width / model.width, height / model.height
+    if abs(sx - sy) <= ASPECT_TOLERANCE * max(sx, sy):
+        return None
+    return (f"CameraInfo is {model.width}x{model.height} but the frames are {width}x{height}, not a resize of it "
+            f"(scale {sx:.4g} x {sy:.4g}); frames go unverified by camera geometry until it matches")
+
+
 class CameraInputs:
     """Camera models and depth messages per camera (keyed by its raw image topic, like the frames)."""
 
@@ -63,21 +92,20 @@ class CameraInputs:
         self.counts = Counter()
         self._models = {}  # camera -> (priority: 0 best, PinholeCamera)
         self._problems = {}  # camera -> why its CameraInfo is not used
+        self._mismatch = {}  # camera -> why its CameraInfo does not fit its latest frame
         self._depth = {t: deque(maxlen=DEPTH_KEPT) for t in self.depth_topics}
         self._lock = threading.Lock()
 
-    def subscribe(self, node, qos) -> list:
-        """The CameraInfo and depth subscriptions on `node`, with the camera subscriptions' QoS profile `qos`."""
+    def subscribe(self, create) -> None:
+        """The CameraInfo and depth subscriptions, made by `create(kind, topic, callback)` (the camera intake's
+        `subscribe_camera`: the images' thread and QoS)."""
         from sensor_msgs.msg import CameraInfo, Image
 
-        subs = []
         for camera, topics in self.info_topics.items():
             for priority, topic in enumerate(topics):
-                subs.append(node.create_subscription(
-                    CameraInfo, topic, lambda m, c=camera, p=priority: self.on_info(m, c, p), qos))
+                create(CameraInfo, topic, lambda m, c=camera, p=priority: self.on_info(m, c, p))
         for camera, topic in self.depth_topics.items():
-            subs.append(node.create_subscription(Image, topic, lambda m, c=camera: self.on_depth(m, c), qos))
-        return subs
+            create(Image, topic, lambda m, c=camera: self.on_depth(m, c))
 
     # -- callbacks (executor thread) ---------------------------------------------------------------------------
     def on_info(self, msg, camera: str, priority: int = 0):
@@ -88,8 +116,12 @@ class CameraInputs:
             return  # the sibling <namespace>/camera_info is publishing: it wins
         try:
             model = PinholeCamera.from_camera_info(msg)
-        except ValueError as e:
-            self._problems[camera] = str(e)
+            problem = model_problem(model)
+        except (ValueError, TypeError, OverflowError) as e:
+            problem = str(e)
+        if problem is not None:
+            self.counts["camera_info_refused"] += 1
+            self._problems[camera] = problem
             return
         self._problems.pop(camera, None)
         self._models[camera] = (priority, model)
@@ -99,9 +131,20 @@ class CameraInputs:
             self._depth[camera].append((stamp_ns(msg.header.stamp), msg))
 
     # -- the worker --------------------------------------------------------------------------------------------
-    def model(self, camera: str):
+    def model(self, camera: str, width: int | None = None, height: int | None = None):
+        """The camera's model, or None; with a frame size, None also when the model's size does not fit it
+        (`size_problem`: counted and named in /diagnostics)."""
         held = self._models.get(camera)
-        return held[1] if held is not None else None
+        if held is None:
+            return None
+        if width is not None and height is not None:
+            problem = size_problem(held[1], width, height)
+            if problem is not None:
+                self.counts["camera_info_size_mismatch"] += 1
+                self._mismatch[camera] = problem
+                return None
+            self._mismatch.pop(camera, None)
+        return held[1]
 
     def depth_for(self, camera: str, stamp: int):
         """The decoded depth image paired with a colour frame of `camera` stamped `stamp`, or None."""
@@ -123,6 +166,6 @@ class CameraInputs:
         """/diagnostics values: cameras without a usable CameraInfo (no relative pose can be computed for them)."""
         missing = [c for c in self.info_topics if c not in self._models]
         out = {"camera_info_missing": ", ".join(missing) or "none"}
-        out.update({f"camera_info_refused {c}": why for c, why in self._problems.items()})
+        out.update({f"camera_info_refused {c}": why for c, why in {**self._mismatch, **self._problems}.items()})
         out.update(self.counts)
         return out

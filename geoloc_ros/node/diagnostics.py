@@ -39,6 +39,7 @@ class NodeStats:
         self.rejected = Counter()  # FrameError.kind -> count
         self.loop_closures = 0
         self.fixes_ignored = Counter()  # NavSatFix refused as a geotag, by reason (no_fix, out_of_range, ...)
+        self.odom_ignored = 0  # Odometry refused as a keyframe position (a non-finite position)
         self.input_rate, self.output_rate = RateMeter(), RateMeter()
         self.encode_ms: deque = deque(maxlen=window)
         self.search_ms: deque = deque(maxlen=window)
@@ -70,6 +71,10 @@ class NodeStats:
         with self._lock:
             self.fixes_ignored[reason] += 1
 
+    def on_ignored_odom(self):
+        with self._lock:
+            self.odom_ignored += 1
+
     def on_loop_closure(self):
         with self._lock:
             self.loop_closures += 1
@@ -89,6 +94,7 @@ class NodeStats:
                 "loop_closures": self.loop_closures,
                 "fixes_ignored": sum(self.fixes_ignored.values()),
                 **{f"fixes_ignored_{k}": v for k, v in sorted(self.fixes_ignored.items())},
+                "odom_ignored": self.odom_ignored,
                 "input_rate_hz": self.input_rate.rate(),
                 "processed_rate_hz": self.output_rate.rate(),
                 "encode_ms_p50": self._pct(self.encode_ms, 50), "encode_ms_p95": self._pct(self.encode_ms, 95),

@@ -49,7 +49,7 @@ class LanguageServices:
         with self._lock:
             self._latest_rgb = result.frame.rgb
         best = result.candidates[0] if result.candidates else None
-        address = getattr(best.keyframe, "address", "") if best is not None else ""
+        address = best.keyframe.address if best is not None else ""
         if address:
             self.last_address = address
             self.address_pub.publish(String(data=address))
@@ -60,20 +60,21 @@ class LanguageServices:
 
     # -- what the services search ---------------------------------------------------------------------------
     def _tools(self):
-        """(TextSearch, Geolocator) for the current snapshot, or raise RuntimeError saying why there is none."""
+        """(TextSearch, Geolocator, Snapshot) for the current snapshot, or raise RuntimeError saying why there is
+        none."""
         localizer = self.node._localizer
         if localizer is None:
             raise RuntimeError(f"not configured ({self.node.lifecycle_state}): {self.node.last_error}")
         snapshot = localizer.snapshot
         with self._tools_lock:
-            return self._tools_for(snapshot)
+            return (*self._tools_for(snapshot), snapshot)
 
     def _tools_for(self, snapshot):
         from geoloc_ros.language.geolocate import GeolocateSettings, Geolocator
         from geoloc_ros.language.text_search import text_search_for
 
         if self._per_snapshot[0] is not snapshot:
-            s = snapshot.settings
+            s = self.node.settings
             maps = [(m.id, m.name, m.db) for m in snapshot.maps]
             search = text_search_for(maps, snapshot.encoder, snapshot.encoder_file)
             reference = self._reference_map(s, snapshot.encoder)
@@ -109,13 +110,13 @@ class LanguageServices:
 
         self.counts["find_place_calls"] += 1
         try:
-            search, _ = self._tools()
+            search, _, snapshot = self._tools()
             answer = search.find(request.text, request.max_results)
         except Exception as e:  # noqa: BLE001 - a service call must never take the node down
             response.success, response.message = False, f"find_place failed: {type(e).__name__}: {e}"
             return response
         response.success, response.message, response.method = answer.success, answer.message, answer.method
-        response.places = [candidate_message(c) for c in answer.places]
+        response.places = [candidate_message(snapshot.placed(c)) for c in answer.places]
         return response
 
     def _on_geolocate(self, request, response):
@@ -123,14 +124,14 @@ class LanguageServices:
 
         self.counts["geolocate_calls"] += 1
         try:
-            _, geolocator = self._tools()
+            _, geolocator, snapshot = self._tools()
             rgb = self._image_of(request.image)
             estimate = geolocator.geolocate(rgb)
         except Exception as e:  # noqa: BLE001
             response.success, response.message = False, f"geolocate failed: {type(e).__name__}: {e}"
             return response
         response.success, response.message, response.method = estimate.success, estimate.message, estimate.method
-        response.neighbours = [candidate_message(c) for c in estimate.neighbours]
+        response.neighbours = [candidate_message(snapshot.placed(c)) for c in estimate.neighbours]
         if estimate.success:
             response.fix = self._fix(estimate)
             self.geolocation_pub.publish(response.fix)

@@ -63,16 +63,24 @@ def header_of(frame: Frame, frame_id: str | None = None) -> Header:
     return h
 
 
+SOURCES = {"prior_map": PlaceCandidate.SOURCE_PRIOR_MAP, "session": PlaceCandidate.SOURCE_SESSION,
+           "peer": PlaceCandidate.SOURCE_PEER}
+
+
 def candidate_message(c) -> PlaceCandidate:
+    """The PlaceCandidate of a localization Candidate; its pose is `c.position` (Snapshot.placed: the node's
+    map frame)."""
     k = c.keyframe
-    m = PlaceCandidate(map_name=c.map_name, keyframe_id=int(k.id), keyframe_label=k.label, rank=int(c.rank),
+    m = PlaceCandidate(map_name=c.map_name, map_id=c.map_id, source=SOURCES[c.source], robot_id=c.robot_id,
+                       keyframe_id=int(k.id), keyframe_label=k.label, rank=int(c.rank),
                        similarity=float(c.similarity), latitude=float(k.lat), longitude=float(k.lon),
                        altitude=float(k.alt), verified=bool(c.verified), inliers=int(c.inliers),
-                       confidence=float(c.confidence), address=getattr(k, "address", ""))
+                       confidence=float(c.confidence), address=k.address, has_position=c.position is not None)
     set_stamp(m.keyframe_stamp, k.stamp_ns)
-    if k.has_position:
-        m.pose.position.x, m.pose.position.y = float(k.x), float(k.y)
-        m.pose.position.z = float(k.z) if math.isfinite(k.z) else 0.0
+    if c.position is not None:
+        x, y, z = c.position
+        m.pose.position.x, m.pose.position.y = float(x), float(y)
+        m.pose.position.z = float(z) if math.isfinite(z) else 0.0
     m.pose.orientation.x, m.pose.orientation.y = float(k.qx), float(k.qy)
     m.pose.orientation.z, m.pose.orientation.w = float(k.qz), float(k.qw)
     fill_relative_pose(m, c.relative_pose)

@@ -19,6 +19,8 @@ from geoloc_ros.slam.history import OdometryHistory
 
 # geoloc_msgs/PlaceCandidate.RELATIVE_POSE_* (kept as numbers so the core needs no ROS).
 KIND_NONE, KIND_DIRECTION, KIND_METRIC = 0, 1, 2
+# A keyframe camera's optical frame in its body frame (x forward, y left, z up): REP-103's optical rotation
+BODY_TO_OPTICAL = gtsam.Pose3(gtsam.Rot3.Quaternion(0.5, -0.5, 0.5, -0.5), np.zeros(3))
 # The first pose's prior fixes the gauge: tight until absolute factors place the trajectory (a looser one
 # makes the system too poorly conditioned for iSAM2), then loose in position and heading so they decide, and
 # tight in tilt because odom frames are gravity-aligned (REP-105). Sigmas in GTSAM order (rx ry rz x y z).
@@ -84,13 +86,15 @@ class PoseGraph:
         self.node_odom: list[gtsam.Pose3] = []
         self.edges: list[Edge] = []
         self.absolute_factors = 0
+        self.pose_priors = 0  # of which full 6-DoF priors (metric prior-map closures)
         self.aligned = False  # True once absolute factors hold the trajectory in the map frame
         self._factors = gtsam.NonlinearFactorGraph()  # every factor but the gauge prior, for re-anchoring
         self._unaligned: list[tuple[int, np.ndarray, np.ndarray]] = []  # (node, position, cov) before aligning
-        self.accepted = 0
-        self.rejected = 0
+        self.closures_accepted = 0  # loop closures that became factors
+        self.closures_rejected = 0  # ... refused: gate, no odometry at a stamp, timed out
+        self.absolute_rejected = 0  # absolute positions refused: gate, no pose, alignment outlier, timed out
         self.last_optimise_ms = float("nan")
-        self._pending: list[tuple[int, callable]] = []  # (stamp_ns it waits for, retry)
+        self._pending: list[tuple[int, callable, bool]] = []  # (stamp_ns it waits for, retry, is a closure)
         self._estimate = None
 
     def __len__(self) -> int:
@@ -153,20 +157,23 @@ class PoseGraph:
         last = self.history.last_stamp
         return last is None or stamp_ns > last
 
-    def _defer(self, stamp_ns: int, retry) -> str:
-        self._pending.append((stamp_ns, retry))
+    def _defer(self, stamp_ns: int, retry, closure: bool) -> str:
+        self._pending.append((stamp_ns, retry, closure))
         return Verdict.PENDING
 
     def _retry_pending(self, now_ns: int):
         timeout = int(self.settings.pending_timeout_s * 1e9)
         waiting, self._pending = self._pending, []
-        for stamp, retry in waiting:
+        for stamp, retry, closure in waiting:
             if stamp <= now_ns:
                 retry()
             elif now_ns - stamp < timeout:
-                self._pending.append((stamp, retry))
+                self._pending.append((stamp, retry, closure))
             else:
-                self.rejected += 1
+                if closure:
+                    self.closures_rejected += 1
+                else:
+                    self.absolute_rejected += 1
 
     # -- loop closures ----------------------------------------------------------------------------------------
     def add_session_closure(self, query_stamp_ns: int, keyframe_stamp_ns: int, relative_pose: gtsam.Pose3,
@@ -175,10 +182,10 @@ class PoseGraph:
         (p_k = T p_q) with its ROS-ordered covariance and geoloc_msgs RELATIVE_POSE_* kind."""
         if self._waits_for_odometry(query_stamp_ns):
             return self._defer(query_stamp_ns, lambda: self.add_session_closure(
-                query_stamp_ns, keyframe_stamp_ns, relative_pose, covariance, kind))
+                query_stamp_ns, keyframe_stamp_ns, relative_pose, covariance, kind), closure=True)
         query, keyframe = self.locate(query_stamp_ns), self.locate(keyframe_stamp_ns)
         if query is None or keyframe is None:
-            self.rejected += 1
+            self.closures_rejected += 1
             return Verdict.NO_POSE
         (a, d_a), (b, d_b) = query, keyframe
         if a == b:
@@ -189,14 +196,14 @@ class PoseGraph:
         measured = d_b.compose(base).compose(d_a.inverse())  # node b -> node a
         cov = noise.transform_covariance(d_a, noise.transform_covariance(e, cov_cam))
         if not self._gate_between(X(b), X(a), measured, cov):
-            self.rejected += 1
+            self.closures_rejected += 1
             return Verdict.REJECTED
         s = self.settings
         graph = gtsam.NonlinearFactorGraph()
         self._add(graph, gtsam.BetweenFactorPose3(X(b), X(a), measured,
                                                   noise.robust(s.robust_kernel, s.robust_k, cov)))
         self.edges.append(Edge(X(b), X(a), measured, cov, "closure"))
-        self.accepted += 1
+        self.closures_accepted += 1
         self._update(graph, gtsam.Values(), iterations=s.relinearize_iterations)
         return Verdict.ACCEPTED
 
@@ -238,10 +245,11 @@ class PoseGraph:
         """The robot (base) position at `stamp_ns` in the map frame, with a 3x3 covariance (ENU, m^2): a
         prior-map keyframe's position or a projected GPS fix. Becomes a robust gtsam.GPSFactor."""
         if self._waits_for_odometry(stamp_ns):
-            return self._defer(stamp_ns, lambda: self.add_absolute(stamp_ns, position, covariance3))
+            return self._defer(stamp_ns, lambda: self.add_absolute(stamp_ns, position, covariance3),
+                               closure=False)
         where = self.locate(stamp_ns)
         if where is None:
-            self.rejected += 1
+            self.absolute_rejected += 1
             return Verdict.NO_POSE
         i, offset = where
         cov = np.asarray(covariance3, float).reshape(3, 3)
@@ -252,18 +260,55 @@ class PoseGraph:
             self._unaligned.append((i, target, cov))
             return Verdict.ACCEPTED if self._try_align() else Verdict.PENDING
         if not self._gate_position(X(i), node, target, cov):
-            self.rejected += 1
+            self.absolute_rejected += 1
             return Verdict.REJECTED
         graph = gtsam.NonlinearFactorGraph()
         self._add_absolute_factor(graph, i, target, cov)
         self._update(graph, gtsam.Values(), iterations=self.settings.relinearize_iterations)
         return Verdict.ACCEPTED
 
+    def add_prior_map_pose(self, stamp_ns: int, keyframe_pose: gtsam.Pose3, relative_pose: gtsam.Pose3,
+                           covariance) -> str:
+        """A prior-map candidate with a metric relative pose: `keyframe_pose` is the keyframe camera's body pose in
+        the map frame (x forward, y left, z up at the camera centre, as maps with 3D structure store keyframes),
+        `relative_pose` the query camera in the keyframe camera's optical frame with its ROS-ordered covariance.
+        The robot's full pose at `stamp_ns` becomes a robust gtsam.PriorFactorPose3 with that covariance; before
+        the trajectory is aligned to the map frame its position alone goes to `add_absolute`, with the prior map's
+        position covariance (the alignment's inlier test is against drifted odometry)."""
+        if self._waits_for_odometry(stamp_ns):
+            return self._defer(stamp_ns, lambda: self.add_prior_map_pose(stamp_ns, keyframe_pose, relative_pose,
+                                                                         covariance))
+        t_cam, cov_cam = self._camera_measurement(relative_pose, covariance, KIND_METRIC)
+        e = self.settings.base_to_camera
+        map_from_base = keyframe_pose.compose(BODY_TO_OPTICAL).compose(t_cam).compose(e.inverse())
+        cov = noise.transform_covariance(e, cov_cam)
+        if not self.aligned:  # the alignment is a coarse fit against drifted odometry: a place's sigma
+            return self.add_absolute(stamp_ns, map_from_base.translation(), self.prior_map_covariance())
+        where = self.locate(stamp_ns)
+        if where is None:
+            self.rejected += 1
+            return Verdict.NO_POSE
+        i, offset = where
+        target = map_from_base.compose(offset.inverse())  # node i's pose; the stamp lies `offset` beyond it
+        cov = noise.transform_covariance(offset, cov)
+        rot = target.rotation().matrix()
+        if not self._gate_position(X(i), self.isam.calculateEstimatePose3(X(i)), target.translation(),
+                                   rot @ cov[3:, 3:] @ rot.T):
+            self.rejected += 1
+            return Verdict.REJECTED
+        s = self.settings
+        graph = gtsam.NonlinearFactorGraph()
+        self._add(graph, gtsam.PriorFactorPose3(X(i), target, noise.robust(s.robust_kernel, s.robust_k, cov)))
+        self.absolute_factors += 1
+        self.pose_priors += 1
+        self.accepted += 1
+        self._update(graph, gtsam.Values(), iterations=s.relinearize_iterations)
+        return Verdict.ACCEPTED
+
     def _add_absolute_factor(self, graph, i, target, cov):
         s = self.settings
         self._add(graph, gtsam.GPSFactor(X(i), target, noise.robust(s.robust_kernel, s.robust_k, cov)))
         self.absolute_factors += 1
-        self.accepted += 1
 
     def _try_align(self) -> bool:
         """Place the trajectory in the map frame from the buffered absolute measurements (a rigid x-y-yaw fit,
@@ -288,7 +333,7 @@ class PoseGraph:
         yaw = math.atan2(rot[1, 0], rot[0, 0])
         self._rebuild(gtsam.Pose3(gtsam.Rot3.Yaw(yaw), np.array([trans[0], trans[1], 0.0])),
                       [m for m, k in zip(self._unaligned, keep) if k])
-        self.rejected += int((~keep).sum())
+        self.absolute_rejected += int((~keep).sum())
         self._unaligned = []
         return True
 

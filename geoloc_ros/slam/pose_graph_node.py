@@ -34,7 +34,6 @@ from geoloc_ros.slam.noise import is_unset, pose_from_msg
 from geoloc_ros.stamps import set_stamp, stamp_ns
 
 NODE_NAME = "geoloc_pose_graph"
-SESSION_MAP_NAME = "session"  # geoloc_vpr's name for keyframes added during the run
 # Loop closures are results that must not be lost (geoloc_vpr publishes them reliable, depth 10).
 CLOSURE_QOS = QoSProfile(depth=100, reliability=ReliabilityPolicy.RELIABLE)
 # The path is a state: reliable, and kept for late joiners such as RViz.
@@ -97,25 +96,31 @@ class PoseGraphNode(Node):
                 verdict = self._closure(query, c)
             except ValueError as e:
                 verdict = "refused"
-                self.get_logger().warning(f"candidate {c.map_name}/{c.keyframe_id} refused: {e}",
+                self.get_logger().warning(f"candidate {c.map_id}/{c.keyframe_id} refused: {e}",
                                        throttle_duration_sec=5.0)
             self.counts[f"closure_{verdict}"] += 1
             self._changed = True
 
     def _closure(self, query_ns: int, c: PlaceCandidate) -> str:
-        if c.map_name == SESSION_MAP_NAME:
+        if c.source == PlaceCandidate.SOURCE_SESSION:
             kind = int(c.relative_pose_kind)
             rel = gtsam.Pose3() if kind == PlaceCandidate.RELATIVE_POSE_NONE else pose_from_msg(c.relative_pose.pose)
             return self.graph.add_session_closure(query_ns, stamp_ns(c.keyframe_stamp), rel,
                                                   c.relative_pose.covariance, kind)
+        if c.source != PlaceCandidate.SOURCE_PRIOR_MAP:
+            return "unsupported_source"  # a peer robot's keyframe: this back end keeps one robot's graph
+        if not c.has_position:
+            return "no_position"
         p = c.pose.position
         geotagged = math.isfinite(c.latitude) and math.isfinite(c.longitude)
-        if not geotagged and p.x == 0.0 and p.y == 0.0 and p.z == 0.0:
-            return "no_position"  # geoloc_vpr leaves the pose at zero for keyframes without a position
-        if self._origin is None and geotagged:  # the prior map's frame: its origin is lat/lon minus x/y
+        if self._origin is None and geotagged:  # geoloc_vpr's map frame: its origin is lat/lon minus x/y
             east, north, zone = to_utm(c.latitude, c.longitude)
             alt = c.altitude if math.isfinite(c.altitude) else p.z
             self._origin = MapFrame(zone, float(east - p.x), float(north - p.y), float(alt - p.z))
+        if int(c.relative_pose_kind) == PlaceCandidate.RELATIVE_POSE_METRIC:  # a full 6-DoF prior
+            self.counts["prior_map_metric"] += 1
+            return self.graph.add_prior_map_pose(query_ns, pose_from_msg(c.pose), pose_from_msg(c.relative_pose.pose),
+                                                 c.relative_pose.covariance)
         return self.graph.add_absolute(query_ns, [p.x, p.y, p.z], self.graph.prior_map_covariance())
 
     def _gps(self, stamp, lat, lon, alt, cov3):
@@ -191,8 +196,9 @@ class PoseGraphNode(Node):
             st.level, st.message = DiagnosticStatus.WARN, "no odometry received yet"
         else:
             st.level, st.message = DiagnosticStatus.OK, f"{len(g)} poses, {g.closures} loop closures"
-        values = {"poses": len(g), "closures_accepted": g.accepted, "closures_rejected": g.rejected,
+        values = {"poses": len(g), "closures_accepted": g.closures_accepted, "closures_rejected": g.closures_rejected,
                   "loop_closure_factors": g.closures, "absolute_factors": g.absolute_factors,
+                  "absolute_rejected": g.absolute_rejected, "pose_prior_factors": g.pose_priors,
                   "aligned_to_map": g.aligned, "last_optimise_ms": g.last_optimise_ms, **dict(self.counts)}
         st.values = [KeyValue(key=k, value=f"{v:.3f}" if isinstance(v, float) else str(v)) for k, v in values.items()]
         arr = DiagnosticArray(status=[st])
