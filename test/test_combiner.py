@@ -188,14 +188,23 @@ def test_maps_store_descriptions_and_the_fused_encoder_runs_in_eval_and_the_node
     assert any(m.endswith("with descriptions") for m in methods) and any(m.endswith("image only") for m in methods)
 
     start, harness = graph
-    node = start({"map_path": [str(mapdir)], "encoder_backend": "torch"})
-    assert node.active
-    assert harness.wait_for_subscriber()
-    from geoloc_ros.datasets import read_image
+    # The node asks a slow loopback "model server" for descriptions on a thread of its own: frames are answered
+    # while it waits, and later frames fuse the description it gave.
+    with chat_server([(2.0, "A single track through pine forest with a red hut on the left.")]) as server:
+        node = start({"map_path": [str(mapdir)], "encoder_backend": "torch", "lmm_url": server.url,
+                      "lmm_timeout_s": 10.0, "describe_period_s": 0.2, "describe_max_age_s": 1000.0})
+        assert node.active
+        assert harness.wait_for_subscriber()
+        from geoloc_ros.datasets import read_image
 
-    frames = sorted(winter.iterdir())[:3]
-    answered = harness.data.results["place_recognition"]
-    for i, path in enumerate(frames):  # one at a time: the node keeps only the newest of a burst
-        harness.publish(image_message(read_image(path), stamp=(i + 1) * 100_000_000))
-        assert harness.wait_for(lambda n=i + 1: len(answered) >= n, timeout=60)
-    assert all(msg.candidates and np.isfinite(msg.candidates[0].similarity) for msg in answered.values())
+        frames = sorted(winter.iterdir())
+        answered = harness.data.results["place_recognition"]
+        for i, path in enumerate(frames[:20]):  # one at a time: the node keeps only the newest of a burst
+            harness.publish(image_message(read_image(path), stamp=(i + 1) * 100_000_000))
+            assert harness.wait_for(lambda n=i + 1: len(answered) >= n, timeout=60)
+            if int(harness.diag_values().get("descriptions_used", 0)) >= 2:
+                break
+        assert all(msg.candidates and np.isfinite(msg.candidates[0].similarity) for msg in answered.values())
+        values = harness.diag_values()
+        assert int(values["descriptions"]) >= 1 and int(values["descriptions_used"]) >= 2, values
+        assert server.requests and "image_url" in json.dumps(server.requests[0]["body"])

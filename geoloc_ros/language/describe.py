@@ -16,6 +16,7 @@ import csv
 from dataclasses import dataclass
 from pathlib import Path
 import re
+import threading
 import time
 
 import numpy as np
@@ -161,3 +162,69 @@ def describe_folder(images, out_csv, describe, rate_hz: float = 0.0, log=print) 
             writer.writerow([label, d.text, d.reason])
             f.flush()
     return counts
+
+
+class FrameDescriber:
+    """Scene descriptions of a live camera stream, off the camera path: `offer` keeps the newest frame (and never
+    waits); a thread of its own describes the newest offered frame at most every `period_s` with `describe(rgb)
+    -> Description`; `for_stamp` gives a frame the description of the described frame nearest its stamp, if
+    that one is within `max_age_s`, else "". Thread-safe."""
+
+    def __init__(self, describe, period_s: float, max_age_s: float, keep: int = 8):
+        self._describe = describe
+        self._period_s = float(period_s)
+        self._max_age_ns = int(max_age_s * 1e9)
+        self._keep = int(keep)
+        self._cv = threading.Condition()
+        self._newest = None  # (stamp_ns, rgb) waiting to be described
+        self._described = []  # (stamp_ns, text), oldest first, at most `keep`
+        self.counts = Counter(descriptions=0, description_failures=0, descriptions_used=0)
+        self._stop = False
+        self._thread = threading.Thread(target=self._run, name="geoloc_describe", daemon=True)
+        self._thread.start()
+
+    def offer(self, stamp_ns: int, rgb) -> None:
+        with self._cv:
+            self._newest = (int(stamp_ns), rgb)
+            self._cv.notify()
+
+    def for_stamp(self, stamp_ns: int) -> str:
+        with self._cv:
+            near = [(abs(stamp_ns - s), text) for s, text in self._described if abs(stamp_ns - s) <= self._max_age_ns]
+            if not near:
+                return ""
+            self.counts["descriptions_used"] += 1
+            return min(near, key=lambda item: item[0])[1]
+
+    def snapshot(self) -> dict:
+        with self._cv:
+            return dict(self.counts)
+
+    def close(self, timeout: float = 5.0) -> None:
+        with self._cv:
+            self._stop = True
+            self._cv.notify()
+        self._thread.join(timeout)
+
+    def _run(self):
+        while True:
+            with self._cv:
+                self._cv.wait_for(lambda: self._newest is not None or self._stop)
+                if self._stop:
+                    return
+                stamp, rgb = self._newest
+                self._newest = None
+            started = time.monotonic()
+            try:
+                d = self._describe(rgb)
+            except Exception as e:  # noqa: BLE001 - a broken describer must not end the thread
+                d = Description("", f"{type(e).__name__}: {e}"[:200])
+            with self._cv:
+                if d.text:
+                    self.counts["descriptions"] += 1
+                    self._described = (self._described + [(stamp, d.text)])[-self._keep:]
+                else:
+                    self.counts["description_failures"] += 1
+                    key = f"description_failed: {d.reason.split(' (')[0][:60]}"
+                    self.counts[key] = self.counts.get(key, 0) + 1
+                self._cv.wait_for(lambda: self._stop, timeout=max(0.0, started + self._period_s - time.monotonic()))

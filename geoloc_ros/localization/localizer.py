@@ -19,6 +19,7 @@ from geoloc_ros.localization.frames import SESSION_MAP_ID, Candidate, FrameResul
 from geoloc_ros.localization.fusion import covariance6, fuse
 from geoloc_ros.localization.snapshot import reexpress
 from geoloc_ros.localization.verification import Verifier
+from geoloc_ros.model.fused_encoder import FusedEncoder
 
 
 class Localizer:
@@ -41,7 +42,11 @@ class Localizer:
         if not frames:
             return []
         t0 = time.perf_counter()
-        desc = self.snapshot.encoder.encode([f.rgb for f in frames])
+        encoder = self.snapshot.encoder
+        if isinstance(encoder, FusedEncoder):  # a frame's scene description, when it has one, is fused in
+            desc = encoder.encode([f.rgb for f in frames], texts=[f.description for f in frames])
+        else:
+            desc = encoder.encode([f.rgb for f in frames])
         t1 = time.perf_counter()
         candidates = self.search(desc, frames)
         t2 = time.perf_counter()
