@@ -34,7 +34,7 @@ def add_parser(sub):
     f.add_argument("--sequence-spacing", type=float, default=None, help="metres between frames of sequences")
     f.add_argument("--out", required=True, help="output folder")
     f.add_argument("--steps", type=int, default=300)
-    f.add_argument("--dim", type=int, default=256, help="fused descriptor size (default 256)")
+    f.add_argument("--dim", type=int, default=None, help="fused descriptor size (default: the encoder's)")
     f.add_argument("--text-dropout", type=float, default=0.3, help="share of descriptions dropped in training")
     f.add_argument("--seed", type=int, default=0)
     f.set_defaults(func=run_combine)

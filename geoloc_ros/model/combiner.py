@@ -4,7 +4,7 @@ scene description in, one fused descriptor out.
 The blocks follow the paper ("LVLM-empowered Multi-modal Representation Learning for Visual Place Recognition",
 2024): token-level attention weighs each text token by its relevance to the image; a cross-attention fusion
 module passes information both ways between the image token and the weighted text tokens; a projection
-compresses the result into the descriptor.
+compresses the result into the descriptor, added to the image descriptor (a residual that starts at zero).
 
 Two choices of ours, both documented in docs/language.md:
 - The text side is a small transformer over open_clip's BPE tokens that trains with the combiner: no pretrained
@@ -74,8 +74,13 @@ class FeatureCombiner(nn.Module):
         self.text_from_image = nn.MultiheadAttention(width, heads, batch_first=True)
         self.image_norm = nn.LayerNorm(width)
         self.text_norm = nn.LayerNorm(width)
-        # The raw image descriptor goes into the projection too, so training starts from the image's own signal.
-        self.project = nn.Linear(2 * width + image_dim, out_dim)
+        # The fused descriptor is the image descriptor (through a fixed map: the identity, or an orthonormal
+        # projection when compressing) plus what the fusion adds, which starts at zero: an untrained combiner
+        # gives the image encoder's own ranking, and training moves away from it only where that lowers the loss.
+        self.register_buffer("image_map", _fixed_map(image_dim, out_dim))
+        self.project = nn.Linear(2 * width, out_dim)
+        nn.init.zeros_(self.project.weight)
+        nn.init.zeros_(self.project.bias)
 
     @property
     def out_dim(self) -> int:
@@ -100,4 +105,14 @@ class FeatureCombiner(nn.Module):
         tokens = self.text_norm(tokens + from_image)
         weights = mask.unsqueeze(-1).float()
         pooled = (tokens * weights).sum(1) / weights.sum(1)
-        return F.normalize(self.project(torch.cat([image, pooled, image_desc], dim=-1)), dim=-1)
+        added = self.project(torch.cat([image, pooled], dim=-1))
+        return F.normalize(image_desc @ self.image_map.T + added, dim=-1)
+
+
+def _fixed_map(image_dim: int, out_dim: int) -> torch.Tensor:
+    """(out_dim, image_dim): the identity when the sizes agree, else orthonormal rows drawn from a fixed seed."""
+    if image_dim == out_dim:
+        return torch.eye(out_dim)
+    q, _ = torch.linalg.qr(torch.randn(max(image_dim, out_dim), min(image_dim, out_dim),
+                                       generator=torch.Generator().manual_seed(0)))
+    return (q.T if out_dim < image_dim else q)[:out_dim, :image_dim].contiguous()

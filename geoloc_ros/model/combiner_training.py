@@ -21,7 +21,7 @@ from geoloc_ros.model.losses import CosFace
 
 @dataclass(frozen=True)
 class CombinerSettings:
-    out_dim: int = 256  # the fused descriptor's size
+    out_dim: int | None = None  # the fused descriptor's size (None: the image descriptor's)
     width: int = 128
     steps: int = 300
     batch_size: int = 64
@@ -44,8 +44,9 @@ def train_combiner(image_descriptors: np.ndarray, texts, records, settings: Comb
     groups = make_groups(records, **settings.grouping)
     torch.manual_seed(settings.seed)
     rng = np.random.default_rng(settings.seed)
-    combiner = FeatureCombiner(d.shape[1], settings.out_dim, width=settings.width)
-    heads = torch.nn.ModuleList(CosFace(settings.out_dim, len(g)) for g in groups)
+    out_dim = settings.out_dim or d.shape[1]
+    combiner = FeatureCombiner(d.shape[1], out_dim, width=settings.width)
+    heads = torch.nn.ModuleList(CosFace(out_dim, len(g)) for g in groups)
     optimiser = torch.optim.AdamW([*combiner.parameters(), *heads.parameters()], lr=settings.lr)
     ids, mask = tokenize(texts)
     losses = []
