@@ -48,6 +48,8 @@ def test_combiner_image_only_path_and_descriptions_change_the_descriptor():
     assert torch.allclose(fused.norm(dim=1), torch.ones(4), atol=1e-5)
     assert torch.isfinite(fused).all()
     assert torch.allclose(fused[1], alone[1], atol=1e-6) and torch.allclose(fused[2], alone[2], atol=1e-6)
+    plain = torch.nn.functional.normalize(image @ combiner.image_map.T, dim=1)
+    assert torch.allclose(alone, plain, atol=1e-6)  # the image-only path is the plain image descriptor
     assert not torch.allclose(fused[0], alone[0], atol=1e-4)  # a description moves the descriptor
     assert not torch.allclose(fused[0], fused[3], atol=1e-4)  # and which description matters
 
@@ -73,7 +75,7 @@ def fused_checkpoint(nordland_pairs, tmp_path_factory):
     records, images, texts = nordland_pairs
     base = load_encoder(REPO / "maps" / "nordland_demo", device="cpu", half=False, combiner=False)
     combiner, losses = train_combiner(base.encode(images), texts, records,
-                                      CombinerSettings(out_dim=128, steps=80, batch_size=32))
+                                      CombinerSettings(out_dim=128, steps=80, batch_size=32, lr=1e-3))
     folder = tmp_path_factory.mktemp("fused")
     save_encoder(base, folder)
     save_combiner(combiner, folder, base, training={"steps": 80})

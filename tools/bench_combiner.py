@@ -54,7 +54,7 @@ def run(log: list, *args) -> str:
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--out", default="docs/benchmarks/combiner")
-    p.add_argument("--steps", type=int, default=600)
+    p.add_argument("--steps", type=int, default=300)
     p.add_argument("--data", default=None, help="nordland64 folder (default ../shared/data/nordland64)")
     args = p.parse_args()
     root = Path(args.data) if args.data else default_root()

@@ -9,9 +9,11 @@ compresses the result into the descriptor, added to the image descriptor (a resi
 Two choices of ours, both documented in docs/language.md:
 - The text side is a small transformer over open_clip's BPE tokens that trains with the combiner: no pretrained
   language weights can be fetched on the machines this project is built on.
-- An empty description is one learned "no text" token, so the image-only path is this same network. Training
-  drops descriptions at random, which keeps image-only descriptors in the space of described ones: a query frame
-  without a description still matches keyframes that have one.
+- The image-only path is the plain image descriptor (through the same fixed map): with no description the
+  fusion adds nothing. The fusion is a residual on the image descriptor that starts at zero and is trained with
+  descriptions dropped at random, so described and undescribed descriptors stay in one space: a query frame
+  without a description still matches keyframes that have one. (An empty description still passes one learned
+  "no text" token through the blocks, so that a batch mixing both runs as one.)
 """
 
 from __future__ import annotations
@@ -105,7 +107,7 @@ class FeatureCombiner(nn.Module):
         tokens = self.text_norm(tokens + from_image)
         weights = mask.unsqueeze(-1).float()
         pooled = (tokens * weights).sum(1) / weights.sum(1)
-        added = self.project(torch.cat([image, pooled], dim=-1))
+        added = self.project(torch.cat([image, pooled], dim=-1)) * has_text[:, None]  # no text: nothing added
         return F.normalize(image_desc @ self.image_map.T + added, dim=-1)
 
 

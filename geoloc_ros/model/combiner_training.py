@@ -25,7 +25,7 @@ class CombinerSettings:
     width: int = 128
     steps: int = 300
     batch_size: int = 64
-    lr: float = 1e-3
+    lr: float = 1e-4  # the fusion is a small correction of a trained descriptor
     text_dropout: float = 0.3
     seed: int = 0
     grouping: dict = field(default_factory=lambda: {"M": 10, "N": 5, "L": 2, "min_images_per_class": 2,
