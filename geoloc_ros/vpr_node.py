@@ -39,10 +39,13 @@ from visualization_msgs.msg import MarkerArray
 
 from geoloc_msgs.msg import PlaceRecognition
 from geoloc_ros.imaging import FrameError
+from geoloc_ros.language.describe import FrameDescriber, describe_with
+from geoloc_ros.language.lmm_client import LmmClient
 from geoloc_ros.localization import SESSION_MAP_ID, LoadError, Localizer, SessionMap, load_snapshot, verification
 from geoloc_ros.localization.metric_worker import COUNTERS as METRIC_COUNTERS
 from geoloc_ros.localization.metric_worker import MetricPublisher
 from geoloc_ros.localization.snapshot import backend_values, carries_checkpoint, describe_encoder, load_maps
+from geoloc_ros.model.fused_encoder import FusedEncoder
 from geoloc_ros.node import language_services, messages, params
 from geoloc_ros.node.camera_inputs import CameraInputs
 from geoloc_ros.node.camera_watch import CameraWatch
@@ -82,6 +85,7 @@ class VprNode(LifecycleNode):
         self._markers = 0  # id of the next loop-closure marker
         self._worker = None
         self._metric = None  # the metric localization thread (localization/metric_worker.py), made at activate
+        self._describer = None  # scene descriptions of the stream (language/describe.py), made at activate
         self._metric_counts = Counter({k: 0 for k in METRIC_COUNTERS})  # which pose was published, for /diagnostics
         self._stop = True
         self._subs = []
@@ -161,8 +165,20 @@ class VprNode(LifecycleNode):
         self._worker = threading.Thread(target=self._work, name="geoloc_vpr_worker", daemon=True)
         self._worker.start()
         self._metric = MetricPublisher(s, self._publish_pose, self._metric_counts)
+        self._describer = self._frame_describer(s)
         self.get_logger().info(f"active: listening on {', '.join(s.image_topics)}")
         return super().on_activate(state)
+
+    def _frame_describer(self, s) -> FrameDescriber | None:
+        """Scene descriptions of the stream from lmm_url, when asked for and the encoder can fuse them."""
+        if s.describe_period_s <= 0 or not s.lmm_url:
+            return None
+        if not isinstance(self.encoder, FusedEncoder):
+            self.get_logger().warning("describe_period_s is set, but the encoder carries no feature combiner: "
+                                      "no descriptions are asked for (docs/language.md)")
+            return None
+        client = LmmClient(s.lmm_url, s.lmm_model, s.lmm_timeout_s, s.lmm_retries)
+        return FrameDescriber(lambda rgb: describe_with(client, rgb), s.describe_period_s, s.describe_max_age_s)
 
     def on_deactivate(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_worker()
@@ -198,6 +214,9 @@ class VprNode(LifecycleNode):
         if self._metric is not None:
             self._metric.stop()
             self._metric = None
+        if self._describer is not None:
+            self._describer.close()
+            self._describer = None
         for sub in self._subs:
             self.destroy_subscription(sub)
         self._subs = []
@@ -272,6 +291,10 @@ class VprNode(LifecycleNode):
         if localizer is None:
             return
         frames = [f for f in (self._decode(camera, *parked) for camera, parked in batch) if f is not None]
+        describer = self._describer
+        if describer is not None and frames:
+            describer.offer(frames[-1].time_ns, frames[-1].rgb)
+            frames = [replace(f, description=describer.for_stamp(f.time_ns)) for f in frames]
         for result in localizer.process(frames):
             self._publish(result, localizer.snapshot)
             self.stats.on_processed(result.encode_ms, result.search_ms,
@@ -412,7 +435,8 @@ class VprNode(LifecycleNode):
                   **(self._cameras.diagnostics() if self._cameras is not None else {}),
                   **verification.diagnostics(self._localizer.verifier if self._localizer is not None else None),
                   **dict(self._metric_counts),
-                  **(self._localizer.prior.diagnostics() if self._localizer is not None else {})}
+                  **(self._localizer.prior.diagnostics() if self._localizer is not None else {}),
+                  **(self._describer.snapshot() if self._describer is not None else {})}
         if st.level == DiagnosticStatus.OK and "verification_problems" in values:  # maps without stored features
             st.level, st.message = DiagnosticStatus.WARN, f"{st.message}; {values['verification_problems']}"
         calibration = self._localizer.snapshot.calibration if self._localizer is not None else None

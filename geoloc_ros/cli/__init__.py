@@ -11,7 +11,7 @@ import importlib
 import shlex
 import sys
 
-SUBCOMMANDS = ("train", "eval", "calibrate", "map", "geolocate", "demo", "bench", "export", "model")
+SUBCOMMANDS = ("train", "eval", "calibrate", "map", "geolocate", "describe", "demo", "bench", "export", "model")
 
 
 def build_parser():

@@ -55,6 +55,11 @@ def add_parser(sub):
                         "database, +-2 frames: raw pixels, untrained and trained encoder")
     p.add_argument("--data", default=None, help="nordland64 folder for --nordland-report (default "
                                                  "../shared/data/nordland64)")
+    p.add_argument("--database-descriptions", default=None, metavar="FILE.csv",
+                   help="scene descriptions of the database images (`geoloc describe`), for an encoder with a "
+                        "feature combiner: it is evaluated with them and on the image-only path")
+    p.add_argument("--query-descriptions", default=None, metavar="FILE.csv",
+                   help="scene descriptions of the query images (`geoloc describe`)")
     p.add_argument("--device", default="auto", help="auto, cuda or cpu")
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
@@ -104,7 +109,7 @@ def run(args):
         step = int(np.median(np.diff(np.sort(dbf)))) if len(dbf) > 1 else 1
         protocols[f"+-{args.frame_tolerance} frames"] = E.positives_by_frame(dbf, qf, args.frame_tolerance * step)
 
-    methods = _methods(args, db_img, q_img, vg)
+    methods = _methods(args, db_img, q_img, vg, [r.label for r in db], [r.label for r in q])
 
     results = {"database": args.database, "queries": args.queries, "database_size": len(db), "queries_size": len(q),
                "protocol": args.protocol, "resize": args.resize,
@@ -138,9 +143,11 @@ def _records(args, path):
     return recs
 
 
-def _methods(args, db_img, q_img, vg) -> dict:
-    """method name -> (database descriptors, query descriptors): the baselines and the encoder asked for."""
+def _methods(args, db_img, q_img, vg, db_labels, q_labels) -> dict:
+    """method name -> (database descriptors, query descriptors): the baselines and the encoder asked for (a fused
+    encoder with the descriptions and on its image-only path)."""
     from geoloc_ros.model import evaluation as E
+    from geoloc_ros.model.fused_encoder import FusedEncoder
 
     methods = {}
     if args.baselines:
@@ -151,12 +158,36 @@ def _methods(args, db_img, q_img, vg) -> dict:
         from geoloc_ros.model import load_encoder
 
         enc = load_encoder(args.encoder, device=args.device)
+        if isinstance(enc, FusedEncoder):
+            return {**methods, **_fused_methods(args, enc, db_img, q_img, vg, db_labels, q_labels)}
         options = {"batch_size": args.batch_size, "raw": vg, "native_size": args.resize == "native"}
         try:
             methods[f"encoder {enc.arch.get('name')} ({enc.fingerprint[:8]})"] = (
                 enc.encode(db_img, **options), enc.encode(q_img, **options))
         except ValueError as e:
             raise SystemExit(f"geoloc eval: {e}")
+    return methods
+
+
+def _fused_methods(args, enc, db_img, q_img, vg, db_labels, q_labels) -> dict:
+    from geoloc_ros.language.describe import read_descriptions
+
+    if vg or args.resize == "native":
+        raise SystemExit("geoloc eval: an encoder with a feature combiner runs with --protocol ours --resize stretch")
+    db_base = enc.base.encode(db_img, batch_size=args.batch_size)
+    q_base = enc.base.encode(q_img, batch_size=args.batch_size)
+    name = f"encoder {enc.arch.get('name')} + combiner ({enc.fingerprint[:8]})"
+    methods = {f"{name}, image only": (enc.fuse(db_base), enc.fuse(q_base))}
+    def texts(path, labels):
+        described = read_descriptions(path)
+        return [described[label].text if label in described else "" for label in labels]
+
+    if args.database_descriptions:
+        db_fused = enc.fuse(db_base, texts(args.database_descriptions, db_labels))
+        methods[f"{name}, described map, image-only queries"] = (db_fused, methods[f"{name}, image only"][1])
+        if args.query_descriptions:
+            methods[f"{name}, with descriptions"] = (db_fused, enc.fuse(q_base, texts(args.query_descriptions,
+                                                                                    q_labels)))
     return methods
 
 

@@ -26,6 +26,9 @@ def add_args(p):
     g.add_argument("--address-radius", type=float, default=30.0, metavar="METRES",
                    help="nearest address point within this distance (default 30 m; polygons match by containment)")
     g.add_argument("--address-property", default="address", help="GeoJSON property / CSV column of the address")
+    g.add_argument("--descriptions", metavar="FILE.csv", help="scene descriptions as captions (`geoloc describe`'s "
+                                                              "CSV: image,caption); an encoder with a feature "
+                                                              "combiner fuses them into the descriptors")
 
 
 def prepare(args) -> dict:
@@ -42,6 +45,8 @@ def prepare(args) -> dict:
             if topic:
                 annotators.append(text.nearest_stamp_annotator(text.bag_strings(bag, topic), field,
                                                                args.text_max_gap))
+        if getattr(args, "descriptions", None):
+            annotators.append(text.label_annotator(text.csv_text(args.descriptions, None, "caption")))
         if getattr(args, "address_table", None):
             table = text.read_address_table(args.address_table, args.address_radius, args.address_property)
             annotators.append(table.annotator())

@@ -26,7 +26,7 @@ def _as_encoder(source, device="cpu", half=False, batch_size=64):
     if isinstance(source, (str, Path)) and str(source).endswith(".onnx"):
         raise ValueError(f"{source}: an ONNX file runs on backend 'onnxruntime' or 'tensorrt' only; 'auto' and "
                          "the PyTorch backends need the checkpoint (auto checks agreement against its fp32 output)")
-    return load_encoder(source, device=device, half=half, batch_size=batch_size)
+    return load_encoder(source, device=device, half=half, batch_size=batch_size, combiner=False)
 
 
 def onnx_name(fingerprint: str, opset: int) -> str:
@@ -87,8 +87,19 @@ def open_encoder(source, backend: str = "torch", device="auto", half: bool | Non
         def open_backend(name, **opts):
             return _open(source, ref, name, dev, opts.pop("half", None), threads, batch_size, opset, **opts)
 
-        return open_auto(source, ref, open_backend, dev, half=half, images=check, log=log)
-    return _open(source, None, backend, device, half, threads, batch_size, opset, **options)
+        return _fused(source, open_auto(source, ref, open_backend, dev, half=half, images=check, log=log))
+    return _fused(source, _open(source, None, backend, device, half, threads, batch_size, opset, **options))
+
+
+def _fused(source, encoder):
+    """`encoder` fused with the feature combiner beside the checkpoint `source`, if it carries one: the backend
+    runs the image encoder, the small combiner runs in PyTorch (model/fused_encoder.py)."""
+    if not isinstance(source, (str, Path)) or str(source).endswith(".onnx"):
+        return encoder
+    from geoloc_ros.model.checkpoint import find_checkpoint
+    from geoloc_ros.model.fused_encoder import with_combiner
+
+    return with_combiner(encoder, find_checkpoint(source))
 
 
 def _open(source, ref, backend, device, half, threads, batch_size, opset, **options):

@@ -30,6 +30,7 @@ class Frame:
     travelled_m: float | None = None  # odometry path length summed over every odometry message until it arrived
     camera_model: object | None = None  # geoloc_ros.geometry.PinholeCamera from the camera's CameraInfo, if known
     depth: np.ndarray | None = None  # aligned depth image, HxW uint16 millimetres or float32 metres, if paired
+    description: str = ""  # a scene description of this frame (language/describe.py); "" when there is none
 
     @property
     def time_ns(self) -> int:

@@ -21,6 +21,7 @@ from geoloc_ros.localization.prior import SearchPrior
 from geoloc_ros.localization.revisit import RevisitTest
 from geoloc_ros.localization.snapshot import reexpress
 from geoloc_ros.localization.verification import Verifier
+from geoloc_ros.model.fused_encoder import FusedEncoder
 
 
 class Localizer:
@@ -45,7 +46,11 @@ class Localizer:
         if not frames:
             return []
         t0 = time.perf_counter()
-        desc = self.snapshot.encoder.encode([f.rgb for f in frames])
+        encoder = self.snapshot.encoder
+        if isinstance(encoder, FusedEncoder):  # a frame's scene description, when it has one, is fused in
+            desc = encoder.encode([f.rgb for f in frames], texts=[f.description for f in frames])
+        else:
+            desc = encoder.encode([f.rgb for f in frames])
         t1 = time.perf_counter()
         if self.session is not None:
             for frame in frames:

@@ -11,6 +11,7 @@ from tqdm import tqdm
 from geoloc_ros.mapping.database import MapDatabase
 from geoloc_ros.mapping.keyframe import Keyframe, keyframe_from_geoimage
 from geoloc_ros.mapping.storage import MapError
+from geoloc_ros.model.fused_encoder import FusedEncoder
 
 
 def encode_into(db: MapDatabase, encoder, items: Iterable[tuple[Keyframe, object]], batch_size: int = 64,
@@ -22,14 +23,19 @@ def encode_into(db: MapDatabase, encoder, items: Iterable[tuple[Keyframe, object
     MapError, before anything of this call is added. When `db.local_features` is set, each keyframe's local
     features are stored too, with the camera model `camera_for(keyframe, image)` gives (image as given: a path
     keeps its EXIF) and the keypoint depth from the aligned depth image `depth_for(keyframe)` gives (None: no
-    depth). `annotate(keyframe) -> keyframe` sets address / caption text (geoloc_ros.language.annotate)."""
+    depth). `annotate(keyframe) -> keyframe` sets address / caption text (geoloc_ros.language.annotate); a
+    FusedEncoder fuses each keyframe's caption (its scene description) into the descriptor."""
     from geoloc_ros.datasets import read_image
 
     ids, keyframes, images, cameras, depths = [], [], [], [], []
 
     def flush():
         if keyframes:
-            added = db.add(encoder.encode(images, batch_size=batch_size), keyframes)
+            if isinstance(encoder, FusedEncoder):  # keyframes are always encoded with their own descriptions
+                descriptors = encoder.encode(images, texts=[k.caption for k in keyframes], batch_size=batch_size)
+            else:
+                descriptors = encoder.encode(images, batch_size=batch_size)
+            added = db.add(descriptors, keyframes)
             if db.local_features is not None:
                 for kid, image, camera, depth in zip(added, images, cameras, depths):
                     db.local_features.add_image(kid, image, camera, depth)

@@ -62,7 +62,7 @@ class MapDatabase:
         self._cols = {f: Growable(column_dtype(f), data=cols.get(f)) for f in KEYFRAME_FIELDS}
         self._desc = Growable(np.float32, self.dim, descriptors)
         self._encoder_path = Path(encoder_path) if encoder_path else None
-        self._text_tower_path = None  # the encoder's text tower, carried beside it (language/text_tower.py)
+        self._sidecars = {}  # storage.ENCODER_SIDECARS name -> path: files that travel with the encoder
         self._id_order = None  # argsort of ids, rebuilt lazily after adds
         self.local_features = None  # a mapping.features.LocalFeatureStore when the map keeps local features
         self.structure = None  # a mapping.structure.MapStructure when keyframes carry camera poses and 3D points
@@ -123,7 +123,7 @@ class MapDatabase:
                  manifest.get("search_params"), index, columns, descriptors, encoder_path, manifest.get("created"),
                  manifest.get("rerank", 0))
         db.map_id = schema.map_id_of(folder, manifest)
-        db._text_tower_path = folder / storage.TEXT_TOWER if storage.TEXT_TOWER in files else None
+        db._sidecars = {name: folder / name for name in storage.ENCODER_SIDECARS if name in files}
         from geoloc_ros.mapping.features import attach_on_load
 
         attach_on_load(db, folder, manifest)
@@ -153,8 +153,8 @@ class MapDatabase:
         if fp != self.fingerprint:
             raise MapError(f"{path}: encoder fingerprint {fp[:12]}... is not the map's {self.fingerprint[:12]}...")
         self._encoder_path = Path(path)
-        tower = Path(path).parent / storage.TEXT_TOWER
-        self._text_tower_path = tower if tower.is_file() else None
+        beside = {name: Path(path).parent / name for name in storage.ENCODER_SIDECARS}
+        self._sidecars = {name: p for name, p in beside.items() if p.is_file()}
 
     @property
     def index(self):
@@ -337,7 +337,7 @@ class MapDatabase:
             raise
         if self._encoder_path is not None:
             self._encoder_path = target / storage.ENCODER
-            self._text_tower_path = target / storage.TEXT_TOWER if self._text_tower_path is not None else None
+            self._sidecars = {name: target / name for name in self._sidecars}
         return target
 
     def _write(self, folder: Path) -> None:
@@ -346,8 +346,8 @@ class MapDatabase:
         faiss.write_index(self._index, str(folder / storage.INDEX))
         if self._encoder_path is not None:
             shutil.copyfile(self._encoder_path, folder / storage.ENCODER)
-            if self._text_tower_path is not None:
-                shutil.copyfile(self._text_tower_path, folder / storage.TEXT_TOWER)
+            for name, path in self._sidecars.items():
+                shutil.copyfile(path, folder / name)
         if self.local_features is not None:
             self.local_features.write(folder)
         if self.structure is not None:
@@ -399,7 +399,7 @@ class MapDatabase:
         other = MapDatabase.create(name or self.name, self.dim, self.fingerprint, self.frame, index_factory,
                                    search_params, self.rerank)
         other._encoder_path = self._encoder_path
-        other._text_tower_path = self._text_tower_path
+        other._sidecars = dict(self._sidecars)
         other.map_id = self.map_id  # the same keyframes, only indexed differently
         other.local_features = self.local_features.copy() if self.local_features is not None else None
         other.structure = self.structure.copy() if self.structure is not None else None

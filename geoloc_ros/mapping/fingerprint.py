@@ -33,8 +33,12 @@ def check_encoder(folder, dim: int, fingerprint: str, encoder) -> None:
 
 
 def read_encoder_fingerprint(path) -> str:
-    """The fingerprint in an encoder.safetensors header, read without loading weights (or torch)."""
+    """The fingerprint of the encoder in an encoder.safetensors, read from headers without loading weights (or
+    torch): the fused encoder's when a feature combiner sits beside it (model/fused_encoder.py)."""
     path = Path(path)
+    combiner = path.parent / storage.COMBINER
+    if combiner.is_file():
+        path = combiner
     try:
         return read_safetensors_metadata(path)["fingerprint"]
     except (OSError, ValueError, KeyError) as e:  # CheckpointError is a ValueError

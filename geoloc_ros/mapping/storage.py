@@ -8,6 +8,7 @@
     MAP/encoder.safetensors  optional: the encoder checkpoint the map was built with
     MAP/features.npz, MAP/cameras.json  optional: keyframes' local features and camera models (mapping/features.py)
     MAP/text_tower.safetensors  optional: the encoder's CLIP text tower (language/text_tower.py)
+    MAP/combiner.safetensors    optional: the encoder's feature combiner for descriptions (model/fused_encoder.py)
     MAP/structure.npz        optional: keyframes' camera poses and 3D points (mapping/structure.py)
 
 A map is written into a temporary sibling directory, every file and the directory are fsynced, and the
@@ -43,6 +44,8 @@ ENCODER = "encoder.safetensors"
 LOCAL_FEATURES = "features.npz"  # optional: per-keyframe local features (mapping/features.py)
 CAMERAS = "cameras.json"  # optional: the keyframes' camera models (mapping/features.py)
 TEXT_TOWER = "text_tower.safetensors"  # optional: the encoder's CLIP text tower (language/text_tower.py)
+COMBINER = "combiner.safetensors"  # optional: the encoder's feature combiner (model/fused_encoder.py)
+ENCODER_SIDECARS = (TEXT_TOWER, COMBINER)  # files that travel beside the encoder checkpoint, and with it
 STRUCTURE = "structure.npz"  # optional: keyframes' camera poses and 3D points (mapping/structure.py)
 _SELF_CHECKSUM = "manifest_sha256"
 
@@ -79,7 +82,7 @@ def refuse_foreign_target(path) -> Path:
 
 # What `geoloc train` writes into its --run-dir (geoloc_ros/model/training.py, cli/train.py)
 TRAINING_OUTPUTS = ("stage1.pt", "stage2.pt", "encoder.safetensors", "encoder_last.safetensors",
-                    "encoder.tmp.safetensors", "config.json", TEXT_TOWER)
+                    "encoder.tmp.safetensors", "config.json", TEXT_TOWER, COMBINER)
 
 
 def safe_output_dir(path, own_names) -> Path:
@@ -392,7 +395,7 @@ def _renameat2_exchange(a: Path, b: Path) -> bool:
     return False  # e.g. EINVAL on filesystems without exchange support: fall back
 
 
-MAP_FILES = (MANIFEST, KEYFRAMES, DESCRIPTORS, INDEX, ENCODER, LOCAL_FEATURES, CAMERAS, TEXT_TOWER, STRUCTURE)
+MAP_FILES = (MANIFEST, KEYFRAMES, DESCRIPTORS, INDEX, ENCODER, LOCAL_FEATURES, CAMERAS, *ENCODER_SIDECARS, STRUCTURE)
 
 
 def carry_over_extras(old: Path, tmp: Path) -> None:

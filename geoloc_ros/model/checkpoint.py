@@ -74,13 +74,15 @@ def find_checkpoint(path) -> Path:
 
 
 def load_encoder(path, device="auto", half: bool | None = None, arch: str | None = None, dim: int | None = None,
-                 batch_size: int = 64):
+                 batch_size: int = 64, combiner: bool = True):
     """Load an encoder from `path`: a checkpoint file or a directory holding one (e.g. a map directory).
 
     Reads this package's ``encoder.safetensors`` format and ProGEO's released ``.pth`` state dicts (the authors'
     ``GeoLocalizationNet``: ``backbone.*`` = CLIP visual tower, ``aggregation.3`` = Linear for ResNets; the text
     tower keys are ignored). `arch`/`dim`, when given, are checked against the checkpoint (a mismatch raises
     CheckpointError). `device`: "auto" (CUDA when available), "cuda", "cpu"; `half`: fp16 (default: on CUDA).
+    With a feature combiner beside the checkpoint (model/fused_encoder.py) the result is a FusedEncoder, whose
+    `encode(images, texts=None)` fuses scene descriptions; `combiner=False` gives the image encoder alone.
     """
     file = find_checkpoint(path)
     try:
@@ -93,7 +95,12 @@ def load_encoder(path, device="auto", half: bool | None = None, arch: str | None
     else:
         net, preprocess, meta = _load_torch(file, arch, dim)
     meta = {**meta, "checkpoint": str(file)}
-    return Encoder(net, preprocess, meta, device=device, half=half, batch_size=batch_size)
+    encoder = Encoder(net, preprocess, meta, device=device, half=half, batch_size=batch_size)
+    if not combiner:
+        return encoder
+    from geoloc_ros.model.fused_encoder import with_combiner
+
+    return with_combiner(encoder, file)
 
 
 def read_safetensors_metadata(file) -> dict:

@@ -226,6 +226,12 @@ SPEC = (
               "this) from the retrieval estimate is refused (metres).", (0.0, 20_000_000.0)),
         Param("geolocate_lmm_sigma_m", 25000.0, "Position standard deviation reported with an accepted model "
               "answer (metres).", (1.0, 20_000_000.0)),
+        Param("describe_period_s", 0.0, "With lmm_url and an encoder that carries a feature combiner: ask lmm_url "
+              "for a scene description of the newest frame at most this often, on a thread of its own (never on "
+              "the camera path); frames within describe_max_age_s of a described frame fuse its description into "
+              "their descriptor (docs/language.md). 0: never ask.", (0.0, 3600.0)),
+        Param("describe_max_age_s", 2.0, "A description serves frames whose stamps lie within this of the "
+              "described frame's.", (0.0, 3600.0)),
     )),
     Section("metric localization against maps with 3D structure (docs/geometry.md)", (
         Param("metric_localization", True, "When a loop closure names a prior map with 3D structure and the camera "
