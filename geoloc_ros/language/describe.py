@@ -33,7 +33,8 @@ MAX_CHARS = 400  # a description longer than this is cut at a word boundary (the
 COLUMNS = ("image", "caption", "reason")
 _PRINTABLE = re.compile(r"[^\x20-\x7e\u00a0-\uffff]+")
 _SPACE = re.compile(r"\s+")
-RETRYABLE = ("no answer", "cannot reach", "HTTP 429", "HTTP 5")
+# failures that may pass (the model client's words for a timeout, a connection error, HTTP 429 or 5xx): asked again
+RETRYABLE = ("no complete answer", "no answer", "cannot reach", "HTTP 429", "HTTP 5")
 
 
 @dataclass(frozen=True)
