@@ -1,6 +1,7 @@
 """ament_python package geoloc_ros: also a plain pip-installable Python package (pip install -e .)."""
 
 from glob import glob
+from os.path import isfile
 
 from setuptools import find_packages, setup
 
@@ -8,7 +9,8 @@ package_name = "geoloc_ros"
 
 
 def files(pattern):
-    return [f for f in glob(pattern, recursive=True) if not f.endswith("/")]
+    """The regular files matching `pattern` (a map folder may hold a git-ignored cache directory)."""
+    return [f for f in glob(pattern, recursive=True) if isfile(f)]
 
 
 setup(

@@ -27,7 +27,7 @@ ROSDEP_KEYS = {
 PIP_ONLY = {
     "torch": "torch", "torchvision": "torchvision", "open_clip": "open_clip_torch", "faiss": "faiss-cpu",
     "rosbags": "rosbags", "rosbags_image": "rosbags-image", "safetensors": "safetensors", "onnx": "onnx",
-    "onnxruntime": "onnxruntime", "gtsam": "gtsam", "evo": "evo",
+    "onnxruntime": "onnxruntime", "gtsam": "gtsam", "evo": "evo", "pycolmap": "pycolmap",
 }
 # Python module -> why it is neither pinned nor a rosdep key: optional, imported only where it is used.
 OPTIONAL = {"tensorrt": "CUDA machines only (tensorrt-cu12/-cu13 wheels); deploy/tensorrt_backend.py"}

@@ -71,10 +71,11 @@ def candidate_message(c) -> PlaceCandidate:
     """The PlaceCandidate of a localization Candidate; its pose is `c.position` (Snapshot.placed: the node's
     map frame)."""
     k = c.keyframe
+    lat, lon, alt = _wgs84_or_unknown(k.lat, k.lon, k.alt)
     m = PlaceCandidate(map_name=c.map_name, map_id=c.map_id, source=SOURCES[c.source], robot_id=c.robot_id,
                        keyframe_id=int(k.id), keyframe_label=k.label, rank=int(c.rank),
-                       similarity=float(c.similarity), latitude=float(k.lat), longitude=float(k.lon),
-                       altitude=float(k.alt), verified=bool(c.verified), inliers=int(c.inliers),
+                       similarity=float(c.similarity), latitude=lat, longitude=lon,
+                       altitude=alt, verified=bool(c.verified), inliers=int(c.inliers),
                        confidence=float(c.confidence), address=k.address, has_position=c.position is not None)
     set_stamp(m.keyframe_stamp, k.stamp_ns)
     if c.position is not None:
@@ -85,6 +86,15 @@ def candidate_message(c) -> PlaceCandidate:
     m.pose.orientation.z, m.pose.orientation.w = float(k.qz), float(k.qw)
     fill_relative_pose(m, c.relative_pose)
     return m
+
+
+def _wgs84_or_unknown(lat, lon, alt) -> tuple[float, float, float]:
+    """A keyframe's geotag as the message carries it: NaN (unknown) unless it is a WGS84 position (a keyframe
+    placed from an implausible odometry position can convert to an infinite latitude)."""
+    lat, lon, alt = float(lat), float(lon), float(alt)
+    if not (math.isfinite(lat) and math.isfinite(lon) and abs(lat) <= 90.0 and abs(lon) <= 180.0):
+        return math.nan, math.nan, math.nan
+    return lat, lon, alt if math.isfinite(alt) else math.nan
 
 
 RELATIVE_POSE_KINDS = {"none": PlaceCandidate.RELATIVE_POSE_NONE, "direction": PlaceCandidate.RELATIVE_POSE_DIRECTION,
