@@ -111,9 +111,9 @@ def test_pose_is_metric_through_the_extrinsic(structure_map, graph):
 
 def test_rgbd_camera_in_another_process(structure_map, tmp_path, monkeypatch):
     """A vpr_node process with default parameters (but map_path, depth_topics, device and the closure confidence)
-    answers an RGB-D camera
-    process (test/rgbd_publisher.py: 640x480 rgb8, 16UC1 depth and CameraInfo with a driver's default QoS) with a
-    metric ~/pose; both processes load config/fastdds_large_frames.xml, as under vpr.launch.py."""
+    answers an RGB-D camera process (test/rgbd_publisher.py: 640x480 rgb8, 16UC1 depth and CameraInfo with a
+    driver's default QoS) with a metric ~/pose; both processes load config/fastdds_large_frames.xml, as under
+    vpr.launch.py."""
     from geoloc_ros.mapping.database import MapDatabase
     from geoloc_ros.replay import node_process
 
