@@ -95,7 +95,8 @@ def test_without_odometry_or_with_a_bad_extrinsic(tmp_path, shared_data, encoder
     db = build(encoder_file, bag, tmp_path / "plain")  # no pose for the keyframes: depth kept, no structure
     assert db.structure is None and all(db.local_features.get(k)[0].has_depth for k in db.column("id"))
     assert "needs the keyframes' 6-DoF pose from --odom-topic" in capsys.readouterr().err
-    for bad in ("1,2,3", "0,0,0,1,1,0,0", "0,0,nan,0,0,0,1"):
-        with pytest.raises(SystemExit, match="--base-to-camera"):
+    for bad in ("1,2,3", "0,0,0,1,1,0,0", "0,0,nan,0,0,0,1", "a,b"):
+        with pytest.raises(SystemExit):
             build(encoder_file, bag, tmp_path / "bad", "--odom-topic", "/odom", "--base-to-camera", bad)
+        assert "--base-to-camera: base_to_camera needs x y z qx qy qz qw" in capsys.readouterr().err
         assert not (tmp_path / "bad").exists()

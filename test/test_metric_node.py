@@ -135,13 +135,16 @@ def test_rgbd_camera_in_another_process(structure_map, tmp_path, monkeypatch):
         assert r.returncode == 0, f"publisher failed ({r.returncode}):\n{r.stdout}\n{r.stderr[-3000:]}"
         stamps = {int(s): q for s, q in json.loads(r.stdout.strip().splitlines()[-1])["stamps"].items()}
         assert len(stamps) == 4
-        want = {q: [s for s in stamps if stamps[s] == q][-1] for q in (2, 4)}  # the second of each frame
-        assert h.wait_for(lambda: all(s in h.data.results["pose"] for s in want.values()), timeout=60), (
-            h.diag_values(), log.read_text()[-3000:])
+        def posed():  # the newest stamp of each frame with a ~/pose (the first of a frame may close no loop)
+            return {q: max((s for s in stamps if stamps[s] == q and s in h.data.results["pose"]), default=None)
+                    for q in (2, 4)}
+
+        assert h.wait_for(lambda: None not in posed().values(), timeout=60), (h.diag_values(),
+                                                                               log.read_text()[-3000:])
         keyframes = MapDatabase.load(map_dir)
-        for q, stamp in want.items():
+        for q, stamp in posed().items():
             assert_metric(h.data.results["pose"][stamp], h.data.results["loop_closures"][stamp], keyframes,
                           poses[q], DEFAULT_BASE_TO_CAMERA, q)
         d = h.diag_values()
-        assert int(d["metric_poses"]) >= len(want) and d["metric_errors"] == "0", d
+        assert int(d["metric_poses"]) >= 2 and d["metric_errors"] == "0", d
         assert int(d["frames_received"]) == len(stamps) and d.get("frames_rejected", "0") == "0", d

@@ -32,10 +32,23 @@ def add_args(p):
                                                       "structure from motion")
     g.add_argument("--colmap", metavar="MODEL_DIR", help="import a COLMAP reconstruction of the --images (cameras, "
                                                          "images, points3D; text or binary)")
-    g.add_argument("--base-to-camera", metavar="X,Y,Z,QX,QY,QZ,QW", default=_default_base_to_camera(),
+    g.add_argument("--base-to-camera", metavar="X,Y,Z,QX,QY,QZ,QW", type=_extrinsic_arg,
+                   default=_default_base_to_camera(),
                    help="with --bag, --depth-topic and --odom-topic: the camera optical frame in the robot's base "
                         "frame (metres; default %(default)s, the node's base_to_camera: camera at the base origin "
                         "looking along +x); keypoints with depth become 3D structure through the odometry pose")
+
+
+def _extrinsic_arg(text: str):
+    """T_base_camera (4x4) from X,Y,Z,QX,QY,QZ,QW; refused at parse time, before anything is encoded."""
+    import argparse
+
+    from geoloc_ros.localization.metric_worker import extrinsic
+
+    try:
+        return extrinsic(text.split(","))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def _default_base_to_camera() -> str:
@@ -101,7 +114,6 @@ def add(db, encoder, args) -> list[int]:
 
 def add_bag_depth(db, ids, args) -> None:
     """3D structure (source depth) for the keyframes of a bag built with --depth-topic and --odom-topic."""
-    from geoloc_ros.localization.metric_worker import extrinsic
     from geoloc_ros.mapping import posed as posed_images
 
     if not (getattr(args, "bag", None) and getattr(args, "depth_topic", None)) or db.local_features is None:
@@ -111,11 +123,7 @@ def add_bag_depth(db, ids, args) -> None:
               "(and no --fix-topic, whose keyframes carry a heading only); the keypoint depth is kept",
               file=sys.stderr)
         return
-    try:
-        T_base_camera = extrinsic(args.base_to_camera.split(","))
-    except ValueError as e:
-        _fail(f"--base-to-camera: {e}")
-    n = posed_images.lift_keyframe_depth(db, ids, T_base_camera)
+    n = posed_images.lift_keyframe_depth(db, ids, args.base_to_camera)
     if n:
         print(f"geoloc map: 3D structure (depth): {db.structure.point_count()} points on {n} keyframes",
               file=sys.stderr)
