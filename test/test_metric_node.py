@@ -1,8 +1,14 @@
 """geoloc_vpr publishes the metric 6-DoF pose on a real DDS graph: a desk map with 3D structure (frames 1, 3, 5
 with depth, `geoloc map build --poses --depth`), query frames 2 and 4 published with their CameraInfo and depth by
 the test node; ~/pose is the robot's pose through base_to_camera at the centimetre level, where keyframe fusion of
-the same closures is off by decimetres, and /diagnostics says which pose was published."""
+the same closures is off by decimetres, and /diagnostics says which pose was published. Then the same from a
+vpr_node process fed by an RGB-D camera process (test/rgbd_publisher.py)."""
 
+import json
+import os
+from pathlib import Path
+import subprocess
+import sys
 import time
 
 import numpy as np
@@ -16,6 +22,9 @@ from geoloc_ros.replay import image_message  # noqa: E402
 T0 = 1_700_000_000 * 10**9
 # the robot's base 0.2 m behind and 0.1 m below the camera, which looks along the base's +x
 BASE_TO_CAMERA = [0.2, 0.0, 0.1, -0.5, 0.5, -0.5, 0.5]
+DEFAULT_BASE_TO_CAMERA = [0.0, 0.0, 0.0, -0.5, 0.5, -0.5, 0.5]  # the node's default: camera at the base origin
+REPO = Path(__file__).resolve().parents[1]
+PUBLISHER = Path(__file__).with_name("rgbd_publisher.py")
 
 
 @pytest.fixture(scope="module")
@@ -44,13 +53,30 @@ def matrix(pose) -> np.ndarray:
     return T
 
 
+def assert_metric(pose_msg, closures_msg, keyframes, T_map_camera, base_to_camera, q):
+    """~/pose is the robot's base (the frame's ground truth through base_to_camera) at the centimetre level, where
+    keyframe fusion of the same closures (the keyframes' mean position) is more than twice as far off."""
+    from geoloc_ros.geometry import benchmark as bench
+    from geoloc_ros.localization.fusion import fuse
+    from geoloc_ros.localization.metric_worker import extrinsic
+
+    truth = T_map_camera @ np.linalg.inv(extrinsic(base_to_camera))  # the robot's base in the map frame
+    err = bench.errors(matrix(pose_msg.pose.pose), truth)
+    assert err["translation_m"] <= 0.05 and err["rotation_deg"] <= 2.0, (q, err)
+    assert 0 < pose_msg.pose.covariance[0] < 0.01  # the refinement's centimetre-level variance, not the 5 m floor
+    closures = closures_msg.candidates
+    fused = fuse([keyframes.keyframe(c.keyframe_id) for c in closures], [c.similarity for c in closures])
+    fused_err = float(np.linalg.norm(np.array([fused.x, fused.y, fused.z]) - truth[:3, 3]))
+    print(f"frame {q}: ~/pose error {err['translation_m']:.3f} m / {err['rotation_deg']:.2f} deg; keyframe "
+          f"fusion of the same closures {fused_err:.3f} m")
+    assert fused_err > 2 * err["translation_m"], (q, fused_err, err)
+
+
 def test_pose_is_metric_through_the_extrinsic(structure_map, graph):
     from sensor_msgs.msg import CameraInfo
     from test_node_verification import depth_message
 
     from geoloc_ros.geometry import benchmark as bench
-    from geoloc_ros.localization.fusion import fuse
-    from geoloc_ros.localization.metric_worker import extrinsic
     from geoloc_ros.node.params import image_qos_profile
 
     map_dir, desk, poses = structure_map
@@ -76,20 +102,49 @@ def test_pose_is_metric_through_the_extrinsic(structure_map, graph):
         stamps[stamp] = q
         time.sleep(0.5)
     assert h.wait_for(lambda: len(h.data.results["pose"]) == len(stamps), timeout=60), h.diag_values()
-    T_camera_base = np.linalg.inv(extrinsic(BASE_TO_CAMERA))
     for stamp, q in stamps.items():
-        msg = h.data.results["pose"][stamp]
-        truth = poses[q] @ T_camera_base  # the robot's base in the map frame
-        err = bench.errors(matrix(msg.pose.pose), truth)
-        assert err["translation_m"] <= 0.05 and err["rotation_deg"] <= 2.0, (q, err)
-        assert 0 < msg.pose.covariance[0] < 0.01  # the refinement's centimetre-level variance, not the 5 m floor
-        # what keyframe fusion makes of the same closures: the keyframes' mean position
-        closures = h.data.results["loop_closures"][stamp].candidates
-        kf = n.node.maps[0]
-        fused = fuse([kf.keyframe(c.keyframe_id) for c in closures], [c.similarity for c in closures])
-        fused_err = float(np.linalg.norm(np.array([fused.x, fused.y, fused.z]) - truth[:3, 3]))
-        print(f"frame {q}: ~/pose error {err['translation_m']:.3f} m / {err['rotation_deg']:.2f} deg; keyframe "
-              f"fusion of the same closures {fused_err:.3f} m")
-        assert fused_err > 2 * err["translation_m"], (q, fused_err, err)
+        assert_metric(h.data.results["pose"][stamp], h.data.results["loop_closures"][stamp], n.node.maps[0],
+                      poses[q], BASE_TO_CAMERA, q)
     assert h.wait_for(lambda: h.diag_values().get("metric_poses") == str(len(stamps)), timeout=10), h.diag_values()
     assert h.diag_values()["metric_fallbacks"] == "0"
+
+
+def test_rgbd_camera_in_another_process(structure_map, tmp_path, monkeypatch):
+    """A vpr_node process with default parameters (but map_path, depth_topics, device and the closure confidence)
+    answers an RGB-D camera process (test/rgbd_publisher.py: 640x480 rgb8, 16UC1 depth and CameraInfo with a
+    driver's default QoS) with a metric ~/pose; both processes load config/fastdds_large_frames.xml, as under
+    vpr.launch.py."""
+    from geoloc_ros.mapping.database import MapDatabase
+    from geoloc_ros.replay import node_process
+
+    map_dir, desk, poses = structure_map
+    monkeypatch.setenv("FASTDDS_DEFAULT_PROFILES_FILE", str(REPO / "config" / "fastdds_large_frames.xml"))
+    name = "metric_rgbd"
+    camera = f"/{name}_{os.getpid()}/camera"  # node_process's namespace; its camera topic is camera/image_raw
+    log = tmp_path / "vpr_node.log"
+    # loop_closure_min_confidence 0: the test map's tiny encoder has no calibrated confidence (/diagnostics
+    # closure_confidence says UNCALIBRATED), so the default 0.96 would pass no closure at all
+    params = [f"map_path:=['{map_dir}']", f"depth_topics:=['{camera}/depth/image_raw']", "device:=cpu",
+              "loop_closure_min_confidence:=0.0"]
+    with node_process(params, log, name=name) as h:
+        assert h.wait_for(lambda: h.diag_values().get("state") == "active", timeout=120), log.read_text()[-3000:]
+        # each frame twice: the default consistency_k (2) closes a loop at the second
+        r = subprocess.run([sys.executable, str(PUBLISHER), camera, "--folder", str(desk), "--frames", "2,4",
+                            "--camera", "518.0,519.0,325.5,253.5", "--repeat", "2", "--period", "3"],
+                           capture_output=True, text=True, timeout=180)
+        assert r.returncode == 0, f"publisher failed ({r.returncode}):\n{r.stdout}\n{r.stderr[-3000:]}"
+        stamps = {int(s): q for s, q in json.loads(r.stdout.strip().splitlines()[-1])["stamps"].items()}
+        assert len(stamps) == 4
+        def posed():  # the newest stamp of each frame with a ~/pose (the first of a frame may close no loop)
+            return {q: max((s for s in stamps if stamps[s] == q and s in h.data.results["pose"]), default=None)
+                    for q in (2, 4)}
+
+        assert h.wait_for(lambda: None not in posed().values(), timeout=60), (h.diag_values(),
+                                                                               log.read_text()[-3000:])
+        keyframes = MapDatabase.load(map_dir)
+        for q, stamp in posed().items():
+            assert_metric(h.data.results["pose"][stamp], h.data.results["loop_closures"][stamp], keyframes,
+                          poses[q], DEFAULT_BASE_TO_CAMERA, q)
+        d = h.diag_values()
+        assert int(d["metric_poses"]) >= 2 and d["metric_errors"] == "0", d
+        assert int(d["frames_received"]) == len(stamps) and d.get("frames_rejected", "0") == "0", d

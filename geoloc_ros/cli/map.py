@@ -236,7 +236,11 @@ def run_build(args):
         db = new_map_for(encoder, args.name or out.name, args.index, args.search_params, args.rerank)
         if not args.no_encoder_copy:
             db.attach_encoder(args.encoder)
-        ids = map_structure.add(db, encoder, args) if map_structure.wanted(args) else _add_source(db, encoder, args)
+        if map_structure.wanted(args):
+            ids = map_structure.add(db, encoder, args)
+        else:
+            ids = _add_source(db, encoder, args)
+            map_structure.add_bag_depth(db, ids, args)
         if not ids:
             _fail("no keyframes selected: nothing written (with --bag: are the images inside the span of the "
                   "position topic?)")

@@ -3,10 +3,14 @@
     geoloc map build --encoder ENC --images DIR --poses FILE.csv [--depth DIR] --out MAP   known poses
     geoloc map build --encoder ENC --images DIR --sfm --out MAP                            structure from motion
     geoloc map build --encoder ENC --images DIR --colmap MODEL_DIR --out MAP               a COLMAP model
+    geoloc map build --encoder ENC --bag BAG --image-topic T --depth-topic D --odom-topic O [--base-to-camera ...]
+                                                                             a recording with depth and odometry
 
 --sfm keeps the focal length of --camera when given, else refines COLMAP's estimate (EXIF focal length as its prior).
 --sfm and --colmap maps are georegistered by the photos' EXIF GPS (a similarity fit of the camera centres) when at
 least 3 photos carry it; without GPS their frame is the reconstruction's (arbitrary scale).
+A bag's keypoints with depth are lifted into the odometry frame through the keyframe's odometry pose (the robot's
+base) and --base-to-camera (default: the node's base_to_camera parameter's).
 """
 
 from __future__ import annotations
@@ -28,6 +32,30 @@ def add_args(p):
                                                       "structure from motion")
     g.add_argument("--colmap", metavar="MODEL_DIR", help="import a COLMAP reconstruction of the --images (cameras, "
                                                          "images, points3D; text or binary)")
+    g.add_argument("--base-to-camera", metavar="X,Y,Z,QX,QY,QZ,QW", type=_extrinsic_arg,
+                   default=_default_base_to_camera(),
+                   help="with --bag, --depth-topic and --odom-topic: the camera optical frame in the robot's base "
+                        "frame (metres; default %(default)s, the node's base_to_camera: camera at the base origin "
+                        "looking along +x); keypoints with depth become 3D structure through the odometry pose")
+
+
+def _extrinsic_arg(text: str):
+    """T_base_camera (4x4) from X,Y,Z,QX,QY,QZ,QW; refused at parse time, before anything is encoded."""
+    import argparse
+
+    from geoloc_ros.localization.metric_worker import extrinsic
+
+    try:
+        return extrinsic(text.split(","))
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
+def _default_base_to_camera() -> str:
+    from geoloc_ros import ros_params
+    from geoloc_ros.node.params import SPEC
+
+    return ",".join(f"{v:g}" for v in ros_params.defaults(SPEC)["base_to_camera"])
 
 
 def wanted(args) -> bool:
@@ -82,6 +110,25 @@ def add(db, encoder, args) -> list[int]:
     print(f"geoloc map: 3D structure ({db.structure.source}): {db.structure.point_count()} points on "
           f"{len(db.structure)} keyframes", file=sys.stderr)
     return ids
+
+
+def add_bag_depth(db, ids, args) -> None:
+    """3D structure (source depth) for the keyframes of a bag built with --depth-topic and --odom-topic."""
+    from geoloc_ros.mapping import posed as posed_images
+
+    if not (getattr(args, "bag", None) and getattr(args, "depth_topic", None)) or db.local_features is None:
+        return
+    if not args.odom_topic or args.fix_topic:
+        print("geoloc map: no 3D structure from --depth-topic: it needs the keyframes' 6-DoF pose from --odom-topic "
+              "(and no --fix-topic, whose keyframes carry a heading only); the keypoint depth is kept",
+              file=sys.stderr)
+        return
+    n = posed_images.lift_keyframe_depth(db, ids, args.base_to_camera)
+    if n:
+        print(f"geoloc map: 3D structure (depth): {db.structure.point_count()} points on {n} keyframes",
+              file=sys.stderr)
+    else:
+        print("geoloc map: no keyframe has keypoint depth and a camera model: no 3D structure", file=sys.stderr)
 
 
 def _fail(message: str):

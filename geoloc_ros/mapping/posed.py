@@ -7,6 +7,8 @@ incremental mapping) or an existing COLMAP reconstruction, georegistered by the 
     posed_from_reconstruction(rec, images_dir)     [PosedImage] of its registered images (model frame)
     georegister(posed)                             (posed in ENU metres, MapFrame, Similarity) from EXIF GPS
     add_posed(db, encoder, posed, source, ...)     keyframes + local features + structure (depth or triangulated)
+    lift_keyframe_depth(db, ids, T_base_camera)    structure from stored keypoint depth of keyframes posed by
+                                                   odometry (the robot's base) through the camera extrinsic
 
 Whatever the source, the map's own local features (the map's detector) are what is stored and localized against:
 their 3D points come from depth images when given, else from triangulation with the (known or reconstructed)
@@ -278,3 +280,32 @@ def add_posed(db, encoder, posed: list[PosedImage], source: str, structure_sourc
     for (kid, p), pts in zip(kept, points):
         db.structure.add(kid, p.T_map_camera, pts)
     return ids
+
+
+def lift_keyframe_depth(db, ids, T_base_camera, georegistered: bool = False) -> int:
+    """3D structure for keyframes `ids` of `db` whose pose is the robot's base (a bag's odometry) and whose stored
+    keypoints carry depth and a camera model: each keypoint with a depth reading lifted into the map frame through
+    T_map_camera = T_map_base @ T_base_camera (`source` depth). Returns the keyframes given structure."""
+    from geoloc_ros.geometry.triangulation import points_from_depth
+
+    if db.structure is not None and db.structure.source != "depth":
+        raise MapError(f"the map's structure comes from {db.structure.source}, not depth: keypoint depth would mix "
+                       f"two sources")
+    lifted = []
+    for kid in ids:
+        features, camera = db.local_features.get(kid) if db.local_features is not None else (None, None)
+        if features is None or features.depth is None or camera is None:
+            continue
+        k = db.keyframe(kid)
+        T_map_base = np.eye(4)
+        T_map_base[:3, :3] = Rotation.from_quat([k.qx, k.qy, k.qz, k.qw]).as_matrix()
+        T_map_base[:3, 3] = k.x, k.y, k.z
+        T_map_camera = T_map_base @ np.asarray(T_base_camera, np.float64)
+        points = points_from_depth(features, camera, T_map_camera)
+        if np.isfinite(points).all(axis=1).any():
+            lifted.append((kid, T_map_camera, points))
+    if lifted and db.structure is None:
+        db.structure = MapStructure("depth", georegistered)
+    for kid, T_map_camera, points in lifted:
+        db.structure.add(kid, T_map_camera, points)
+    return len(lifted)
