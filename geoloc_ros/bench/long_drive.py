@@ -336,8 +336,9 @@ def _closures(client, pairs, odometry, truth, alive, say) -> dict:
                        >= before + len(pairs), 1800, alive)
     handled_at = time.monotonic()
     closures_s = handled_at - t0
-    # the path republished after the last closure was handled (its rebuild waits 10x its last cost)
-    client.wait(lambda: client.path_at > handled_at + 0.5, 600, alive)
+    # the path republished after the last closure was handled (its rebuild waits 10x its last cost); it may also
+    # have come before the /diagnostics that counted that closure, and is then the latest path already
+    client.wait(lambda: client.path_at > handled_at + 0.5, 30, alive)
     with client.lock:
         path = dict(client.path or {})
     odom_gap = _gap([odometry[q].translation() for q, _ in pairs], [odometry[k].translation() for _, k in pairs])
