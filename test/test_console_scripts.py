@@ -18,7 +18,9 @@ DOMAIN = str(100 + os.getpid() % 100)
 
 
 def bare_env(**extra) -> dict:
-    return {"HOME": os.environ.get("HOME", "/tmp"), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO), **extra}
+    # GEOLOC_CACHE: the test run's cache (conftest), so the node's ONNX export is not written beside the bundled map
+    return {"HOME": os.environ.get("HOME", "/tmp"), "PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO),
+            "GEOLOC_CACHE": os.environ["GEOLOC_CACHE"], **extra}
 
 
 def script(name: str) -> str:
