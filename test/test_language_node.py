@@ -1,7 +1,9 @@
 """geoloc_vpr's places-in-words interfaces over real DDS (docs/language.md): ~/address, ~/find_place and
 ~/geolocate (retrieval with no endpoint; the parsed model answer and a refused one with a local chat-completions
 test server on 127.0.0.1 -- no model runs here, the server answers what the test tells it), and a slow model
-server not holding up the camera path."""
+server not holding up the camera path. Hostile input too: a model server that closes mid-answer or answers 40,000
+digits, and a megabyte of one repeated word, each answered with the retrieval estimate or a refusal that says why,
+counted in /diagnostics, while camera frames keep being localised. Servers listen on 127.0.0.1 only."""
 
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import pytest
 
 pytest.importorskip("rclpy")
 
+from hostile_servers import hostile_server  # noqa: E402
 from language_fixtures import ADDRESSES, address_csv, chat_server  # noqa: E402
 
 from geoloc_ros.cli import main as geoloc  # noqa: E402
@@ -151,3 +154,42 @@ def test_address_stage_checkpoint_loads_in_the_node_and_answers_with_its_text_to
     node, h = running({"map_path": [str(tmp_path / "map")]})
     answer = call(h, FindPlace, "/geoloc_vpr/find_place", FindPlace.Request(text="14 Market Street", max_results=3))
     assert answer.success and answer.method == "clip_text" and len(answer.places) == 3, answer.message
+
+
+def test_a_server_closing_mid_answer_falls_back_and_a_megabyte_query_is_refused(street_text_map, running):
+    from geoloc_msgs.srv import FindPlace, Geolocate
+
+    records, map_dir = street_text_map
+    with hostile_server("close") as server:
+        node, h = running({"map_path": [map_dir], "lmm_url": server.url, "lmm_timeout_s": 2.0, "lmm_retries": 1})
+        image = Geolocate.Request(image=image_message(read_image(records[3].path), T0))
+        answer = call(h, Geolocate, "/geoloc_vpr/geolocate", image, timeout=60.0)
+    assert answer.success and answer.method == "retrieval" and "model failed" in answer.message, answer.message
+    assert "cut short" in answer.message
+    refused = call(h, FindPlace, "/geoloc_vpr/find_place", FindPlace.Request(text="castle " * 150_000),
+                   timeout=60.0)
+    assert not refused.success and "refused" in refused.message and refused.places == []
+    found = call(h, FindPlace, "/geoloc_vpr/find_place", FindPlace.Request(text="castle castle castle"),
+                 timeout=60.0)
+    assert found.success and found.places
+    counters = ("lmm_errors", "lmm_retries", "find_place_refusals", "find_place_calls")
+    assert h.wait_for(lambda: tuple(h.diag_values().get(k) for k in counters) == ("2", "1", "1", "2"),
+                      timeout=10), h.diag_values()
+
+
+def test_forty_thousand_digits_are_refused_while_frames_keep_being_localised(street_text_map, running):
+    from geoloc_msgs.srv import Geolocate
+
+    records, map_dir = street_text_map
+    with chat_server([(0.0, "4" * 40_000)]) as server:
+        node, h = running({"map_path": [map_dir], "lmm_url": server.url, "lmm_timeout_s": 10.0})
+        client = h.node.create_client(Geolocate, "/geoloc_vpr/geolocate")
+        assert client.wait_for_service(timeout_sec=10)
+        pending = client.call_async(Geolocate.Request(image=image_message(read_image(records[3].path), T0)))
+        for i in range(3):
+            h.publish(image_message(read_image(records[i].path), T0 + (i + 1) * 10**8))
+        assert h.wait_for(lambda: len(h.data.results["place_recognition"]) >= 1, timeout=30.0)
+        assert h.wait_for(pending.done, timeout=60.0)
+    answer = pending.result()
+    assert answer.success and answer.method == "retrieval" and "no coordinates" in answer.message
+    assert h.wait_for(lambda: h.diag_values().get("lmm_refusals") == "1", timeout=10), h.diag_values()
