@@ -37,6 +37,7 @@ import time
 import numpy as np
 
 from geoloc_ros.machine import cpu_model, load_average
+from geoloc_ros.slam.drive import odometry_message
 from geoloc_ros.slam.simulate import OdometryDrift, simulate_odometry, truth_poses
 
 NODE = "geoloc_pose_graph"
@@ -75,21 +76,6 @@ def closure_pairs(messages: int, lap: int, count: int) -> list[tuple[int, int]]:
 
 def stamp(k: int) -> int:
     return T0_NS + k * int(STEP_S * 1e9)
-
-
-def odometry_message(k: int, pose):
-    from nav_msgs.msg import Odometry
-
-    from geoloc_ros.stamps import set_stamp
-
-    m = Odometry()
-    set_stamp(m.header.stamp, stamp(k))
-    m.header.frame_id, m.child_frame_id = "odom", "base_link"
-    p, q = pose.translation(), pose.rotation().toQuaternion()
-    m.pose.pose.position.x, m.pose.pose.position.y, m.pose.pose.position.z = (float(v) for v in p)
-    o = m.pose.pose.orientation
-    o.x, o.y, o.z, o.w = q.x(), q.y(), q.z(), q.w()
-    return m
 
 
 def closure_message(query: int, keyframe: int):
@@ -247,7 +233,7 @@ def run(messages: int = 50000, lap: int = 2500, closures: int = 12, say=print, w
             while sent < messages and alive():
                 client.wait(lambda: client.value("odometry_received") >= sent + CHUNK - WINDOW, 600, alive)
                 for k in range(sent, min(sent + CHUNK, messages)):
-                    client.odom.publish(odometry_message(k, odometry[k]))
+                    client.odom.publish(odometry_message(stamp(k), odometry[k]))
                 sent = min(sent + CHUNK, messages)
                 if sent % 500 == 0 or sent in (messages // 2, messages):
                     samples.append((sent, client.value("odometry_received"), client.value("poses"),
