@@ -190,7 +190,7 @@ def read_csv(csv_path) -> list[GeoImage]:
         for line_no, row in enumerate(csv.reader(f), start=1):
             if not row or row[0].lstrip().startswith("#"):
                 continue
-            if line_no == 1 and not _is_number(row[1] if len(row) > 1 else ""):
+            if line_no == 1 and not is_number(row[1] if len(row) > 1 else ""):
                 alt_col, heading_col = _optional_columns(row)
                 continue  # header row
             if len(row) < 3:
@@ -272,7 +272,8 @@ def _optional_float(row, column: int | None) -> float:
     return float(row[column]) if column is not None and len(row) > column and row[column].strip() else NAN
 
 
-def _is_number(text: str) -> bool:
+def is_number(text: str) -> bool:
+    """Whether `text` reads as a float (a CSV header cell does not)."""
     try:
         float(text)
         return True

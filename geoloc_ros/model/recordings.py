@@ -33,7 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
-from geoloc_ros.datasets import NAN, GeoImage
+from geoloc_ros.datasets import NAN, GeoImage, is_number
 from geoloc_ros.geodesy import from_utm, to_utm
 from geoloc_ros.mapping.bag import BagKeyframes, Track
 from geoloc_ros.mapping.keyframe import heading_from_quaternion
@@ -67,7 +67,7 @@ def read_poses(path, max_gap_s: float) -> PoseTrack:
     rows = [r for r in (_split_row(line) for line in text.splitlines()) if r and not r[0].startswith("#")]
     if not rows:
         raise RecordingError(f"{path}: the poses file holds no rows")
-    header = None if _is_number(rows[0][0]) else [h.strip().lower() for h in rows[0]]
+    header = None if is_number(rows[0][0]) else [h.strip().lower() for h in rows[0]]
     names = header or list(TUM_COLUMNS)
     body = rows[1:] if header else rows
     stamp_col = "stamp_ns" if "stamp_ns" in names else "stamp"
@@ -114,14 +114,6 @@ def _split_row(line: str) -> list[str]:
     if not line:
         return []
     return [c.strip() for c in (next(csv.reader([line])) if "," in line else line.split())]
-
-
-def _is_number(text: str) -> bool:
-    try:
-        float(text)
-        return True
-    except ValueError:
-        return False
 
 
 # -- reading the bags --------------------------------------------------------------------------------------------
