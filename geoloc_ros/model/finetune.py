@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from geoloc_ros.model.archs import ARCH_NAMES, arch_config
 from geoloc_ros.model.checkpoint import CheckpointError, load_encoder
+from geoloc_ros.model.pretrained import mismatched_tensors
 
 
 def checkpoint_config(path) -> tuple[dict, object]:
@@ -41,8 +42,7 @@ def load_weights(trainer, encoder, source) -> None:
     """Copy `encoder`'s weights into the trainer's network (same architecture, checked tensor by tensor)."""
     theirs = encoder.net.state_dict()
     ours = trainer.net.state_dict()
-    wrong = [k for k in ours if k not in theirs or tuple(theirs[k].shape) != tuple(ours[k].shape)]
-    extra = [k for k in theirs if k not in ours]
+    wrong, extra = mismatched_tensors(ours, theirs)
     if wrong or extra:
         k = (wrong or extra)[0]
         raise CheckpointError(f"{source}: does not fit the run's network ({len(wrong)} missing or misshapen, "

@@ -95,8 +95,7 @@ def check_shapes(model, cfg: dict, source: str):
         tower = _build_vision_tower(cfg["embed_dim"], vision_cfg, quick_gelu=bool(cfg.get("quick_gelu")))
     expected = tower.state_dict()
     got = model.visual.state_dict()
-    wrong = [k for k in expected if k not in got or tuple(got[k].shape) != tuple(expected[k].shape)]
-    extra = [k for k in got if k not in expected]
+    wrong, extra = mismatched_tensors(expected, got)
     if wrong or extra:
         k = (wrong or extra)[0]
         raise ValueError(f"{source}: weights do not fit {cfg.get('name')}: visual.{k} "
@@ -123,3 +122,9 @@ def resize_vit_positions(visual, size):
     visual.grid_size = grid
     visual.image_size = tuple(size)
     return visual
+
+
+def mismatched_tensors(expected: dict, got: dict) -> tuple[list, list]:
+    """State-dict keys of `expected` that `got` lacks or holds in another shape, and keys only `got` has."""
+    wrong = [k for k in expected if k not in got or tuple(got[k].shape) != tuple(expected[k].shape)]
+    return wrong, [k for k in got if k not in expected]
