@@ -100,6 +100,6 @@ class FrameResult:
     session_keyframe: int | None = None  # id of the session keyframe this frame became, if it did
     evidence: object = None  # confidence.Evidence of this frame's loop closure before the threshold, if it had one
     descriptor: object = None  # the frame's descriptor (float32, L2-normalised): a session keyframe's is shared
-    # peer closures waiting for geometric verification (verification on): rated, not thresholded; the node asks
-    # the owning robot for the keyframe's features and publishes them when it answers (node/peer_exchange.py)
+    # a peer closure waiting for geometric verification (verification on): its best keyframe, rated, not
+    # thresholded; the node asks the owning robot for its features and publishes it then (node/peer_exchange.py)
     peer_pending: list = field(default_factory=list)

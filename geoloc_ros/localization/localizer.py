@@ -68,7 +68,7 @@ class Localizer:
             if closures and revisit and self.verifier is not None and not ask_peer:
                 closures = self.verifier.verify(frame, closures)
             closures, evidence = self._rate(frame, cands, closures, sequence_margin)
-            pending = closures if ask_peer else []
+            pending = closures[:1] if ask_peer else []  # the best keyframe: one request, one verified closure
             closures = [c for c in closures if revisit and not ask_peer
                         and c.confidence >= self.config.loop_closure_min_confidence]
             pose = self.pose(closures) if closures else None
