@@ -198,7 +198,7 @@ SPEC = (
         Param("session_map_path", "", "Where ~/save_session_map writes the session map (empty: "
               "~/.ros/geoloc_session_map)."),
     )),
-    Section("keyframe exchange between robots (docs/node.md, 'Keyframe exchange')", (
+    Section("keyframe exchange between robots (docs/node.md, 'Keyframe exchange between robots')", (
         Param("robot_id", "", "This robot's name in the keyframes it publishes on ~/keyframes and in its peers' "
               "PlaceCandidate.robot_id; empty: the node's namespace without its leading slash ('robot' in the root "
               "namespace). Peer keyframes naming this robot_id are refused: a robot never matches its own."),

@@ -30,7 +30,8 @@ from geoloc_ros.stamps import set_stamp
 
 # ~/keyframes: reliable (a lost keyframe is a place the peers never recognise), transient local with a deep
 # history, so that a robot joining late, or restarting, receives the last KEYFRAME_HISTORY keyframes at once.
-# 1000 keyframes are about 1.3 MB of float16 descriptors held by the publisher (docs/node.md, "Keyframe exchange").
+# 1000 keyframes are about 0.8 MB of float16 messages held by the publisher (docs/node.md, "Keyframe exchange
+# between robots").
 KEYFRAME_HISTORY = 1000
 KEYFRAME_QOS = QoSProfile(history=HistoryPolicy.KEEP_LAST, depth=KEYFRAME_HISTORY,
                           reliability=ReliabilityPolicy.RELIABLE, durability=DurabilityPolicy.TRANSIENT_LOCAL)
