@@ -226,3 +226,33 @@ def test_the_localizer_searches_peers_beside_its_session_map(shared_data):
     assert best.similarity > 0.99
     assert not results[0].closures and results[1].closures[0].robot_id == "robot_b"
     assert results[1].descriptor is not None and results[0].session_keyframe is not None
+
+
+def test_the_features_service_sits_beside_the_keyframe_topic():
+    from geoloc_ros.node.peer_exchange import features_service_of, robot_id_of
+
+    assert features_service_of("/robot_b/geoloc_vpr/keyframes") == "/robot_b/geoloc_vpr/keyframe_features"
+    assert features_service_of("/relay/robot_b") == "/relay/robot_b/keyframe_features"
+    assert (robot_id_of("", "/robot_b"), robot_id_of("", "/"), robot_id_of("r2", "/x")) == ("robot_b", "robot", "r2")
+
+
+def test_a_features_answer_is_read_whole_or_refused():
+    """What a peer's KeyframeFeatures answer must hold: counts that fit together, finite keypoints, a known
+    detector; found false is no features, not an error."""
+    from geoloc_msgs.srv import KeyframeFeatures
+    from geoloc_ros.geometry import PinholeCamera
+    from geoloc_ros.node.peer_exchange import _floats, features_from_answer
+
+    kp = np.array([[1.0, 2.0], [3.0, 4.0], [5.0, 6.0]], np.float32)
+    ok = KeyframeFeatures.Response(found=True, detector="orb", count=3, descriptor_dim=32, keypoints=_floats(kp),
+                                   descriptors=bytes(96))
+    PinholeCamera(500.0, 500.0, 320.0, 240.0, 640, 480).to_camera_info(ok.camera)
+    features, camera = features_from_answer(ok)
+    assert np.array_equal(features.keypoints, kp) and features.detector == "orb" and camera.fx == 500.0
+    assert features_from_answer(KeyframeFeatures.Response(found=False)) is None
+    for bad in ({"count": 4}, {"descriptors": bytes(95)}, {"keypoints": _floats(np.full((3, 2), np.nan))},
+                {"detector": "bogus"}, {"depth": [1.0]}, {"count": 0}):
+        answer = KeyframeFeatures.Response(**{**{"found": True, "detector": "orb", "count": 3, "descriptor_dim": 32,
+                                                 "keypoints": _floats(kp), "descriptors": bytes(96)}, **bad})
+        with pytest.raises(ValueError):
+            features_from_answer(answer)

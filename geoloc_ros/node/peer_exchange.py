@@ -81,7 +81,7 @@ class PeerExchange:
                                s.peer_max_keyframes) if self.topics else None
         self.counts = Counter()  # keyframes published, features served / asked / answered / timed out
         self.odom_frame_id = ""  # the odometry messages' header.frame_id (vpr_node sets it)
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()  # the waiting closures and the counters (executor threads and the worker)
         self._waiting: dict[tuple, list[_Waiting]] = {}  # (robot, session, keyframe) -> closures waiting on it
         self._requests: dict[tuple, tuple] = {}  # the same key -> (client, future, deadline)
         self._answers = FeatureStore(ANSWER_CACHE_BYTES)
@@ -126,7 +126,7 @@ class PeerExchange:
         closures to the owner for features."""
         if result.session_keyframe is not None and result.descriptor is not None:
             self.publisher.publish(self.keyframe_message(result))
-            self.counts["keyframes_published"] += 1
+            self._count("keyframes_published")
         if result.peer_pending:
             self.submit(result, result.peer_pending, localizer)
 
@@ -156,7 +156,7 @@ class PeerExchange:
             return response
 
     def _answer(self, request, response):
-        self.counts["features_requests_served"] += 1
+        self._count("features_requests_served")
         if request.robot_id != self.robot_id or request.session_id != self.session_id:
             response.found = False
             response.message = (f"this is robot {self.robot_id!r}, session {self.session_id}: keyframes of "
@@ -187,7 +187,7 @@ class PeerExchange:
         waiting = _Waiting(result, closures, localizer)
         cached = self._answers.get(key)
         if cached is not None:
-            self.counts["peer_features_cached"] += 1
+            self._count("peer_features_cached")
             self._finish(waiting, cached)
             return
         with self._lock:
@@ -197,7 +197,7 @@ class PeerExchange:
             busy = sum(len(w) for w in self._waiting.values()) >= MAX_WAITING
             topic = self.store.topic_of(kf.robot_id) if not busy else None
             if busy or topic is None:
-                self.counts["peer_features_busy" if busy else "peer_features_no_topic"] += 1
+                self._count("peer_features_busy" if busy else "peer_features_no_topic")
                 give_up = True
             else:
                 give_up = False
@@ -205,7 +205,7 @@ class PeerExchange:
                 request = KeyframeFeatures.Request(robot_id=kf.robot_id, session_id=kf.session_id,
                                                    keyframe_id=int(kf.id))
                 self._waiting[key] = [waiting]
-                self.counts["peer_features_requests"] += 1
+                self._count("peer_features_requests")
                 future = client.call_async(request)
                 self._requests[key] = (client, future, time.monotonic() + self.settings.peer_feature_timeout_s)
         if give_up:
@@ -228,18 +228,18 @@ class PeerExchange:
             return
         try:
             stored = features_from_answer(future.result())
+            problem = "peer_features_not_found" if stored is None else None
         except ValueError as e:
-            self.counts["peer_features_refused"] += 1
+            stored, problem = None, "peer_features_refused"
             self.node.get_logger().warning(f"peer features for {key[0]} keyframe {key[2]} refused: {e}",
                                            throttle_duration_sec=10.0)
-            stored = None
         except Exception:  # noqa: BLE001 - a cancelled or failed call: as unanswered
-            stored = None
+            stored, problem = None, "peer_features_failed"
         if stored is None:
-            self.counts["peer_features_not_found"] += 1
+            self._count(problem)
             self._unverified(waiting)
             return
-        self.counts["peer_features_answered"] += 1
+        self._count("peer_features_answered")
         self._answers.put(key, stored)
         for w in waiting:
             self._finish(w, stored)
@@ -251,11 +251,11 @@ class PeerExchange:
             checked = [verifier.verify_with(waiting.result.frame, c, stored) for c in waiting.closures]
             kept = localizer.rate_verified(waiting.result.evidence, [c for c in checked if c.verified])
         except Exception as e:  # noqa: BLE001 - bad features must never kill an executor thread
-            self.counts["peer_verification_failed"] += 1
+            self._count("peer_verification_failed")
             self.node.get_logger().warning(f"peer verification failed: {type(e).__name__}: {e}",
                                            throttle_duration_sec=10.0)
             return
-        self.counts["peer_closures_verified" if kept else "peer_closures_rejected"] += 1
+        self._count("peer_closures_verified" if kept else "peer_closures_rejected")
         if kept:
             self.publish_closures(waiting.result, kept)
 
@@ -265,7 +265,7 @@ class PeerExchange:
             floor = w.localizer.config.loop_closure_min_confidence
             kept = [replace(c, verified=False, inliers=0, relative_pose=None) for c in w.closures
                     if c.confidence >= floor]
-            self.counts["peer_closures_unverified"] += 1
+            self._count("peer_closures_unverified")
             if kept:
                 self.publish_closures(w.result, kept)
 
@@ -278,7 +278,7 @@ class PeerExchange:
                 client, future, _ = self._requests.pop(key)
                 client.remove_pending_request(future)
                 expired.extend(self._waiting.pop(key, []))
-                self.counts["peer_features_timeout"] += 1
+                self._count("peer_features_timeout")
         self._unverified(expired)
 
     def _give_up_all(self, reason: str):
@@ -288,12 +288,18 @@ class PeerExchange:
                 client.remove_pending_request(future)
             self._waiting.clear()
             self._requests.clear()
-            self.counts[reason] += len(waiting)
+            self._count(reason, len(waiting))
 
     # -- diagnostics ---------------------------------------------------------------------------------------------
+    def _count(self, key: str, n: int = 1):
+        with self._lock:
+            self.counts[key] += n
+
     def diagnostics(self) -> dict:
+        with self._lock:
+            counts = dict(self.counts)
         values = {"robot_id": self.robot_id, "session_id": self.session_id,
-                  "peer_descriptor_encoding": self.settings.peer_descriptor_encoding, **dict(self.counts)}
+                  "peer_descriptor_encoding": self.settings.peer_descriptor_encoding, **counts}
         if self.store is not None:
             values.update(self.store.diagnostics())
         return values
