@@ -4,6 +4,7 @@ local features and publishes a verified inter-robot closure, and never matches i
 hostile peers (test/keyframe_publisher.py, another process): refused and counted, and the node lives."""
 
 import json
+import math
 import subprocess
 import sys
 import time
@@ -34,7 +35,11 @@ def peer_params(map_dir, **more):
 
 
 def test_a_peer_keyframe_of_the_same_place_becomes_a_verified_inter_robot_closure(photos, graph, tmp_path):
-    from geoloc_msgs.msg import PlaceCandidate
+    """...and A's own keyframe goes out with its odometry pose, and comes back refused as its own."""
+    from nav_msgs.msg import Odometry
+
+    from geoloc_msgs.msg import Keyframe, PlaceCandidate
+    from geoloc_ros.node.peer_exchange import KEYFRAME_QOS
 
     images, map_dir = photos
     b_params = {**peer_params(map_dir), "robot_id": "robot_b", "verification": True, "session_min_interval_s": 0.0,
@@ -47,11 +52,19 @@ def test_a_peer_keyframe_of_the_same_place_becomes_a_verified_inter_robot_closur
             assert b.wait_for(lambda: len(b.data.received) > i, 30)
         b_topic = f"{b.namespace}/geoloc_vpr/keyframes"
         start, h = graph
-        a = start(peer_params(map_dir, verification=True, peer_keyframe_topics=[b_topic, "/geoloc_vpr/keyframes"]))
+        a = start(peer_params(map_dir, verification=True, peer_keyframe_topics=[b_topic, "/geoloc_vpr/keyframes"],
+                              odom_topic="/odom"))
         assert a.active, a.node.last_error
         store = a.node.peers.store
         assert h.wait_for(lambda: len(store) == 3, 30), store.diagnostics()  # transient local: B's history
         assert h.wait_for_subscriber()
+        own = []
+        h.node.create_subscription(Keyframe, "/geoloc_vpr/keyframes", own.append, KEYFRAME_QOS)
+        odom_pub = h.node.create_publisher(Odometry, "/odom", 10)
+        odom = Odometry()
+        odom.header.frame_id = "robot/odom"
+        odom.pose.pose.position.x, odom.pose.pose.orientation.z, odom.pose.pose.orientation.w = 7.0, 0.6, 0.8
+        assert h.wait_for(lambda: odom_pub.publish(odom) or a.node._odom is not None, 10)
         for i in range(2):  # B's keyframe 1, seen by A; A's own keyframe of it comes back on A's own topic
             h.publish(image_message(images[1], T0 + (10 + i) * 10**9))
             assert h.wait_for(lambda: len(h.data.results["place_recognition"]) > i, 30)
@@ -62,7 +75,15 @@ def test_a_peer_keyframe_of_the_same_place_becomes_a_verified_inter_robot_closur
         assert (closure.source, closure.robot_id, closure.keyframe_id) == (PlaceCandidate.SOURCE_PEER, "robot_b", 1)
         assert closure.keyframe_stamp.sec * 10**9 + closure.keyframe_stamp.nanosec == T0 + 10**9
         assert closure.verified and closure.inliers >= 15 and not closure.has_position
-        assert h.wait_for(lambda: store.counts["refused_own"] >= 1, 20), store.diagnostics()
+        assert h.wait_for(lambda: store.counts["refused_own"] >= 1 and own, 20), store.diagnostics()
+        k = own[0]  # A's own keyframe as its peers receive it
+        assert (k.robot_id, k.session_id, k.keyframe_id, k.descriptor_encoding, k.descriptor_dim, len(k.descriptor)) \
+            == ("robot", a.node.peers.session_id, 0, Keyframe.DESCRIPTOR_FLOAT16, 64, 128)
+        assert k.stamp.sec * 10**9 + k.stamp.nanosec == T0 + 10 * 10**9
+        assert k.encoder_fingerprint == a.node.encoder.fingerprint
+        assert k.has_odom_pose and k.odom_frame_id == "robot/odom" and k.odom_pose.position.x == 7.0
+        assert (k.odom_pose.orientation.z, k.odom_pose.orientation.w) == pytest.approx((0.6, 0.8))
+        assert not k.has_geotag and math.isnan(k.latitude)
         for rec in h.data.results["place_recognition"].values():
             assert all(c.robot_id in ("", "robot_b") for c in rec.candidates)
         values = a.node.peers.diagnostics()
