@@ -28,9 +28,10 @@ ENCODING_CODES = {"float32": 0, "float16": 1, "pq": 2}
 ENCODINGS = tuple(ENCODING_CODES)
 PEER_MAP_PREFIX = "peer:"  # map_id of a peer's keyframes: "peer:<robot_id>"
 MAX_SESSIONS = 8  # sessions remembered per robot (a restart starts one); older ones are forgotten, not searched
-# Why a peer keyframe was refused (the /diagnostics counters peer_refused_<reason>)
+# Why a peer keyframe was refused (the /diagnostics counters peer_refused_<reason>); a keyframe held already is
+# counted apart (peer_duplicates)
 REFUSALS = ("own", "robot_id", "session_id", "fingerprint", "dimension", "encoding", "codebook", "size",
-            "not_finite", "geotag", "conflict", "duplicate", "other_robot_on_topic")
+            "not_finite", "geotag", "conflict", "other_robot_on_topic", "malformed")
 CODEBOOK_SUFFIX = ".pq.faiss"  # the PQ codebook beside its encoder: <encoder stem>.pq.faiss
 
 
@@ -303,8 +304,8 @@ class PeerStore:
                 self.counts["accepted"] += 1
             return kf
         except PeerRefused as e:
-            with self._lock:
-                self.counts[f"refused_{e.kind}"] += 1
+            with self._lock:  # a duplicate is no fault: a re-subscription receives the transient-local history again
+                self.counts["duplicates" if e.kind == "duplicate" else f"refused_{e.kind}"] += 1
                 if e.kind == "conflict":
                     self.counts["conflicts"] += 1
                     self.conflicts.add(str(getattr(msg, "robot_id", "")))
@@ -353,6 +354,7 @@ class PeerStore:
                 "peer_refused": sum(v for k, v in counts.items() if k.startswith("refused_")),
                 **{f"peer_{k}": v for k, v in sorted(counts.items()) if k.startswith("refused_")},
                 "peer_dropped": sum(m.dropped for m in maps.values()),
+                "peer_duplicates": counts["duplicates"],
                 "peer_conflicts": counts["conflicts"],
                 **({"peer_conflicting_robot_ids": ", ".join(conflicts)} if conflicts else {})}
 
