@@ -175,6 +175,8 @@ class PeerExchange:
         response.descriptors = features.descriptors.tobytes()
         response.depth = _floats(features.depth) if features.depth is not None else []
         if camera is not None:
+            if camera.width is None and features.image_size:  # the message says "unknown" with width 0
+                camera = replace(camera, width=features.image_size[0], height=features.image_size[1])
             camera.to_camera_info(response.camera)
         return response
 
