@@ -102,6 +102,8 @@ class PeerExchange:
                                                             KEYFRAME_QOS, callback_group=self._group))
         if self.topics:
             self._timer = self.node.create_timer(0.1, self._expire, callback_group=self._group)
+        for topic in self.topics:  # now, so that each service is discovered long before the first request
+            self._client(topic)
 
     def deactivate(self):
         for sub in self._subs:
