@@ -15,8 +15,6 @@ from geoloc_ros.cli import main as geoloc
 from geoloc_ros.datasets import read_image, read_sequence
 from geoloc_ros.mapping import MapDatabase
 
-ray = pytest.importorskip("ray", reason="the Ray extra (requirements-ray.txt) is not installed")
-
 REPO = Path(__file__).resolve().parents[1]
 FRAMES = range(19210, 19410, 10)  # 20 frames of each season
 
@@ -47,6 +45,7 @@ def inputs(shared_data, tmp_path_factory):
 @pytest.fixture(scope="module")
 def ray_session(tmp_path_factory):
     """A local Ray of 2 CPUs for the module. Its workers inherit the kill-once switch (a flag file a test creates)."""
+    ray = pytest.importorskip("ray", reason="the Ray extra (requirements-ray.txt) is not installed")
     from geoloc_ros.mapping.ray_build import KILL_ONCE_ENV
 
     flag = tmp_path_factory.mktemp("kill") / "kill-once"
@@ -88,12 +87,16 @@ def assert_same_map(a: MapDatabase, b: MapDatabase, encoder_file):
         np.testing.assert_allclose([m.similarity for m in ra], [m.similarity for m in rb], atol=1e-5)
 
 
-def test_ray_map_equals_the_single_process_map(inputs, ray_session, local_map, tmp_path):
+def test_several_inputs_in_one_build_keep_labels_unique(local_map):
     labels = local_map.column("label").tolist()
-    # 20 summer + 19 readable winter frames + 15 bag frames; the two folders' labels collide, so all carry their input
+    # 20 summer + 20 readable winter frames + 15 bag frames; the two folders' labels collide, so all carry their input
     assert len(labels) == 20 + 20 + 15 and len(set(labels)) == len(labels)
     assert labels[0] == "summer/images-19210.png" and labels[20] == "winter/images-19210.png"
     assert labels[-1].startswith("drive.mcap//camera/image_raw@")
+    assert local_map.column("source").tolist() == ["summer"] * 20 + ["winter"] * 20 + ["drive.mcap"] * 15
+
+
+def test_ray_map_equals_the_single_process_map(inputs, ray_session, local_map, tmp_path):
     out = tmp_path / "ray_map"
     ray_map = build_on_ray(inputs, out)
     assert_same_map(local_map, ray_map, inputs[0])

@@ -248,14 +248,16 @@ def encode_parts(rows: list[dict], encoder_path, work_dir: Path, key: str, *, wo
     initialised: `init_ray`). Returns {"parts_written", "parts_kept", "frames_encoded"}."""
     ray = import_ray()
     prepare_work_dir(work_dir, key)
-    done = {s for doc in finished_parts(work_dir).values() for s in doc["slots"]}
-    kept = len(finished_parts(work_dir))
+    finished = finished_parts(work_dir)
+    done = {s for doc in finished.values() for s in doc["slots"]}
+    kept = len(finished)
     pending = [r for r in rows if r["slot"] not in done]
     written = 0
     if pending:
         gpus = ray.cluster_resources().get("GPU", 0) > 0
         resources = {"num_gpus": 1} if gpus else {"num_cpus": 1}
-        ds = ray.data.from_items(pending, override_num_blocks=max(1, -(-len(pending) // part_size)))
+        blocks = max(int(workers), -(-len(pending) // part_size))  # every actor gets work
+        ds = ray.data.from_items(pending, override_num_blocks=min(blocks, len(pending)))
         with warnings.catch_warnings():
             # bounded restarts (Ray Data's default restarts a dying actor forever) are still set as remote args
             warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
