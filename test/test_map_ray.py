@@ -3,17 +3,20 @@ labels collide, one rosbag2 written here): the map equals the single-process map
 dies mid-run is restarted and its batch retried; a rerun after an interrupted build skips the finished parts. One
 Ray session serves the whole module (its start-up is the slow part)."""
 
+import json
 import os
 from pathlib import Path
 import subprocess
 import sys
 
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 import numpy as np
 import pytest
 
 from geoloc_ros.cli import main as geoloc
 from geoloc_ros.datasets import read_image, read_sequence
-from geoloc_ros.mapping import MapDatabase
+from geoloc_ros.mapping import Keyframe, MapDatabase
 
 REPO = Path(__file__).resolve().parents[1]
 FRAMES = range(19210, 19410, 10)  # 20 frames of each season
@@ -156,3 +159,32 @@ def test_without_ray_the_local_engine_works_and_ray_is_refused_by_name(inputs, t
                               "--engine", "ray"], capture_output=True, text=True, cwd=REPO, timeout=300)
     assert refused.returncode == 1 and "geoloc_ros[ray]" in refused.stderr and "requirements-ray.txt" in refused.stderr
     assert not (tmp_path / "b").exists()
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(doc=st.one_of(st.binary(max_size=64), st.recursive(
+    st.none() | st.booleans() | st.integers(-3, 3) | st.text(max_size=4),
+    lambda inner: st.lists(inner, max_size=3) | st.dictionaries(
+        st.sampled_from(["slots", "inputs", "unreadable", "sha256", "frames"]), inner, max_size=5), max_leaves=12)))
+def test_a_part_description_of_any_content_is_redone_or_refused_by_name(tmp_path, doc):
+    """Whatever a part's json holds, the work folder reader drops the part (to be redone) or assembles it; never
+    another error."""
+    from geoloc_ros.mapping import MapError, ray_build
+
+    work = tmp_path / "work"
+    work.mkdir(exist_ok=True)
+    for f in work.iterdir():
+        f.unlink()
+    result = {"slot": np.array([0]), "input": np.array([0]), "ok": np.array([True]),
+              "descriptor": np.ones((1, 4), np.float32) / 2, "features": np.array([b""], dtype=object),
+              "errors": np.array(["[]"], dtype=object)}
+    name = ray_build.write_part(work, result)
+    raw = doc if isinstance(doc, bytes) else json.dumps(doc).encode()
+    (work / f"{name}.json").write_bytes(raw)
+    parts = ray_build.finished_parts(work)
+    db = MapDatabase.create("m", 4, "f" * 64)
+    try:
+        ids = ray_build.assemble(db, [(Keyframe(label="a"), "a.png")], work)
+        assert parts and ids == {0: 0}
+    except MapError as e:
+        assert str(work) in str(e)

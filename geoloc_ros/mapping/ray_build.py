@@ -188,9 +188,9 @@ def finished_parts(work_dir: Path) -> dict[str, dict]:
     for doc_path in sorted(work_dir.glob("part-*.json")):
         npz = doc_path.with_suffix(".npz")
         try:
-            doc = json.loads(doc_path.read_text())
-            good = npz.is_file() and _sha256(npz.read_bytes()) == doc["sha256"]
-        except (OSError, ValueError, KeyError, TypeError):
+            doc = json.loads(doc_path.read_bytes())
+            good = _is_part_doc(doc) and npz.is_file() and _sha256(npz.read_bytes()) == doc["sha256"]
+        except (OSError, ValueError, RecursionError):
             good = False
         if good:
             parts[doc_path.stem] = doc
@@ -198,6 +198,16 @@ def finished_parts(work_dir: Path) -> dict[str, dict]:
             doc_path.unlink(missing_ok=True)
             npz.unlink(missing_ok=True)
     return parts
+
+
+def _is_part_doc(doc) -> bool:
+    """Whether a part's json has the fields `write_part` writes, of their types (anything else: redo the part)."""
+    def ints(v):
+        return isinstance(v, list) and all(isinstance(i, int) and not isinstance(i, bool) and i >= 0 for i in v)
+
+    return (isinstance(doc, dict) and ints(doc.get("slots")) and len(doc["slots"]) > 0 and ints(doc.get("inputs"))
+            and isinstance(doc.get("unreadable"), list) and all(isinstance(e, str) for e in doc["unreadable"])
+            and isinstance(doc.get("sha256"), str))
 
 
 def prepare_work_dir(work_dir: Path, key: str) -> None:
@@ -293,9 +303,17 @@ def assemble(db, items, work_dir: Path, camera_for=None, unreadable: list | None
             if unreadable is None:
                 raise MapError(doc["unreadable"][0])
             unreadable.extend(doc["unreadable"])
-        with np.load(io.BytesIO((work_dir / f"{name}.npz").read_bytes())) as z:
-            slots, ok, descriptors = z["slot"], z["ok"], z["descriptor"]
-            offsets, blob = z["feature_offsets"], z["feature_bytes"].tobytes()
+        path = work_dir / f"{name}.npz"
+        try:
+            with np.load(io.BytesIO(path.read_bytes())) as z:
+                slots, ok, descriptors = z["slot"], z["ok"].astype(bool), z["descriptor"]
+                offsets, blob = z["feature_offsets"], z["feature_bytes"].tobytes()
+        except (OSError, ValueError, KeyError, EOFError) as e:
+            raise MapError(f"{path}: not a part of this engine ({type(e).__name__}: {e})") from None
+        n = len(doc["slots"])
+        if (slots.tolist() != doc["slots"] or ok.shape != (n,) or descriptors.shape != (n, db.dim)
+                or offsets.shape != (n + 1,)):
+            raise MapError(f"{path}: does not hold the frames its json lists; remove {work_dir} and rerun")
         keep = np.flatnonzero(ok)
         if not len(keep):
             continue
