@@ -321,6 +321,9 @@ def assemble(db, items, work_dir: Path, camera_for=None, unreadable: list | None
         for kid, i in zip(added, keep):
             ids[int(slots[i])] = kid
             if store is not None:
-                feats = _unpack_features(blob[offsets[i]:offsets[i + 1]], store.detector)
+                try:
+                    feats = _unpack_features(blob[offsets[i]:offsets[i + 1]], store.detector)
+                except ValueError as e:
+                    raise MapError(f"{path}: frame {int(slots[i])}: features unreadable ({e})") from None
                 store.add(kid, feats, camera_for(int(slots[i])) if camera_for is not None else None)
     return ids
