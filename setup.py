@@ -26,6 +26,7 @@ setup(
         ("share/" + package_name + "/maps/nordland_demo", files("maps/nordland_demo/*")),
     ],
     install_requires=["setuptools"],
+    extras_require={"ray": ["ray[data]==2.60.0"]},  # geoloc map build --engine ray (requirements-ray.txt)
     zip_safe=False,
     maintainer="geoloc_ros maintainers",
     maintainer_email="maintainers@geoloc-ros.dev",

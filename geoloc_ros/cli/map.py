@@ -13,6 +13,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 from pathlib import Path
@@ -20,7 +21,7 @@ import sys
 
 import numpy as np
 
-from geoloc_ros.cli import map_features, map_localize, map_structure, map_text
+from geoloc_ros.cli import map_features, map_localize, map_ray, map_structure, map_text
 
 
 def add_parser(sub):
@@ -46,6 +47,7 @@ def add_parser(sub):
     map_structure.add_args(b)
     map_text.add_args(b)
     _encode_args(b)
+    map_ray.add_args(b)
     b.set_defaults(func=run_build)
 
     a = msub.add_parser("add", help="append keyframes to a map (saved atomically in place, or to --out)")
@@ -100,9 +102,17 @@ def add_parser(sub):
     g.set_defaults(func=run_bag)
 
 
+class _Input(argparse.Action):
+    """--images / --bag: the last value as usual, and every one, in order, in `inputs` as (option, value)."""
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        setattr(namespace, self.dest, values)
+        namespace.inputs = [*(getattr(namespace, "inputs", None) or []), (self.dest, values)]
+
+
 def _source_args(p):
     s = p.add_argument_group("images (a VG-named folder, a CSV of image,lat,lon[,alt,heading], or a sequence)")
-    s.add_argument("--images", help="image folder or CSV file")
+    s.add_argument("--images", action=_Input, help="image folder or CSV file (may be repeated, and mixed with --bag)")
     s.add_argument("--sequence-spacing", type=float, metavar="METRES",
                    help="coordinate-free sequence: frames in file-name order on a straight line, this far apart "
                         "(positions marked synthetic)")
@@ -111,7 +121,7 @@ def _source_args(p):
     s.add_argument("--range", help="START:STOP slice of the images in file-name order (positions are those of the "
                                    "whole sequence)")
     r = p.add_argument_group("rosbag2 recording (sqlite3 or MCAP)")
-    r.add_argument("--bag", help="rosbag2 directory or file")
+    r.add_argument("--bag", action=_Input, help="rosbag2 directory or file (may be repeated)")
     r.add_argument("--image-topic", help="sensor_msgs/msg/Image or CompressedImage topic")
     r.add_argument("--fix-topic", help="sensor_msgs/msg/NavSatFix topic (geotags)")
     r.add_argument("--odom-topic", help="nav_msgs/msg/Odometry topic (map-frame poses when there is no fix)")
@@ -148,23 +158,50 @@ def _load_images(args, unreadable=None):
     return images
 
 
-def _add_source(db, encoder, args):
-    """Encode the images or bag of `args` into `db`; returns the ids added. Unreadable files or frames are
-    skipped, counted and listed on stderr (--strict: nothing is written and the command exits 1)."""
-    from geoloc_ros.mapping.builders import add_bag, add_dataset
+def _inputs(args) -> list[argparse.Namespace]:
+    """One namespace per --images / --bag input, in command-line order."""
+    inputs = getattr(args, "inputs", None) or []
+    if not inputs:
+        _fail("give --images or --bag (each may be repeated)")
+    return [argparse.Namespace(**{**vars(args), "images": value if option == "images" else None,
+                                  "bag": value if option == "bag" else None}) for option, value in inputs]
 
-    if bool(args.images) == bool(args.bag):
-        _fail("give exactly one of --images and --bag")
+
+def _plan(db, args, unreadable) -> list[tuple[argparse.Namespace, list, dict]]:
+    """Per input: its namespace, its (keyframe, frame source) pairs (labels unique across inputs, see
+    builders.unique_labels) and its builder options. Decodes no image."""
+    from geoloc_ros.mapping.bag import bag_keyframes
+    from geoloc_ros.mapping.builders import dataset_items, unique_labels
+
+    plans, names = [], []
+    for a in _inputs(args):
+        opts = {**map_features.prepare(db, a), **map_text.prepare(a)}
+        if a.images:
+            items = dataset_items(_load_images(a, unreadable), source=Path(a.images).name)
+        else:
+            if not a.image_topic:
+                _fail("--bag needs --image-topic")
+            items = bag_keyframes(a.bag, a.image_topic, a.fix_topic, a.odom_topic, a.every_metres,
+                                  a.every_seconds).references()
+        plans.append((a, items, opts))
+        names.append(Path(a.images or a.bag).name)
+    labelled = unique_labels([items for _, items, _ in plans], names)
+    return [(a, items, opts) for (a, _, opts), items in zip(plans, labelled)]
+
+
+def _add_source(db, encoder, args):
+    """Encode the images and bags of `args` into `db`; returns the ids added per input. Unreadable files or frames
+    are skipped, counted and listed on stderr (--strict: nothing is written and the command exits 1)."""
+    from geoloc_ros.mapping.builders import encode_into
+
     unreadable = []
-    opts = {"batch_size": args.batch_size, "progress": not args.quiet, "unreadable": unreadable,
-            **map_features.prepare(db, args), **map_text.prepare(args)}
-    if args.images:
-        ids = add_dataset(db, encoder, _load_images(args, unreadable), source=Path(args.images).name, **opts)
+    plans = _plan(db, args, unreadable)
+    if getattr(args, "engine", "local") == "ray":
+        ids = map_ray.encode(db, args, plans, unreadable)
     else:
-        if not args.image_topic:
-            _fail("--bag needs --image-topic")
-        ids = add_bag(db, encoder, args.bag, args.image_topic, args.fix_topic, args.odom_topic, args.every_metres,
-                      args.every_seconds, **opts)
+        ids = [encode_into(db, encoder, items, total=len(items), desc=f"encoding {Path(a.images or a.bag).name}",
+                           batch_size=args.batch_size, progress=not args.quiet, unreadable=unreadable, **opts)
+               for a, items, opts in plans]
     if unreadable:
         print(f"geoloc map: skipped {len(unreadable)} unreadable image(s):", file=sys.stderr)
         for reason in unreadable[:20]:
@@ -231,20 +268,26 @@ def run_build(args):
     if out.exists() and not args.force:
         _fail(f"{out} exists; pass --force to replace it (atomically: it stays intact until the new map is complete)")
     out = _check_target(out)
+    map_ray.require(args)
     encoder = _load_encoder(args.encoder, args.device)
     try:
         db = new_map_for(encoder, args.name or out.name, args.index, args.search_params, args.rerank)
         if not args.no_encoder_copy:
             db.attach_encoder(args.encoder)
         if map_structure.wanted(args):
+            if len(getattr(args, "inputs", None) or []) > 1 or args.engine == "ray":
+                _fail("--poses, --sfm and --colmap take one --images input and the local engine")
             ids = map_structure.add(db, encoder, args)
         else:
-            ids = _add_source(db, encoder, args)
-            map_structure.add_bag_depth(db, ids, args)
+            per_input = _add_source(db, encoder, args)
+            for a, input_ids in zip(_inputs(args), per_input):
+                map_structure.add_bag_depth(db, input_ids, a)
+            ids = [i for input_ids in per_input for i in input_ids]
         if not ids:
             _fail("no keyframes selected: nothing written (with --bag: are the images inside the span of the "
                   "position topic?)")
         db.save(out)
+        map_ray.remove_work_dir(args)
     except MapError as e:
         _fail(str(e))
     print(f"{out}: {len(ids)} keyframes, dim {db.dim}, index {db.index_factory}, encoder {db.fingerprint[:12]}")
@@ -262,7 +305,7 @@ def run_add(args):
 
         db.map_id = new_map_id()  # a copy that goes its own way: two directories never share an id
     try:
-        ids = _add_source(db, encoder, args)
+        ids = [i for input_ids in _add_source(db, encoder, args) for i in input_ids]
         if not ids:
             _fail("no keyframes added: nothing written")
         db.save(args.out or args.map)

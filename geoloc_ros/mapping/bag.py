@@ -11,6 +11,7 @@ between position samples longer than `max_gap_s`, are skipped.
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass
 import math
 from pathlib import Path
 
@@ -196,22 +197,58 @@ class BagKeyframes:
     def __len__(self):
         return self.count
 
+    def references(self) -> list[tuple[Keyframe, "BagFrame"]]:
+        """(keyframe, reference to its image message) of every selected image, in recording order; decodes
+        nothing (`geoloc_ros.mapping.batch.read_frames` decodes them)."""
+        return [(self.keyframe(stamp), BagFrame(str(self.bag), self.image_topic, int(t)))
+                for t, stamp in self._selected]
+
     def __iter__(self):
-        wanted = {t for t, _ in self._selected}
         stamps = dict(self._selected)
-        with self._open() as reader:
-            # connections belong to the reader that listed them: look the topic up again in this one
-            conns = self._connections(reader, self.image_topic, IMAGE_TYPES)
-            for conn, t, raw in reader.messages(connections=conns):
-                if t not in wanted:
-                    continue
-                wanted.discard(t)
-                try:
-                    image = message_to_rgb(reader.deserialize(raw, conn.msgtype))
-                except Exception as e:  # noqa: BLE001 - a bad frame is skipped and counted, not fatal
-                    self.unreadable.append(f"{self.bag}: image at {t} ns on {self.image_topic!r}: {e}")
-                    continue
-                yield self.keyframe(stamps[t]), image
+        for t, image in read_bag_frames(self.bag, self.image_topic, list(stamps), self.unreadable):
+            yield self.keyframe(stamps[t]), image
+
+
+@dataclass(frozen=True)
+class BagFrame:
+    """One image message of a recording, by its recording time: a frame reference that travels instead of pixels."""
+
+    bag: str
+    topic: str
+    time_ns: int
+
+
+def read_bag_frames(bag, topic: str, times, unreadable: list):
+    """Decode the image messages of `topic` recorded at `times` (ns), in one pass over the span they cover: yields
+    (time, HxWx3 uint8 RGB) in recording order. A frame that cannot be decoded is skipped and its reason appended
+    to `unreadable`."""
+    from rosbags.highlevel import AnyReader
+
+    wanted = set(int(t) for t in times)
+    if not wanted:
+        return
+    bag = Path(bag)
+    try:
+        reader = AnyReader([bag], default_typestore=_typestore())
+        reader.open()
+    except Exception as e:  # noqa: BLE001 - rosbags raises reader-specific errors
+        raise MapError(f"{bag}: not a readable rosbag2 recording ({e})") from None
+    try:
+        conns = [c for c in reader.connections if c.topic == topic]
+        if not conns or any(c.msgtype not in IMAGE_TYPES for c in conns):
+            raise MapError(f"{bag}: no image topic {topic!r}")
+        for conn, t, raw in reader.messages(connections=conns, start=min(wanted), stop=max(wanted) + 1):
+            if t not in wanted:
+                continue
+            wanted.discard(t)
+            try:
+                image = message_to_rgb(reader.deserialize(raw, conn.msgtype))
+            except Exception as e:  # noqa: BLE001 - a bad frame is skipped and counted, not fatal
+                unreadable.append(f"{bag}: image at {t} ns on {topic!r}: {e}")
+                continue
+            yield t, image
+    finally:
+        reader.close()
 
 
 def bag_keyframes(bag, image_topic, fix_topic=None, odom_topic=None, every_metres=None, every_seconds=None,

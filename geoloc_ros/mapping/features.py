@@ -52,8 +52,12 @@ class LocalFeatureStore:
         return list(self._cameras)
 
     def add(self, keyframe_id: int, features: Features, camera: PinholeCamera | None) -> None:
+        """Store a keyframe's features with `camera` (a model without an image size gets the features' size)."""
         if features.detector != self.detector:
             raise MapError(f"keyframe {keyframe_id}: {features.detector} features in a map of {self.detector} features")
+        if camera is not None and camera.width is None and features.image_size:
+            w, h = features.image_size
+            camera = PinholeCamera(camera.fx, camera.fy, camera.cx, camera.cy, w, h, camera.distortion)
         self._entries[int(keyframe_id)] = (features, self._camera_index(camera))
 
     def add_image(self, keyframe_id: int, image, camera: PinholeCamera | None, depth=None) -> Features:
@@ -62,9 +66,6 @@ class LocalFeatureStore:
             features = detect(image, self.detector, self.max_keypoints, depth)
         except ValueError as e:
             raise MapError(f"keyframe {keyframe_id}: {e}") from None
-        if camera is not None and camera.width is None:
-            w, h = features.image_size
-            camera = PinholeCamera(camera.fx, camera.fy, camera.cx, camera.cy, w, h, camera.distortion)
         self.add(keyframe_id, features, camera)
         return features
 
