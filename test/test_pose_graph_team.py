@@ -1,0 +1,209 @@
+"""geoloc_pose_graph with `robots: [a, b, c]` as a process, fed over DDS by another process (test/team_fixtures.py):
+three robots with their own drifting odometry from their own origins and the same-place candidates of their
+overlapping stretches. The trajectories come back in one frame on ~/<robot>/path with map -> <robot>/odom on /tf; a
+false inter-robot closure is rejected; a robot that restarts halfway leaves the others' graphs intact; hostile
+candidates are refused and counted. The ROS-free TeamGraph is checked on the same team directly."""
+
+import json
+import os
+from pathlib import Path
+import subprocess
+import sys
+import threading
+import time
+
+import gtsam
+import numpy as np
+import pytest
+
+rclpy = pytest.importorskip("rclpy")
+
+from geoloc_ros.slam.evaluate import aligned  # noqa: E402
+from geoloc_ros.slam.team import TeamGraph  # noqa: E402
+from geoloc_ros.stamps import stamp_ns  # noqa: E402
+
+sys.path.insert(0, str(Path(__file__).parent))
+import team_fixtures as tf  # noqa: E402
+
+REPO = Path(__file__).resolve().parents[1]
+ROBOTS = ("a", "b", "c")
+
+
+def team_ate(robots, estimates: dict) -> dict:
+    """Per robot, the RMSE of its positions after ONE rigid alignment of the whole team to the truth (stamps the
+    estimate holds)."""
+    rows = [(r, k) for r in ROBOTS for k, s in enumerate(robots[r].stamps) if s in estimates[r]]
+    truth = np.array([robots[r].truth[k] for r, k in rows])
+    est = aligned(truth, np.array([estimates[r][robots[r].stamps[k]] for r, k in rows]))
+    err = np.linalg.norm(est - truth, axis=1)
+    names = np.array([r for r, _ in rows])
+    return {r: float(np.sqrt(np.mean(err[names == r] ** 2))) for r in ROBOTS}
+
+
+def odometry_estimates(robots) -> dict:
+    return {r: {s: p.translation() for s, p in zip(robots[r].stamps, robots[r].odometry)} for r in ROBOTS}
+
+
+# -- the ROS-free graph -----------------------------------------------------------------------------------------------
+def run_graph(robots, extra=()) -> TeamGraph:
+    g = TeamGraph(list(ROBOTS))
+    by_query = {}
+    for c in [*tf.candidates(robots), *extra]:
+        by_query.setdefault(c[1], []).append(c)
+    for stamp, r, k in sorted((s, r, k) for r in ROBOTS for k, s in enumerate(robots[r].stamps)):
+        g.add_odometry(r, stamp, robots[r].odometry[k])
+        for q, q_ns, owner, k_ns in by_query.get(stamp, []):
+            if q == r:
+                g.add_closure(q, q_ns, owner, k_ns, gtsam.Pose3(), [0.0] * 36, 0)
+    return g
+
+
+def graph_estimates(g: TeamGraph) -> dict:
+    return {r: {s: p.translation() for s, p, anchored in g.poses(r) if anchored} for r in ROBOTS}
+
+
+def test_team_graph_joins_three_robots_and_a_false_closure_changes_nothing():
+    robots = tf.team()
+    clean = run_graph(robots)
+    with_false = run_graph(robots, [tf.false_candidate(robots)])
+    assert all(clean.anchored(r) for r in ROBOTS)
+    assert with_false.inter_robot_rejected == 1 and with_false.inter_robot_accepted == clean.inter_robot_accepted
+    est, odo = team_ate(robots, graph_estimates(with_false)), team_ate(robots, odometry_estimates(robots))
+    assert all(est[r] < 0.1 * odo[r] for r in ROBOTS), (est, odo)
+    for r in ROBOTS:  # the false closure left no trace
+        a, b = graph_estimates(clean)[r], graph_estimates(with_false)[r]
+        assert max(np.linalg.norm(a[s] - b[s]) for s in a) < 1e-6
+
+
+def test_team_graph_before_anchoring_keeps_a_robot_in_its_own_frame():
+    robots = tf.team()
+    g = TeamGraph(list(ROBOTS))
+    for k in range(5):
+        for r in ROBOTS:
+            g.add_odometry(r, robots[r].stamps[k], robots[r].odometry[k])
+    assert g.anchored("a") and not g.anchored("b") and g.map_to_odom("b") is None
+    assert g.poses("b")[0][1].equals(gtsam.Pose3(), 1e-6)  # its own odom frame, not the map's
+    with pytest.raises(ValueError, match="unknown robot"):
+        g.add_odometry("d", robots["a"].stamps[6], gtsam.Pose3())
+    with pytest.raises(ValueError, match="not after"):  # an old stamp away from the origin is no restart
+        g.add_odometry("a", robots["a"].stamps[1], robots["a"].odometry[4])
+    assert len(g.segments["a"]) == 1
+
+
+# -- over DDS, back end and publisher in their own processes ---------------------------------------------------------
+class Listener:
+    """~/<robot>/path, /tf and the back end's /diagnostics, spun on a thread."""
+
+    def __init__(self, context, namespace: str):
+        from diagnostic_msgs.msg import DiagnosticArray
+        from nav_msgs.msg import Path as PathMsg
+        from rclpy.executors import SingleThreadedExecutor
+        from rclpy.qos import DurabilityPolicy, QoSProfile, ReliabilityPolicy
+        from tf2_msgs.msg import TFMessage
+
+        self.node = rclpy.create_node("team_listener", context=context)
+        latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
+                             durability=DurabilityPolicy.TRANSIENT_LOCAL)
+        self.paths, self.tf, self.diag, self.lock = {}, {}, {}, threading.Lock()
+        for r in ROBOTS:
+            self.node.create_subscription(PathMsg, f"{namespace}/geoloc_pose_graph/{r}/path",
+                                          lambda m, r=r: self._on_path(r, m), latched)
+        self.node.create_subscription(TFMessage, "/tf", self._on_tf, QoSProfile(depth=100,
+                                                                                 reliability=ReliabilityPolicy.RELIABLE))
+        name = f"{namespace}/geoloc_pose_graph: pose graph"
+        self.node.create_subscription(DiagnosticArray, "/diagnostics", lambda m: self._on_diag(m, name), 10)
+        self.executor = SingleThreadedExecutor(context=context)
+        self.executor.add_node(self.node)
+        self.thread = threading.Thread(target=self.executor.spin, daemon=True)
+        self.thread.start()
+
+    def _on_path(self, robot, msg):
+        with self.lock:
+            self.paths[robot] = {stamp_ns(p.header.stamp): np.array([p.pose.position.x, p.pose.position.y,
+                                                                      p.pose.position.z]) for p in msg.poses}
+
+    def _on_tf(self, msg):
+        with self.lock:
+            for t in msg.transforms:
+                if t.header.frame_id == "map" and t.child_frame_id in {f"{r}/odom" for r in ROBOTS}:
+                    self.tf[t.child_frame_id] = t
+
+    def _on_diag(self, msg, name):
+        with self.lock:
+            for st in msg.status:
+                if st.name == name:
+                    self.diag = {kv.key: kv.value for kv in st.values}
+
+    def close(self):
+        self.executor.shutdown()
+        self.thread.join(timeout=5)
+        self.node.destroy_node()
+
+
+def run_team(context, tmp_path, *publisher_args) -> tuple[Listener, dict]:
+    """A team pose_graph_node process and the publisher process; returns the listener once the back end has
+    settled (its diagnostics stopped changing) and what the publisher printed."""
+    ns = f"/team_test_{os.getpid()}_{len(list(tmp_path.iterdir()))}"
+    log = open(tmp_path / f"backend{ns.rsplit('_', 1)[1]}.log", "w")
+    backend = subprocess.Popen([sys.executable, "-m", "geoloc_ros.slam.pose_graph_node", "--ros-args", "-r",
+                                f"__ns:={ns}", "-p", "robots:=[a, b, c]", "-p", "publish_period_s:=0.2",
+                                "-p", "diagnostics_period_s:=0.2"], stdout=log, stderr=subprocess.STDOUT)
+    listener = Listener(context, ns)
+    try:
+        out = subprocess.run([sys.executable, str(REPO / "test" / "team_fixtures.py"), ns, *publisher_args],
+                             capture_output=True, text=True, timeout=120, check=True)
+        sent = json.loads(out.stdout.strip().splitlines()[-1])
+        last, since, deadline = None, time.monotonic(), time.monotonic() + 60
+        while time.monotonic() < deadline:
+            with listener.lock:
+                now = (dict(listener.diag), {r: len(p) for r, p in listener.paths.items()})
+            if now != last:
+                last, since = now, time.monotonic()
+            elif now[0] and time.monotonic() - since > 2.0:
+                break
+            time.sleep(0.1)
+        assert backend.poll() is None, (tmp_path / "backend.log").read_text()[-3000:]
+        return listener, sent
+    except BaseException:
+        listener.close()
+        raise
+    finally:
+        backend.terminate()
+        backend.wait(timeout=30)
+        log.close()
+
+
+def test_three_robots_over_dds_join_in_one_frame_and_refuse_hostile_candidates(rclpy_context, tmp_path):
+    listener, sent = run_team(rclpy_context, tmp_path, "--false-closure", "--hostile")
+    try:
+        robots = tf.team()
+        d = listener.diag
+        assert all(d[f"{r}.anchored"] == "True" for r in ROBOTS), d
+        assert int(d["inter_robot_rejected"]) >= 1, d  # the false closure
+        assert int(d["inter_robot_accepted"]) >= 0.8 * sent["closures"], d
+        est, odo = team_ate(robots, listener.paths), team_ate(robots, odometry_estimates(robots))
+        assert all(est[r] < 0.1 * odo[r] for r in ROBOTS), (est, odo)
+        assert all(len(listener.paths[r]) == len(robots[r].stamps) for r in ROBOTS)
+        assert set(listener.tf) == {"a/odom", "b/odom", "c/odom"}
+        # hostile: NaN pose and covariance refused, an unknown robot, a stamp years ahead, a robot naming itself
+        assert int(d["peer_refused"]) == 5 and int(d["peer_unknown_robot"]) == 1, str(sorted(d.items()))
+        assert int(d["keyframe_future_stamp"]) == 1 and int(d["peer_names_itself"]) == 1, d
+    finally:
+        listener.close()
+
+
+def test_a_robot_restarting_midway_leaves_the_others_intact(rclpy_context, tmp_path):
+    listener, _ = run_team(rclpy_context, tmp_path, "--restart", "b")
+    try:
+        robots = tf.team()
+        robots["b"] = tf.restarted(robots["b"], len(robots["b"].stamps) // 4)
+        d = listener.diag
+        assert d["b.segments"] == "2" and d["a.segments"] == d["c.segments"] == "1", d
+        assert all(d[f"{r}.anchored"] == "True" for r in ROBOTS), d  # b's new segment anchored by its closures
+        est, odo = team_ate(robots, listener.paths), team_ate(robots, odometry_estimates(robots))
+        assert all(est[r] < 0.1 * odo[r] for r in ROBOTS), (est, odo)
+        clean = team_ate(tf.team(), graph_estimates(run_graph(tf.team())))
+        for r in ("a", "c"):  # the others' errors as without the restart
+            assert est[r] < 1.5 * clean[r] + 1.0, (est, clean)
+    finally:
+        listener.close()
