@@ -114,11 +114,11 @@ def odometry_message(stamp: int, pose: gtsam.Pose3, frame: str = "odom"):
 def publish(namespace: str, restart: str = "", false_closure: bool = False, hostile: bool = False) -> dict:
     """Odometry of the three robots interleaved in stamp order, each robot's candidates right after its query
     stamp's odometry; `restart`: that robot's odometry restarts a quarter of the way."""
+    from nav_msgs.msg import Odometry
     import rclpy
     from rclpy.qos import QoSProfile, ReliabilityPolicy
 
     from geoloc_msgs.msg import PlaceRecognition
-    from nav_msgs.msg import Odometry
 
     robots = team()
     if restart:

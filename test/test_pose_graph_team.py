@@ -90,7 +90,7 @@ def test_team_graph_before_anchoring_keeps_a_robot_in_its_own_frame():
     assert len(g.segments["a"]) == 1
 
 
-# -- over DDS, back end and publisher in their own processes ---------------------------------------------------------
+# -- over DDS, back end and publisher in their own processes -----------------------------------------------------
 class Listener:
     """~/<robot>/path, /tf and the back end's /diagnostics, spun on a thread."""
 
@@ -207,3 +207,35 @@ def test_a_robot_restarting_midway_leaves_the_others_intact(rclpy_context, tmp_p
             assert est[r] < 1.5 * clean[r] + 1.0, (est, clean)
     finally:
         listener.close()
+
+
+# -- launch/multi_robot.launch.py ------------------------------------------------------------------------------------
+def test_multi_robot_launch_builds_a_vpr_node_per_robot_and_one_team_back_end():
+    """The launch file's description, built and its robot actions made as `ros2 launch` makes them (no process)."""
+    import importlib.util
+
+    launch = pytest.importorskip("launch")
+    pytest.importorskip("launch_ros")
+    from launch.actions import DeclareLaunchArgument, OpaqueFunction
+
+    spec = importlib.util.spec_from_file_location("multi_robot_launch", REPO / "launch" / "multi_robot.launch.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    description = module.generate_launch_description()
+    context = launch.LaunchContext()
+    for e in description.entities:
+        if isinstance(e, DeclareLaunchArgument):
+            context.launch_configurations[e.name] = launch.utilities.perform_substitutions(context, e.default_value)
+    context.launch_configurations["robots"] = "r1, r2,r3,r4"
+    actions = next(e for e in description.entities if isinstance(e, OpaqueFunction)).execute(context)
+    assert [a.node_executable for a in actions] == ["vpr_node"] * 4 + ["pose_graph_node"]
+    assert [a._Node__node_namespace for a in actions[:4]] == ["/r1", "/r2", "/r3", "/r4"]  # noqa: SLF001
+    layout = module.team_layout(module.robot_names("r1, r2,r3,r4"))
+    assert layout[1] == {"namespace": "/r2", "robot_id": "r2", "peer_keyframe_topics": [
+        "/r1/geoloc_vpr/keyframes", "/r3/geoloc_vpr/keyframes", "/r4/geoloc_vpr/keyframes"]}
+    for bad in ("a", "a,a", "a,b-c", "a,1b"):
+        with pytest.raises(ValueError):
+            module.robot_names(bad)
+    out = subprocess.run(["ros2", "launch", "--print-description", str(REPO / "launch" / "multi_robot.launch.py")],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and "OpaqueFunction" in out.stdout, out.stderr[-2000:]
