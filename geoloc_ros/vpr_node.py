@@ -51,6 +51,7 @@ from geoloc_ros.node.camera_inputs import CameraInputs
 from geoloc_ros.node.camera_watch import CameraWatch
 from geoloc_ros.node.diagnostics import NodeStats
 from geoloc_ros.node.intake import CameraIntake
+from geoloc_ros.node.peer_exchange import PeerExchange
 from geoloc_ros.node.services import empty_gpu_cache as _empty_gpu_cache
 from geoloc_ros.node.services import service
 
@@ -74,6 +75,7 @@ class VprNode(LifecycleNode):
         self._localizer: Localizer | None = None  # swapped whole by reload_map; read once per batch
         self._swap_lock = threading.Lock()
         self._odom = None  # latest (x, y, z) from odom_topic; a frame takes the one held when it arrives
+        self._odom_orientation = None  # that odometry's (qx, qy, qz, qw), for the keyframes peers receive
         self._fix = None  # latest valid (lat, lon, alt) from fix_topic; likewise
         self._fix_covariance = None  # ENU (east, east-north, north) covariance of that fix, m^2 (None: unknown)
         self._travelled_m = 0.0  # odometry path length, summed over every odometry message
@@ -90,6 +92,7 @@ class VprNode(LifecycleNode):
         self._stop = True
         self._subs = []
         self._intake = None  # the camera subscriptions' node, made at activate
+        self.peers: PeerExchange | None = None  # keyframe exchange with other robots, made at configure
         self._pubs = {}
         self._warned = set()
         self._watch = CameraWatch([], 0.0, "")  # the camera topics' watch, made at activate
@@ -123,6 +126,8 @@ class VprNode(LifecycleNode):
         try:
             s = params.read(self)
             self._localizer = self._build_localizer(s)
+            self.peers = PeerExchange(self, s, self._localizer, self._publish_peer_closures)
+            self._localizer.peers = self.peers.store  # not yet seen by the worker
         except Exception as e:  # noqa: BLE001 - any failure leaves the node unconfigured with the reason
             self.last_error = f"configure failed: {e}"
             self.get_logger().error(self.last_error)
@@ -161,6 +166,7 @@ class VprNode(LifecycleNode):
                                         self._on_incompatible_qos)
         self._watch = CameraWatch(topics, s.no_frames_warn_s, s.image_qos, self._intake.qos.reliability)
         self._cameras.subscribe(self._intake.subscribe_camera)  # CameraInfo and depth: the cameras' QoS
+        self.peers.activate()
         self._stop = False
         self._worker = threading.Thread(target=self._work, name="geoloc_vpr_worker", daemon=True)
         self._worker.start()
@@ -190,16 +196,19 @@ class VprNode(LifecycleNode):
         for pub in self._pubs.values():
             self.destroy_lifecycle_publisher(pub)
         self._pubs = {}
+        self._close_peers()
         self._release()
         return TransitionCallbackReturn.SUCCESS
 
     def on_shutdown(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_worker()
+        self._close_peers()
         self._release()
         return TransitionCallbackReturn.SUCCESS
 
     def on_error(self, state: LifecycleState) -> TransitionCallbackReturn:
         self._stop_worker()
+        self._close_peers()
         self._release()
         return TransitionCallbackReturn.SUCCESS
 
@@ -223,6 +232,13 @@ class VprNode(LifecycleNode):
         if self._intake is not None:
             self._intake.close()
             self._intake = None
+        if self.peers is not None:
+            self.peers.deactivate()
+
+    def _close_peers(self):
+        if self.peers is not None:
+            self.peers.close()
+            self.peers = None
 
     def _release(self):
         """Drop the localizer (encoder, maps, session); the GPU memory they held goes back to the driver."""
@@ -239,7 +255,7 @@ class VprNode(LifecycleNode):
             if camera in self._pending:
                 self.stats.on_drop()  # newest wins: the worker was busy, the older frame is stale anyway
             self._pending[camera] = (msg, topic, received_ns, time.monotonic(), self._odom, self._fix,
-                                     self._fix_covariance, self._travelled_m)
+                                     self._fix_covariance, self._travelled_m, self._odom_orientation)
             self._cv.notify()
 
     def _on_incompatible_qos(self, topic: str, event):
@@ -257,6 +273,9 @@ class VprNode(LifecycleNode):
         if self._odom is not None:  # every message counts: frames alone would cut the corners of the path
             self._travelled_m += math.hypot(p.x - self._odom[0], p.y - self._odom[1])
         self._odom = (p.x, p.y, p.z)
+        self._odom_orientation = messages.orientation_or_none(msg.pose.pose.orientation)
+        if self.peers is not None:
+            self.peers.odom_frame_id = msg.header.frame_id
 
     def _on_fix(self, msg: NavSatFix):
         problem = messages.fix_problem(msg)
@@ -297,11 +316,14 @@ class VprNode(LifecycleNode):
             frames = [replace(f, description=describer.for_stamp(f.time_ns)) for f in frames]
         for result in localizer.process(frames):
             self._publish(result, localizer.snapshot)
+            peers = self.peers
+            if peers is not None:
+                peers.on_result(result, localizer)
             self.stats.on_processed(result.encode_ms, result.search_ms,
                                     (time.monotonic() - result.frame.received_mono) * 1e3)
 
     def _decode(self, camera, msg, topic, received_ns, received_mono, odom, fix, fix_covariance=None,
-                travelled_m=None):
+                travelled_m=None, odom_orientation=None):
         try:
             s = self.settings
             frame = messages.to_frame(msg, camera, topic, received_ns, received_mono, s.blank_threshold,
@@ -309,6 +331,7 @@ class VprNode(LifecycleNode):
                                       depth=self._cameras.depth_for(camera, messages.stamp_ns(msg.header.stamp)),
                                       fix_covariance=fix_covariance,
                                       travelled_m=travelled_m if odom is not None else None)
+            frame = replace(frame, odom_orientation=odom_orientation if odom is not None else None)
             model = self._cameras.model(camera, frame.rgb.shape[1], frame.rgb.shape[0])  # None: does not fit
             return replace(frame, camera_model=model) if model is not None else frame
         except FrameError as e:
@@ -345,6 +368,13 @@ class VprNode(LifecycleNode):
             return
         self._metric_counts["place_poses"] += 1
         self._publish_pose(result, result.pose)
+
+    def _publish_peer_closures(self, result, closures):
+        """Peer closures whose verification ended (peer_exchange.py), on ~/loop_closures with the frame's header."""
+        pub = self._pubs.get("lc")
+        if pub is not None:
+            self.stats.on_loop_closure()
+            pub.publish(messages.recognition_message(result, closures))
 
     def _publish_pose(self, result, pose):
         """~/pose, and ~/geopose + ~/fix when the pose is geotagged (called by the metric thread too)."""
@@ -384,7 +414,7 @@ class VprNode(LifecycleNode):
             self.get_logger().error(response.message)
             return response
         verifier = localizer.verifier.with_maps(maps) if localizer.verifier is not None else None
-        fresh = Localizer(localizer.snapshot.with_maps(maps, s.maps), localizer.session, verifier)
+        fresh = Localizer(localizer.snapshot.with_maps(maps, s.maps), localizer.session, verifier, localizer.peers)
         with self._swap_lock:
             self._localizer = fresh
         self.settings = replace(self.settings, map_path=s.map_path)
@@ -436,7 +466,8 @@ class VprNode(LifecycleNode):
                   **verification.diagnostics(self._localizer.verifier if self._localizer is not None else None),
                   **dict(self._metric_counts),
                   **(self._localizer.prior.diagnostics() if self._localizer is not None else {}),
-                  **(self._describer.snapshot() if self._describer is not None else {})}
+                  **(self._describer.snapshot() if self._describer is not None else {}),
+                  **(self.peers.diagnostics() if self.peers is not None else {})}
         if st.level == DiagnosticStatus.OK and "verification_problems" in values:  # maps without stored features
             st.level, st.message = DiagnosticStatus.WARN, f"{st.message}; {values['verification_problems']}"
         calibration = self._localizer.snapshot.calibration if self._localizer is not None else None

@@ -25,6 +25,7 @@ class Frame:
     received_ns: int = 0  # node clock when it arrived
     received_mono: float = 0.0  # time.monotonic() when it arrived, for the node's latency figures
     odom: tuple | None = None  # latest odometry (x, y, z) when it arrived
+    odom_orientation: tuple | None = None  # that odometry's orientation (qx, qy, qz, qw), for the keyframe message
     fix: tuple | None = None  # latest valid NavSatFix (lat, lon, alt) when it arrived
     fix_covariance: tuple | None = None  # that fix's ENU position covariance (east, east-north, north), m^2
     travelled_m: float | None = None  # odometry path length summed over every odometry message until it arrived
@@ -98,3 +99,7 @@ class FrameResult:
     search_ms: float = 0.0
     session_keyframe: int | None = None  # id of the session keyframe this frame became, if it did
     evidence: object = None  # confidence.Evidence of this frame's loop closure before the threshold, if it had one
+    descriptor: object = None  # the frame's descriptor (float32, L2-normalised): a session keyframe's is shared
+    # a peer closure waiting for geometric verification (verification on): its best keyframe, rated, not
+    # thresholded; the node asks the owning robot for its features and publishes it then (node/peer_exchange.py)
+    peer_pending: list = field(default_factory=list)

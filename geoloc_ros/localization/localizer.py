@@ -25,10 +25,11 @@ from geoloc_ros.model.fused_encoder import FusedEncoder
 
 
 class Localizer:
-    def __init__(self, snapshot, session=None, verifier: Verifier | None = None):
-        """`session`: a SessionMap or None; `verifier`: a Verifier, or None to publish closures unverified."""
+    def __init__(self, snapshot, session=None, verifier: Verifier | None = None, peers=None):
+        """`session`: a SessionMap or None; `verifier`: a Verifier, or None to publish closures unverified;
+        `peers`: a peers.PeerStore (other robots' keyframes, searched like maps of their own) or None."""
         s = snapshot.config
-        self.snapshot, self.session, self.verifier = snapshot, session, verifier
+        self.snapshot, self.session, self.verifier, self.peers = snapshot, session, verifier, peers
         self.consistency = ConsistencyFilter(s.consistency_k, s.consistency_radius_m, s.consistency_id_window)
         self.sequence = SequenceMatcher(s.sequence_window, min_margin=s.sequence_min_margin) \
             if s.consistency_mode == "sequence" else None
@@ -62,14 +63,30 @@ class Localizer:
         for frame, d, cands, past in zip(frames, desc, candidates, recent):
             closures, sequence_margin = self.closures(frame.camera, d, cands)
             revisit = self._is_revisit(frame.camera, closures, past)
-            if closures and revisit and self.verifier is not None:
+            # a peer's keyframe features are on the peer: the node asks for them (closures of one place share a map)
+            ask_peer = bool(closures) and self.verifier is not None and closures[0].source == "peer"
+            if closures and revisit and self.verifier is not None and not ask_peer:
                 closures = self.verifier.verify(frame, closures)
             closures, evidence = self._rate(frame, cands, closures, sequence_margin)
-            closures = [c for c in closures if revisit and c.confidence >= self.config.loop_closure_min_confidence]
+            pending = closures[:1] if ask_peer else []  # the best keyframe: one request, one verified closure
+            closures = [c for c in closures if revisit and not ask_peer
+                        and c.confidence >= self.config.loop_closure_min_confidence]
             pose = self.pose(closures) if closures else None
             results.append(FrameResult(frame, cands, closures, pose, encode_ms, search_ms,
-                                       self._add_to_session(frame, d), evidence))
+                                       self._add_to_session(frame, d), evidence, d, pending))
         return results
+
+    def rate_verified(self, evidence, closures) -> list[Candidate]:
+        """Peer closures once the owner's features verified them: the confidence rated again with the anchor's
+        inliers (as a verified session closure is), then the loop_closure_min_confidence threshold."""
+        if not closures or evidence is None:
+            return []
+        anchor = closures[0]
+        evidence = replace(evidence, inliers=anchor.inliers if anchor.verified else 0)
+        calibration = self.snapshot.calibration
+        value = confidence(evidence, "consecutive" if evidence.sequence_margin is None else "sequence",
+                           calibration.coefficients if calibration is not None else None)
+        return [replace(c, confidence=value) for c in closures if value >= self.config.loop_closure_min_confidence]
 
     # -- search ------------------------------------------------------------------------------------------------
     def search(self, desc, frames) -> list[list[Candidate]]:
@@ -92,6 +109,9 @@ class Localizer:
         if self.session is not None:
             found, recent = self.session.search(desc, frames, s.top_k, s)
             for i, cands in enumerate(found):
+                merged[i].extend(cands)
+        if self.peers is not None:  # no exclusion window: a peer's recent past is not this robot's
+            for i, cands in enumerate(self.peers.search(desc, s.top_k, self.snapshot.primary_frame)):
                 merged[i].extend(cands)
         out = []
         for cands in merged:

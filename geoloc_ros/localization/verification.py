@@ -87,10 +87,16 @@ class FeatureVerifier:
         if self.session_features is not None:
             self.session_features.put(keyframe_id, (self._query_for(frame).get(self.detector), frame.camera_model))
 
+    def verify_with(self, frame, candidate, stored):
+        """`candidate` judged against features sent by the robot that owns its keyframe: `stored` is
+        (geometry.Features, PinholeCamera or None), or None when it had none. Safe beside the worker's `verify`."""
+        return self._check(QueryFeatures(frame, self.max_keypoints, self.counts), candidate, stored)
+
     # -- one candidate -----------------------------------------------------------------------------------------
-    def _check(self, query, c):
-        """`c` with what verification found (verified, inliers, relative_pose)."""
-        stored = self._stored(c)
+    def _check(self, query, c, stored=False):
+        """`c` with what verification found (verified, inliers, relative_pose); `stored`: the keyframe's
+        (features, camera), or False to look them up."""
+        stored = self._stored(c) if stored is False else stored
         if stored is None:
             self.counts["no_features"] += 1
             return replace(c, verified=False, inliers=0, relative_pose=None)

@@ -56,6 +56,15 @@ def fix_problem(msg) -> str | None:
     return None
 
 
+def orientation_or_none(q) -> tuple | None:
+    """(qx, qy, qz, qw) of a geometry_msgs/Quaternion, normalised; None when it is not finite or has no length."""
+    v = (float(q.x), float(q.y), float(q.z), float(q.w))
+    norm = math.sqrt(sum(c * c for c in v))
+    if not (math.isfinite(norm) and norm > 1e-9):
+        return None
+    return tuple(c / norm for c in v)
+
+
 # -- outputs ----------------------------------------------------------------------------------------------------
 def header_of(frame: Frame, frame_id: str | None = None) -> Header:
     h = Header(frame_id=frame.frame_id if frame_id is None else frame_id)

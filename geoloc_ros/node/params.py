@@ -198,6 +198,24 @@ SPEC = (
         Param("session_map_path", "", "Where ~/save_session_map writes the session map (empty: "
               "~/.ros/geoloc_session_map)."),
     )),
+    Section("keyframe exchange between robots (docs/node.md, 'Keyframe exchange')", (
+        Param("robot_id", "", "This robot's name in the keyframes it publishes on ~/keyframes and in its peers' "
+              "PlaceCandidate.robot_id; empty: the node's namespace without its leading slash ('robot' in the root "
+              "namespace). Peer keyframes naming this robot_id are refused: a robot never matches its own."),
+        Param("peer_keyframe_topics", [""], "Other robots' geoloc_msgs/Keyframe topics (e.g. "
+              "['/robot_b/geoloc_vpr/keyframes']); their keyframes are searched like a map of their own per robot. "
+              "Empty: no exchange. Each topic's sibling service (trailing 'keyframes' -> 'keyframe_features') is "
+              "asked for local features when verification is on.", validate=_optional_topics),
+        Param("peer_descriptor_encoding", "float16", "How the descriptors of ~/keyframes travel: 'float16' (half the "
+              "bytes of float32, Recall@1 unchanged on Nordland: docs/benchmarks.md), 'float32', or 'pq' "
+              "(product-quantisation codes of the codebook beside the encoder, <encoder>.pq.faiss; configure fails "
+              "without one). Received keyframes may use any of them.", choices=("float16", "float32", "pq")),
+        Param("peer_max_keyframes", 10000, "Keyframes kept per peer robot; beyond it the oldest are dropped and "
+              "counted (peer_dropped).", (1, 10_000_000)),
+        Param("peer_feature_timeout_s", 2.0, "With verification: seconds to wait for a peer's local features of a "
+              "candidate; unanswered, the candidate is published unverified and counted "
+              "(peer_features_timeout).", (0.05, 600.0)),
+    )),
     Section("outputs", (
         Param("map_frame", "map", "frame_id of ~/pose and ~/geopose, and the frame of the candidates' poses."),
         Param("base_frame", "base_link", "frame_id of ~/fix (the robot frame whose position is estimated)."),
