@@ -75,6 +75,18 @@ def test_team_graph_joins_three_robots_and_a_false_closure_changes_nothing():
         assert max(np.linalg.norm(a[s] - b[s]) for s in a) < 1e-6
 
 
+def test_wrong_closures_before_anchoring_neither_anchor_a_robot_nor_bend_it():
+    """Three wrong links (100-200 m off) among b's first ones: the consensus fit leaves them out."""
+    robots = tf.team()
+    b, a = robots["b"], robots["a"]
+    wrong = [("b", b.stamps[k], "a", a.stamps[j]) for k, j in ((0, 70), (1, 10), (2, 75))]
+    clean, g = run_graph(robots), run_graph(robots, wrong)
+    assert g.anchored("b") and g.anchored("c") and g.inter_robot_rejected == 3
+    for r in ROBOTS:
+        a_est, b_est = graph_estimates(clean)[r], graph_estimates(g)[r]
+        assert max(np.linalg.norm(a_est[s] - b_est[s]) for s in a_est) < 0.5
+
+
 def test_team_graph_before_anchoring_keeps_a_robot_in_its_own_frame():
     robots = tf.team()
     g = TeamGraph(list(ROBOTS))

@@ -354,14 +354,13 @@ class TeamGraph:
                 own.append(est.atPose3(seg.key(lk.i)).translation())
             targets.append(target.translation())
             sigmas.append(math.sqrt(max(lk.covariance[3, 3], lk.covariance[4, 4])))
-        own, targets, sigmas = np.array(own), np.array(targets), np.array(sigmas)
-        keep = np.ones(len(links), bool)
-        for _ in range(2):  # fit, drop what the fit cannot explain, fit again
-            if keep.sum() < s.align_min_factors or np.ptp(targets[keep, :2], axis=0).max() < s.align_min_spread_m:
+        own, targets, sigmas = np.array(own)[:, :2], np.array(targets)[:, :2], np.array(sigmas)
+        keep = _consensus(own, targets, s.align_inlier_sigmas * sigmas, s.align_min_spread_m)
+        for _ in range(2):  # refit on the consensus, keep what the fit explains
+            if keep.sum() < s.align_min_factors or np.ptp(targets[keep], axis=0).max() < s.align_min_spread_m:
                 return False
-            rot, trans, _ = umeyama_alignment(own[keep, :2].T, targets[keep, :2].T)
-            residual = np.linalg.norm(own[:, :2] @ rot.T + trans - targets[:, :2], axis=1)
-            keep = residual <= s.align_inlier_sigmas * sigmas
+            rot, trans, _ = umeyama_alignment(own[keep].T, targets[keep].T)
+            keep = np.linalg.norm(own @ rot.T + trans - targets, axis=1) <= s.align_inlier_sigmas * sigmas
         if keep.sum() < s.align_min_factors or not (np.all(np.isfinite(rot)) and np.all(np.isfinite(trans))):
             return False
         map_from_own = gtsam.Pose3(gtsam.Rot3.Yaw(math.atan2(rot[1, 0], rot[0, 0])), np.array([*trans[:2], 0.0]))
@@ -484,3 +483,27 @@ class TeamGraph:
             return None
         last = len(seg.node_stamps) - 1
         return self.isam.calculateEstimatePose3(seg.key(last)).compose(seg.node_odom[last].inverse())
+
+
+def _consensus(own: np.ndarray, targets: np.ndarray, radius: np.ndarray, min_spread_m: float,
+               max_pairs: int = 400) -> np.ndarray:
+    """The largest set of links one rigid 2D transform explains (each within its `radius`), from the transforms that
+    pairs of links at least `min_spread_m` apart define exactly (all pairs, or `max_pairs` drawn with a fixed seed):
+    a wrong closure, however far off, cannot drag the fit that picks the inliers."""
+    n = len(own)
+    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
+    if len(pairs) > max_pairs:
+        pick = np.random.default_rng(0).choice(len(pairs), max_pairs, replace=False)
+        pairs = [pairs[k] for k in pick]
+    best = np.zeros(n, bool)
+    for i, j in pairs:
+        d_own, d_target = own[j] - own[i], targets[j] - targets[i]
+        if np.linalg.norm(d_target) < min_spread_m or np.linalg.norm(d_own) < 1e-9:
+            continue
+        yaw = np.arctan2(d_target[1], d_target[0]) - np.arctan2(d_own[1], d_own[0])
+        rot = np.array([[np.cos(yaw), -np.sin(yaw)], [np.sin(yaw), np.cos(yaw)]])
+        trans = targets[i] - rot @ own[i]
+        inliers = np.linalg.norm(own @ rot.T + trans - targets, axis=1) <= radius
+        if inliers.sum() > best.sum():
+            best = inliers
+    return best
