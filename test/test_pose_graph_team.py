@@ -152,13 +152,14 @@ class Listener:
         self.node.destroy_node()
 
 
-def run_team(context, tmp_path, *publisher_args) -> tuple[Listener, dict]:
+def run_team(context, tmp_path, *publisher_args, robots="[a, b, c]") -> tuple[Listener, dict]:
     """A team pose_graph_node process and the publisher process; returns the listener once the back end has
     settled (its diagnostics stopped changing) and what the publisher printed."""
     ns = f"/team_test_{os.getpid()}_{len(list(tmp_path.iterdir()))}"
-    log = open(tmp_path / f"backend{ns.rsplit('_', 1)[1]}.log", "w")
+    log_path = tmp_path / f"backend{ns.rsplit('_', 1)[1]}.log"
+    log = open(log_path, "w")
     backend = subprocess.Popen([sys.executable, "-m", "geoloc_ros.slam.pose_graph_node", "--ros-args", "-r",
-                                f"__ns:={ns}", "-p", "robots:=[a, b, c]", "-p", "publish_period_s:=0.2",
+                                f"__ns:={ns}", "-p", f"robots:={robots}", "-p", "publish_period_s:=0.2",
                                 "-p", "diagnostics_period_s:=0.2"], stdout=log, stderr=subprocess.STDOUT)
     listener = Listener(context, ns)
     try:
@@ -174,7 +175,7 @@ def run_team(context, tmp_path, *publisher_args) -> tuple[Listener, dict]:
             elif now[0] and time.monotonic() - since > 2.0:
                 break
             time.sleep(0.1)
-        assert backend.poll() is None, (tmp_path / "backend.log").read_text()[-3000:]
+        assert backend.poll() is None, log_path.read_text()[-3000:]
         return listener, sent
     except BaseException:
         listener.close()
@@ -186,10 +187,11 @@ def run_team(context, tmp_path, *publisher_args) -> tuple[Listener, dict]:
 
 
 def test_three_robots_over_dds_join_in_one_frame_and_refuse_hostile_candidates(rclpy_context, tmp_path):
-    listener, sent = run_team(rclpy_context, tmp_path, "--false-closure", "--hostile")
+    listener, sent = run_team(rclpy_context, tmp_path, "--false-closure", "--hostile", robots="[a, b, c, d]")
     try:
         robots = tf.team()
         d = listener.diag
+        assert d["d.poses"] == "0" and d["d.anchored"] == "False", d  # a robot that never speaks breaks nothing
         assert all(d[f"{r}.anchored"] == "True" for r in ROBOTS), d
         assert int(d["inter_robot_rejected"]) >= 1, d  # the false closure
         assert int(d["inter_robot_accepted"]) >= 0.8 * sent["closures"], d
@@ -251,3 +253,59 @@ def test_multi_robot_launch_builds_a_vpr_node_per_robot_and_one_team_back_end():
     out = subprocess.run(["ros2", "launch", "--print-description", str(REPO / "launch" / "multi_robot.launch.py")],
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and "OpaqueFunction" in out.stdout, out.stderr[-2000:]
+
+
+# -- property-based: any message on any robot's topics ----------------------------------------------------------------
+def test_team_callbacks_take_any_message_and_stay_consistent(rclpy_context):
+    """The fuzz strategies of test_pose_graph_fuzz.py routed to the team node's per-robot callbacks, candidates
+    naming any robot (known, unknown, itself, none) with any source: nothing raises, nothing fails, what is kept
+    stays bounded and what is published finite, and plain odometry still makes poses afterwards."""
+    from hypothesis import given
+    from hypothesis import strategies as st
+    from rclpy.parameter import Parameter
+    import test_pose_graph_fuzz as fuzz
+
+    from geoloc_ros.slam.pose_graph_node import PoseGraphNode
+
+    node = PoseGraphNode(context=rclpy_context, parameter_overrides=[Parameter("robots", value=["a", "b"]),
+                                                                     Parameter("max_pending", value=5)])
+    team, graph = node.team, node.team.graph
+    feeders = {r: fuzz.Feeder(lambda: node.get_clock().now().nanoseconds,
+                              lambda r=r: graph.segments[r][-1].last[0] if graph.segments[r] else None) for r in "ab"}
+    routed = st.tuples(st.sampled_from("ab"), st.one_of(fuzz.odometry(), fuzz.odometry(), fuzz.closures(),
+                                                         fuzz.plausible_closure()),
+                       st.lists(st.sampled_from(["a", "b", "zz", ""]), min_size=3, max_size=3),
+                       st.lists(st.sampled_from([0, 1, 2, 2, 7]), min_size=3, max_size=3))
+
+    @fuzz.FUZZ
+    @given(batch=st.lists(routed, min_size=1, max_size=12))
+    def check(batch):
+        for robot, (kind, fields), owners, sources in batch:
+            try:
+                msg = feeders[robot].build(kind, fields)
+            except (AssertionError, ValueError, TypeError):
+                continue  # a value rclpy's own setters refuse never reaches the node
+            if kind == "odom":
+                team._on_odom(robot, msg)
+                continue
+            for c, owner, source in zip(msg.candidates, owners, sources):
+                c.robot_id, c.source = owner, source
+            team._on_closures(robot, msg)
+        assert graph.pending <= 2 * 5 and graph.waiting_links <= 1000
+        assert len(node.counts) < 60 and len(graph.counts) < 30
+        assert not node.counts["odometry_failed"] and not node.counts["closures_failed"], node.last_error
+        node.publish()
+        node.publish_diagnostics()
+        for r in "ab":
+            assert all(np.all(np.isfinite(p.matrix())) for _, p, _ in graph.poses(r))
+            for ps in team.path_message(r).poses:
+                assert np.isfinite([ps.pose.position.x, ps.pose.position.y, ps.pose.orientation.w]).all()
+
+    try:
+        check()
+        before = len(graph)
+        for _ in range(3):
+            team._on_odom("a", feeders["a"].build("odom", {"step": 2.0, "cov": [0.0] * 36}))
+        assert len(graph) == before + 3
+    finally:
+        node.destroy_node()
