@@ -207,13 +207,7 @@ class PoseGraph:
         self._tip = self.isam.calculateEstimatePose3(X(self._committed - 1))
 
     def _is_keyframe_step(self, step: gtsam.Pose3) -> bool:
-        s = self.settings
-        if s.keyframe_distance_m <= 0 and s.keyframe_angle_deg <= 0:
-            return True
-        dist = float(np.linalg.norm(step.translation()))
-        angle = math.degrees(float(np.linalg.norm(gtsam.Rot3.Logmap(step.rotation()))))
-        return (s.keyframe_distance_m > 0 and dist >= s.keyframe_distance_m) or \
-            (s.keyframe_angle_deg > 0 and angle >= s.keyframe_angle_deg)
+        return is_keyframe_step(self.settings, step)
 
     # -- where a stamp falls ----------------------------------------------------------------------------------
     def locate(self, stamp_ns: int):
@@ -562,6 +556,17 @@ class PoseGraph:
     @property
     def closures(self) -> int:
         return self._closure_count
+
+
+def is_keyframe_step(s: GraphSettings, step: gtsam.Pose3) -> bool:
+    """Whether odometry has moved keyframe_distance_m or turned keyframe_angle_deg since the last pose node (both 0:
+    every message makes a node)."""
+    if s.keyframe_distance_m <= 0 and s.keyframe_angle_deg <= 0:
+        return True
+    dist = float(np.linalg.norm(step.translation()))
+    angle = math.degrees(float(np.linalg.norm(gtsam.Rot3.Logmap(step.rotation()))))
+    return (s.keyframe_distance_m > 0 and dist >= s.keyframe_distance_m) or \
+        (s.keyframe_angle_deg > 0 and angle >= s.keyframe_angle_deg)
 
 
 def camera_measurement(s: GraphSettings, relative_pose: gtsam.Pose3, covariance, kind: int):

@@ -40,6 +40,7 @@ from geoloc_ros.slam.graph import (
     _update,
     closure_between,
     gate_between,
+    is_keyframe_step,
     isam2_params,
 )
 from geoloc_ros.slam.history import OdometryHistory
@@ -193,11 +194,7 @@ class TeamGraph:
         s = self.settings
         i = len(seg.node_stamps)
         step = seg.node_odom[-1].between(pose)
-        dist = float(np.linalg.norm(step.translation()))
-        angle = math.degrees(float(np.linalg.norm(gtsam.Rot3.Logmap(step.rotation()))))
-        if (s.keyframe_distance_m > 0 or s.keyframe_angle_deg > 0) and not (
-                (s.keyframe_distance_m > 0 and dist >= s.keyframe_distance_m)
-                or (s.keyframe_angle_deg > 0 and angle >= s.keyframe_angle_deg)):
+        if not is_keyframe_step(s, step):
             return None
         cov = noise.odometry_covariance(step, pose.rotation(), covariance, s.odometry)
         graph, values = gtsam.NonlinearFactorGraph(), gtsam.Values()

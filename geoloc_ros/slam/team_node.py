@@ -11,7 +11,6 @@ import gtsam
 from nav_msgs.msg import Odometry, Path
 
 from geoloc_msgs.msg import PlaceCandidate, PlaceRecognition
-from geoloc_ros.slam import params
 from geoloc_ros.slam.graph import GraphError
 from geoloc_ros.slam.noise import pose_from_msg
 from geoloc_ros.slam.team import TeamGraph
@@ -23,7 +22,8 @@ class TeamTopics:
         from geoloc_ros.slam.pose_graph_node import CLOSURE_QOS, ODOM_QOS, PATH_QOS
 
         self.node = node
-        self.graph = TeamGraph([r for r, _, _ in robots], params.graph_settings(node.p))
+        # the node's settings object, so `ros2 param set` of a live graph setting reaches the team graph too
+        self.graph = TeamGraph([r for r, _, _ in robots], node.graph.settings)
         self.frames: dict[str, str] = {}  # robot -> its odometry frame on /tf
         self.changed: set[str] = set()
         self._paths = {}
