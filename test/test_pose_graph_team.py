@@ -45,8 +45,8 @@ def odometry_estimates(robots) -> dict:
 
 
 # -- the ROS-free graph -----------------------------------------------------------------------------------------------
-def run_graph(robots, extra=()) -> TeamGraph:
-    g = TeamGraph(list(ROBOTS))
+def run_graph(robots, extra=(), settings=None) -> TeamGraph:
+    g = TeamGraph(list(ROBOTS), settings)
     by_query = {}
     for c in [*tf.candidates(robots), *extra]:
         by_query.setdefault(c[1], []).append(c)
@@ -73,6 +73,22 @@ def test_team_graph_joins_three_robots_and_a_false_closure_changes_nothing():
     for r in ROBOTS:  # the false closure left no trace
         a, b = graph_estimates(clean)[r], graph_estimates(with_false)[r]
         assert max(np.linalg.norm(a[s] - b[s]) for s in a) < 1e-6
+
+
+def test_with_the_gate_off_the_robust_kernel_alone_bounds_a_false_inter_robot_closure():
+    """The false closure (150 m off) taken as a factor: Huber keeps every trajectory within 2 m of the graph
+    without it; the plain Gaussian moves them by tens of metres."""
+    from geoloc_ros.slam.graph import GraphSettings
+
+    robots = tf.team()
+    clean = graph_estimates(run_graph(robots))
+    moved = {}
+    for kernel in ("huber", "none"):
+        g = run_graph(robots, [tf.false_candidate(robots)], GraphSettings(gate_probability=1.0, robust_kernel=kernel))
+        assert g.inter_robot_rejected == 0  # nothing but the kernel stands in its way
+        est = graph_estimates(g)
+        moved[kernel] = max(np.linalg.norm(clean[r][s] - est[r][s]) for r in ROBOTS for s in clean[r])
+    assert moved["huber"] < 2.0 and moved["none"] > 10.0, moved
 
 
 def test_wrong_closures_before_anchoring_neither_anchor_a_robot_nor_bend_it():
