@@ -118,6 +118,24 @@ def test_team_graph_before_anchoring_keeps_a_robot_in_its_own_frame():
     assert len(g.segments["a"]) == 1
 
 
+def test_odometry_starting_again_at_the_origin_with_older_stamps_is_a_restart():
+    """A replayed or sim-time robot restarts with its clock: its stamps go back and its odometry is at the origin
+    again. A new floating segment; a's poses and the gauge are untouched."""
+    robots = tf.team()
+    g = TeamGraph(list(ROBOTS))
+    for k in range(20):
+        for r in ("a", "b"):
+            g.add_odometry(r, robots[r].stamps[k], robots[r].odometry[k])
+    a_before = [p.translation() for _, p, _ in g.poses("a")]
+    assert g.add_odometry("b", robots["b"].stamps[0], gtsam.Pose3()) == 0
+    assert len(g.segments["b"]) == 2 and not g.anchored("b") and g.counts["robot_restarts"] == 1
+    g.add_odometry("b", robots["b"].stamps[1], robots["b"].odometry[1])
+    assert np.allclose([p.translation() for _, p, _ in g.poses("a")], a_before)
+    # a closure at a restarted stamp falls on b's newest segment
+    seg, node, _ = g.locate("b", robots["b"].stamps[1])
+    assert seg is g.segments["b"][-1] and node == 1
+
+
 # -- over DDS, back end and publisher in their own processes -----------------------------------------------------
 class Listener:
     """~/<robot>/path, /tf and the back end's /diagnostics, spun on a thread."""
