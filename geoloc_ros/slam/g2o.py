@@ -60,11 +60,14 @@ def write_g2o(graph: PoseGraph, path) -> str:
         raise G2oError("the graph has no poses yet")
     graph.flush()  # batched odometry nodes into iSAM2 first, so edges and estimate agree
     factors, values = gtsam.NonlinearFactorGraph(), gtsam.Values()
-    for e in graph.edges:
-        factors.add(gtsam.BetweenFactorPose3(e.key_from, e.key_to, e.measured, gaussian(e.covariance)))
     estimate = graph.estimate
-    for key in estimate.keys():
-        values.insert(key, estimate.atPose3(key))
+    # g2o ids are plain integers (gtsam.writeG2o keeps only a Symbol's index, so two robots' X(0) would collide):
+    # the keys in order, numbered from 0 (a single robot's X(i) is vertex i).
+    vertex = {key: n for n, key in enumerate(sorted(estimate.keys()))}
+    for e in graph.edges:
+        factors.add(gtsam.BetweenFactorPose3(vertex[e.key_from], vertex[e.key_to], e.measured, gaussian(e.covariance)))
+    for key, n in vertex.items():
+        values.insert(n, estimate.atPose3(key))
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, raw = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".raw", dir=path.parent)
     os.close(fd)

@@ -207,13 +207,7 @@ class PoseGraph:
         self._tip = self.isam.calculateEstimatePose3(X(self._committed - 1))
 
     def _is_keyframe_step(self, step: gtsam.Pose3) -> bool:
-        s = self.settings
-        if s.keyframe_distance_m <= 0 and s.keyframe_angle_deg <= 0:
-            return True
-        dist = float(np.linalg.norm(step.translation()))
-        angle = math.degrees(float(np.linalg.norm(gtsam.Rot3.Logmap(step.rotation()))))
-        return (s.keyframe_distance_m > 0 and dist >= s.keyframe_distance_m) or \
-            (s.keyframe_angle_deg > 0 and angle >= s.keyframe_angle_deg)
+        return is_keyframe_step(self.settings, step)
 
     # -- where a stamp falls ----------------------------------------------------------------------------------
     def locate(self, stamp_ns: int):
@@ -297,12 +291,7 @@ class PoseGraph:
         (a, d_a), (b, d_b) = query, keyframe
         if a == b:
             return Verdict.SAME_NODE
-        t_cam, cov_cam = self._camera_measurement(relative_pose, covariance, kind)
-        e = self.settings.base_to_camera
-        base = e.compose(t_cam).compose(e.inverse())  # keyframe base -> query base
-        measured = d_b.compose(base).compose(d_a.inverse())  # node b -> node a
-        cov = noise.transform_covariance(d_a, noise.transform_covariance(e, cov_cam))
-        cov = noise.floored(cov, [CLOSURE_FLOOR_SIGMA_RAD ** 2] * 3 + [CLOSURE_FLOOR_SIGMA_M ** 2] * 3)
+        measured, cov = closure_between(self.settings, relative_pose, covariance, kind, d_a, d_b)
         if not self._gate_between(X(b), X(a), measured, cov):
             self.closures_rejected += 1
             return Verdict.REJECTED
@@ -317,36 +306,10 @@ class PoseGraph:
         return Verdict.ACCEPTED
 
     def _camera_measurement(self, relative_pose: gtsam.Pose3, covariance, kind: int):
-        """(camera-frame relative pose, GTSAM-ordered covariance) as the factor uses it for each kind."""
-        s = self.settings
-        rot_var, pos_var = s.metric_default_sigma_rad ** 2, s.metric_default_sigma_m ** 2
-        if kind == KIND_METRIC:
-            if noise.is_unset(covariance):
-                return relative_pose, np.diag([rot_var] * 3 + [pos_var] * 3)
-            return relative_pose, noise.ros_to_gtsam_covariance(covariance)
-        place_var = s.same_place_sigma_m ** 2
-        if kind == KIND_DIRECTION:  # rotation is known; the unit translation has no scale: "same place" there
-            cov = np.diag([rot_var] * 3 + [place_var] * 3)
-            if not noise.is_unset(covariance):
-                cov[:3, :3] = noise.ros_to_gtsam_covariance(covariance)[:3, :3]
-            return gtsam.Pose3(relative_pose.rotation(), np.zeros(3)), cov
-        if kind == KIND_NONE:
-            return gtsam.Pose3(), np.diag([s.same_place_sigma_rad ** 2] * 3 + [place_var] * 3)
-        raise ValueError(f"relative_pose_kind {kind}: expected 0 (none), 1 (direction) or 2 (metric)")
+        return camera_measurement(self.settings, relative_pose, covariance, kind)
 
     def _gate_between(self, key_from, key_to, measured, cov) -> bool:
-        """Chi-square test of the closure's innovation against the estimate's relative uncertainty."""
-        p = self.settings.gate_probability
-        if p >= 1.0:
-            return True
-        est_from = self.isam.calculateEstimatePose3(key_from)
-        predicted = est_from.between(self.isam.calculateEstimatePose3(key_to))
-        error = gtsam.Pose3.Logmap(measured.between(predicted))
-        joint = self.isam.jointMarginalCovariance([key_from, key_to])
-        sigma = np.block([[joint.at(key_from, key_from), joint.at(key_from, key_to)],
-                          [joint.at(key_to, key_from), joint.at(key_to, key_to)]])
-        jac = np.hstack([-predicted.inverse().AdjointMap(), np.eye(6)])
-        return _chi_square_passes(error, jac @ sigma @ jac.T + cov, p)
+        return gate_between(self.isam, key_from, key_to, measured, cov, self.settings.gate_probability)
 
     # -- absolute factors -------------------------------------------------------------------------------------
     def add_absolute(self, stamp_ns: int, position, covariance3) -> str:
@@ -593,6 +556,63 @@ class PoseGraph:
     @property
     def closures(self) -> int:
         return self._closure_count
+
+
+def is_keyframe_step(s: GraphSettings, step: gtsam.Pose3) -> bool:
+    """Whether odometry has moved keyframe_distance_m or turned keyframe_angle_deg since the last pose node (both 0:
+    every message makes a node)."""
+    if s.keyframe_distance_m <= 0 and s.keyframe_angle_deg <= 0:
+        return True
+    dist = float(np.linalg.norm(step.translation()))
+    angle = math.degrees(float(np.linalg.norm(gtsam.Rot3.Logmap(step.rotation()))))
+    return (s.keyframe_distance_m > 0 and dist >= s.keyframe_distance_m) or \
+        (s.keyframe_angle_deg > 0 and angle >= s.keyframe_angle_deg)
+
+
+def camera_measurement(s: GraphSettings, relative_pose: gtsam.Pose3, covariance, kind: int):
+    """(camera-frame relative pose, GTSAM-ordered covariance) as a closure factor uses it for each kind."""
+    rot_var, pos_var = s.metric_default_sigma_rad ** 2, s.metric_default_sigma_m ** 2
+    if kind == KIND_METRIC:
+        if noise.is_unset(covariance):
+            return relative_pose, np.diag([rot_var] * 3 + [pos_var] * 3)
+        return relative_pose, noise.ros_to_gtsam_covariance(covariance)
+    place_var = s.same_place_sigma_m ** 2
+    if kind == KIND_DIRECTION:  # rotation is known; the unit translation has no scale: "same place" there
+        cov = np.diag([rot_var] * 3 + [place_var] * 3)
+        if not noise.is_unset(covariance):
+            cov[:3, :3] = noise.ros_to_gtsam_covariance(covariance)[:3, :3]
+        return gtsam.Pose3(relative_pose.rotation(), np.zeros(3)), cov
+    if kind == KIND_NONE:
+        return gtsam.Pose3(), np.diag([s.same_place_sigma_rad ** 2] * 3 + [place_var] * 3)
+    raise ValueError(f"relative_pose_kind {kind}: expected 0 (none), 1 (direction) or 2 (metric)")
+
+
+def closure_between(s: GraphSettings, relative_pose: gtsam.Pose3, covariance, kind: int, d_a: gtsam.Pose3,
+                    d_b: gtsam.Pose3) -> tuple[gtsam.Pose3, np.ndarray]:
+    """A closure candidate as a between-factor from pose node b (the keyframe's) to node a (the query's): the
+    camera-frame measurement through `base_to_camera`, and the offsets d_a, d_b from each node to its stamp's
+    odometry; with its GTSAM-ordered covariance, floored."""
+    t_cam, cov_cam = camera_measurement(s, relative_pose, covariance, kind)
+    e = s.base_to_camera
+    base = e.compose(t_cam).compose(e.inverse())  # keyframe base -> query base
+    measured = d_b.compose(base).compose(d_a.inverse())  # node b -> node a
+    cov = noise.transform_covariance(d_a, noise.transform_covariance(e, cov_cam))
+    return measured, noise.floored(cov, [CLOSURE_FLOOR_SIGMA_RAD ** 2] * 3 + [CLOSURE_FLOOR_SIGMA_M ** 2] * 3)
+
+
+def gate_between(isam, key_from, key_to, measured, cov, probability: float) -> bool:
+    """Chi-square test of a between-factor's innovation against the estimate's relative uncertainty (iSAM2's
+    joint marginal of the two poses through the relative-pose Jacobian) plus its own covariance; 1.0: no gate."""
+    if probability >= 1.0:
+        return True
+    est_from = isam.calculateEstimatePose3(key_from)
+    predicted = est_from.between(isam.calculateEstimatePose3(key_to))
+    error = gtsam.Pose3.Logmap(measured.between(predicted))
+    joint = isam.jointMarginalCovariance([key_from, key_to])
+    sigma = np.block([[joint.at(key_from, key_from), joint.at(key_from, key_to)],
+                      [joint.at(key_to, key_from), joint.at(key_to, key_to)]])
+    jac = np.hstack([-predicted.inverse().AdjointMap(), np.eye(6)])
+    return _chi_square_passes(error, jac @ sigma @ jac.T + cov, probability)
 
 
 def isam2_params(factorization: str) -> gtsam.ISAM2Params:

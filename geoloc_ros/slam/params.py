@@ -9,15 +9,37 @@ Adding a parameter: one `P(name, default, description, range)` row in its sectio
 from __future__ import annotations
 
 from functools import partial
+import re
 
 import gtsam
 
 from geoloc_ros import ros_params
-from geoloc_ros.ros_params import Param, Section
+from geoloc_ros.ros_params import Param, ParameterError, Section
 from geoloc_ros.slam import noise
 from geoloc_ros.slam.graph import GraphSettings
+from geoloc_ros.slam.team import KEY_CHARS
+
+MAX_ROBOTS = len(KEY_CHARS)
 
 NODE_NAME = "geoloc_pose_graph"
+# A robot name is one ROS name token: it becomes part of topic and frame names.
+ROBOT_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
+
+
+def _robot_names(name: str, value: list) -> list:
+    names = [v for v in value if v]
+    bad = [v for v in names if not ROBOT_NAME.fullmatch(v)]
+    if bad:
+        raise ParameterError(f"{name}: {bad[0]!r} is not a robot name (a letter, then letters, digits or _)")
+    if len(set(names)) != len(names):
+        raise ParameterError(f"{name}: names a robot twice")
+    if len(names) > MAX_ROBOTS:
+        raise ParameterError(f"{name}: at most {MAX_ROBOTS} robots")
+    return value
+
+
+def _one_per_robot(name: str, value: list) -> list:
+    return value  # checked against `robots` by team_topics, which sees both
 P = partial(Param, read_only=True)  # read once, when the node starts
 LIVE_P = Param  # applied by the running node when set (LIVE below)
 
@@ -74,6 +96,16 @@ SPEC = (
         P("robust_kernel", "huber", "Kernel on closures and absolute factors.", choices=("huber", "cauchy", "none")),
         P("robust_k", 1.345, "Kernel threshold in sigmas.", (0.01, 100.0)),
         LIVE_P("gate_probability", 0.999, "Chi-square gate on each closure's innovation (1.0: no gate).", (0.5, 1.0)),
+    )),
+    Section("team (several robots in one graph: docs/multi_robot.md)", (
+        P("robots", [""], "Robot names (namespaces, e.g. [a, b, c]); [\"\"]: one robot on the topics above. Set: "
+          "one graph for the team, per robot `<robot>/odom` and `<robot>/geoloc_vpr/loop_closures` in, "
+          "`~/<robot>/path` and map -> <robot>/odom out; the first robot's odometry frame is the map frame.",
+          validate=_robot_names),
+        P("robot_odom_topics", [""], "Per robot (robots' order), its odometry topic instead of `<robot>/odom` "
+          "([\"\"] or an empty entry: the default).", validate=_one_per_robot),
+        P("robot_loop_closure_topics", [""], "Per robot, its loop-closure topic instead of "
+          "`<robot>/geoloc_vpr/loop_closures` ([\"\"] or an empty entry: the default).", validate=_one_per_robot),
     )),
     Section("outputs", (
         P("map_frame", "map", "Frame of ~/path and parent of the map -> odom transform."),
@@ -132,3 +164,17 @@ def graph_settings(p: dict) -> GraphSettings:
 
 def default_extrinsic() -> gtsam.Pose3:
     return noise.base_to_camera(defaults()["base_to_camera"])
+
+
+def team_topics(p: dict) -> list[tuple[str, str, str]]:
+    """(robot, odometry topic, loop-closure topic) per robot of `robots` (empty: one robot, no team);
+    ParameterError when an override list does not give one entry per robot."""
+    robots = [r for r in p["robots"] if r]
+    topics = []
+    for name, default in (("robot_odom_topics", "{}/odom"),
+                          ("robot_loop_closure_topics", "{}/geoloc_vpr/loop_closures")):
+        given = p[name] if any(p[name]) else [""] * len(robots)
+        if len(given) != len(robots):
+            raise ParameterError(f"{name}: {len(given)} entries for {len(robots)} robots")
+        topics.append([t or default.format(r) for t, r in zip(given, robots)])
+    return list(zip(robots, *topics))

@@ -69,11 +69,21 @@ class PoseGraphNode(Node):
         self._path_pub = self.create_publisher(Path, "~/path", PATH_QOS)
         self._tf_pub = self.create_publisher(TFMessage, "/tf", TF_QOS)
         self._diag_pub = self.create_publisher(DiagnosticArray, "/diagnostics", 10)
-        self.create_subscription(Odometry, "odom", self._on_odom, ODOM_QOS)
-        self.create_subscription(PlaceRecognition, "loop_closures", self._on_closures, CLOSURE_QOS)
-        if self.p["use_fix"]:
+        self.team = None  # the team side, when `robots` names several robots (docs/multi_robot.md)
+        robots = params.team_topics(self.p)
+        if robots:
+            from geoloc_ros.slam.team_node import TeamTopics
+
+            self.team = TeamTopics(self, robots)
+        else:
+            self.create_subscription(Odometry, "odom", self._on_odom, ODOM_QOS)
+            self.create_subscription(PlaceRecognition, "loop_closures", self._on_closures, CLOSURE_QOS)
+        if self.team is not None and (self.p["use_fix"] or self.p["use_geopose"]):
+            self.get_logger().warning("use_fix and use_geopose are ignored with robots set: the team graph holds "
+                                      "odometry and loop closures only")
+        elif self.p["use_fix"]:
             self.create_subscription(NavSatFix, "fix", self._on_fix, qos_profile_sensor_data)
-        if self.p["use_geopose"]:
+        if self.p["use_geopose"] and self.team is None:
             self.create_subscription(GeoPoseWithCovarianceStamped, "geopose", self._on_geopose, CLOSURE_QOS)
         self.create_service(Trigger, "~/save_graph", self._on_save_graph)
         self.create_timer(self.p["publish_period_s"], lambda: self._guarded("publish", self.publish))
@@ -263,6 +273,8 @@ class PoseGraphNode(Node):
         return path
 
     def publish(self):
+        if self.team is not None:
+            return self.team.publish()
         if not len(self.graph):
             return
         if self._changed and time.monotonic() >= self._path_due:
@@ -286,15 +298,22 @@ class PoseGraphNode(Node):
 
     def _on_save_graph(self, request, response):
         try:
-            response.message = write_g2o(self.graph, self.p["g2o_path"])
+            response.message = write_g2o(self.team.graph if self.team else self.graph, self.p["g2o_path"])
             response.success = True
         except Exception as e:  # noqa: BLE001 - G2oError, OSError, GTSAM's RuntimeError: an answer, never an exit
             response.success, response.message = False, f"not saved: {e}"
         return response
 
     def publish_diagnostics(self):
-        g = self.graph
+        g = self.team.graph if self.team else self.graph
         st = DiagnosticStatus(name=f"{self.get_name()}: pose graph", hardware_id="gtsam")
+        if self.team is not None:  # named with its namespace: a team's back end is told apart from robots' own
+            st.name = f"{self.get_fully_qualified_name()}: pose graph"
+            st.level, st.message = (DiagnosticStatus.OK, f"{len(g)} poses of {len(g.robots)} robots") if len(g) \
+                else (DiagnosticStatus.WARN, "no odometry received yet")
+            self._publish_status(st, {**self.team.diagnostic_values(), **dict(self.counts),
+                                      "last_error": self.last_error or g.last_error})
+            return
         if not len(g):
             st.level, st.message = DiagnosticStatus.WARN, "no odometry received yet"
         else:
@@ -308,6 +327,9 @@ class PoseGraphNode(Node):
                   "odometry_ms_max": float(np.max(timings)) if timings else 0.0,
                   **dict(g.counts), **dict(self.counts),
                   "last_error": self.last_error or g.last_error}
+        self._publish_status(st, values)
+
+    def _publish_status(self, st: DiagnosticStatus, values: dict):
         st.values = [KeyValue(key=k, value=f"{v:.3f}" if isinstance(v, float) else str(v)) for k, v in values.items()]
         arr = DiagnosticArray(status=[st])
         arr.header.stamp = self.get_clock().now().to_msg()
