@@ -203,3 +203,18 @@ def test_node_with_the_tf_prior_refuses_the_far_lookalike_unless_the_transform_i
         assert labels and "far-lookalike" not in labels and d["prior_refused_best"] == "1"
     else:
         assert labels[0] == "far-lookalike" and d["prior_searches"] == "0" and d["prior_missing"] == "1"
+
+
+def test_the_metric_prior_is_the_last_metric_pose_with_its_covariance_while_recent():
+    from geoloc_ros.localization import Pose
+    from geoloc_ros.node.position_prior import PositionPrior
+
+    prior = PositionPrior(params.settings(search_prior="metric", search_prior_max_age_s=1.0))
+    covariance = [0.0] * 36
+    covariance[0], covariance[1], covariance[7] = 4.0, 1.0, 9.0
+    pose = Pose(10.0, 20.0, 0.0, (0.0, 0.0, 0.0, 1.0), covariance)
+    assert prior.for_frame(T0) is None  # no metric pose yet
+    assert prior.for_frame(T0 + 10**9 // 2, (T0, pose)) == (10.0, 20.0, (4.0, 1.0, 9.0))
+    assert prior.for_frame(T0 + 2 * 10**9, (T0, pose)) is None
+    assert prior.diagnostics() == {"prior_positions": 1, "prior_stale": 1, "prior_unavailable": 1}
+    assert PositionPrior(params.settings(search_prior="fix")).diagnostics() == {}
