@@ -52,6 +52,7 @@ from geoloc_ros.node.camera_watch import CameraWatch
 from geoloc_ros.node.diagnostics import NodeStats
 from geoloc_ros.node.intake import CameraIntake
 from geoloc_ros.node.peer_exchange import PeerExchange
+from geoloc_ros.node.position_prior import PositionPrior
 from geoloc_ros.node.services import empty_gpu_cache as _empty_gpu_cache
 from geoloc_ros.node.services import service
 
@@ -88,6 +89,7 @@ class VprNode(LifecycleNode):
         self._worker = None
         self._metric = None  # the metric localization thread (localization/metric_worker.py), made at activate
         self._describer = None  # scene descriptions of the stream (language/describe.py), made at activate
+        self._prior = None  # the robot's position for search_prior tf / metric (node/position_prior.py), at activate
         self._metric_counts = Counter({k: 0 for k in METRIC_COUNTERS})  # which pose was published, for /diagnostics
         self._stop = True
         self._subs = []
@@ -161,6 +163,8 @@ class VprNode(LifecycleNode):
             self._intake.subscribe_input(Odometry, s.odom_topic, self._on_odom, qos_profile_sensor_data)
         if s.fix_topic:
             self._intake.subscribe_input(NavSatFix, s.fix_topic, self._on_fix, qos_profile_sensor_data)
+        self._prior = PositionPrior(s)
+        self._prior.subscribe(self._intake)
         self._watch = CameraWatch([], s.no_frames_warn_s, s.image_qos)  # for a QoS change before the next line
         topics = self._intake.subscribe(s.image_topics, s.subscribe_compressed, s.image_qos, self._on_image,
                                         self._on_incompatible_qos)
@@ -333,6 +337,10 @@ class VprNode(LifecycleNode):
                                       travelled_m=travelled_m if odom is not None else None)
             frame = replace(frame, odom_orientation=odom_orientation if odom is not None else None)
             model = self._cameras.model(camera, frame.rgb.shape[1], frame.rgb.shape[0])  # None: does not fit
+            prior, metric = self._prior, self._metric
+            if prior is not None and prior.active:
+                frame = replace(frame, position_prior=prior.for_frame(
+                    frame.time_ns, metric.last_metric if metric is not None else None))
             return replace(frame, camera_model=model) if model is not None else frame
         except FrameError as e:
             self.stats.on_reject(e.kind)
@@ -466,6 +474,7 @@ class VprNode(LifecycleNode):
                   **verification.diagnostics(self._localizer.verifier if self._localizer is not None else None),
                   **dict(self._metric_counts),
                   **(self._localizer.prior.diagnostics() if self._localizer is not None else {}),
+                  **(self._prior.diagnostics() if self._prior is not None else {}),
                   **(self._describer.snapshot() if self._describer is not None else {}),
                   **(self.peers.diagnostics() if self.peers is not None else {})}
         if st.level == DiagnosticStatus.OK and "verification_problems" in values:  # maps without stored features

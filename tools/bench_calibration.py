@@ -1,7 +1,7 @@
 """Per-encoder calibration of the loop-closure confidence: each encoder calibrated on one Nordland stretch
 (`geoloc calibrate`'s fit) and evaluated on another at the calibrated default threshold; each also evaluated with
 the bundled coefficients (what a user of another encoder got before calibration). Prints a table, saves
-OUT/calibration_bench.json.
+OUT/calibration_bench.json, and lists the wrong closures published on the evaluation stretch.
 
     python tools/bench_calibration.py --encoder bundled=maps/nordland_demo/encoder.safetensors \\
         --encoder seed7=runs/seed7/encoder.safetensors --calibrate 19210:21600 --evaluate 21610:24000 \\
@@ -53,13 +53,17 @@ def main():
                 scored = rescored(rows, coef, mode)
                 s = E.summarise(scored, threshold, 25.0)
                 op = s["operating_point"]
-                out = [r["closure"] for r in scored if r["closure"] and r["closure"]["confidence"] >= threshold]
+                published = [r for r in scored if r["closure"] and r["closure"]["confidence"] >= threshold]
+                out = [r["closure"] for r in published]
+                wrong = [{"query": r["query"], "keyframe": c["keyframe"], "error_m": round(c["error_m"], 1),
+                          "confidence": round(c["confidence"], 4)}
+                         for r in published if (c := r["closure"])["error_m"] > 25.0]
                 results.append({"encoder": label, "fingerprint": fingerprint[:12], "mode": mode,
                                 "coefficients": which, "threshold": threshold, "published": len(out),
                                 "right": sum(c["error_m"] <= 25.0 for c in out),
                                 "precision": op["precision"] if out else None, "recall": op["recall"],
                                 "closures_unthresholded": s["curve"]["closures"], "frames": s["curve"]["frames"],
-                                "recall_at_99": s["recall_at_99"]})
+                                "recall_at_99": s["recall_at_99"], "wrong_published": wrong})
         results[-4]["fitted"] = coefficients
     cpu = subprocess.run("lscpu | grep 'Model name'", shell=True, capture_output=True, text=True).stdout.strip()
     lines = [f"calibrated on {cal[0]}..{cal[1]}, evaluated on {ev[0]}..{ev[1]} (winter queries, summer map); {cpu}",
@@ -70,6 +74,11 @@ def main():
         lines.append(f"| {r['encoder']} ({r['fingerprint']}) | {r['mode']} | {r['coefficients']} | {r['published']} | "
                      f"{r['right']} | {precision} | {r['recall']:.3f} | {r['recall_at_99']:.3f} |")
     print("\n".join(lines))
+    for r in results:  # where the published wrong closures of the evaluation stretch go: query -> keyframe
+        if r["wrong_published"]:
+            print(f"wrong at the default, {r['encoder']} {r['mode']} {r['coefficients']}: " + ", ".join(
+                f"{w['query']}->{w['keyframe']} ({w['error_m']:g} m, {w['confidence']:.3f})"
+                for w in r["wrong_published"]))
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "calibration_bench.json").write_text(json.dumps({"calibrate": cal, "evaluate": ev, "cpu": cpu,
                                                                 "results": results}, indent=1, default=float) + "\n")

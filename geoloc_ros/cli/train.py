@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from geoloc_ros.cli.recording_args import add_recording_arguments
 from geoloc_ros.model.config import TrainConfig, config_fields, load_recipe
 
 _GROUPS = {"model": "model", "hyperparameters": "hyperparameters (defaults: ProGEO/CosPlace)", "run": "run"}
@@ -64,15 +65,7 @@ def add_parser(sub):
                         "(frames 10..19200), both seasons, RN-nano at 64x128; other flags override it")
     g.add_argument("--data", default=None, help="nordland64 folder for --nordland (default ../shared/data/nordland64)")
     b = p.add_argument_group("rosbag2 recordings (docs/model.md, \"Training from your own recordings\")")
-    b.add_argument("--bag", action="append", default=[], help="rosbag2 recording, directory or .mcap/.db3 file "
-                                                              "(repeatable: one route, several drives)")
-    b.add_argument("--image-topic", help="sensor_msgs/Image or CompressedImage topic")
-    src = b.add_mutually_exclusive_group()
-    src.add_argument("--odom-topic", help="nav_msgs/Odometry topic giving the positions (x east, y north)")
-    src.add_argument("--fix-topic", help="sensor_msgs/NavSatFix topic giving the positions (-> UTM)")
-    src.add_argument("--poses", help="CSV of stamp,x,y[,z][,heading|qx,qy,qz,qw] (or lat,lon), or TUM trajectory")
-    b.add_argument("--max-gap", type=float, default=0.5, metavar="S",
-                   help="an image is placed only between two position samples at most S seconds apart (default 0.5)")
+    add_recording_arguments(b)
     b.add_argument("--val-fraction", type=float, default=0.2, help="share of the route held out (default 0.2)")
     b.add_argument("--val-gap", type=float, default=None, metavar="M",
                    help="metres between training and held-out places (default (N+1)*M: beyond a CosPlace group)")

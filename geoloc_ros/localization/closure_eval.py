@@ -3,8 +3,9 @@ map built by `geoloc map build`, every closure kept (loop_closure_min_confidence
 
 A closure is correct when its first candidate's keyframe lies within `tolerance_m` of the query's position (25 m:
 Nordland frames are placed on a straight line, `--sequence-spacing` metres apart, as the rest of the project
-does). Recall counts correct closures over every query frame the node would answer (blank frames, which the node
-refuses, are left out); precision counts them over the closures published at that threshold."""
+does; a recording placed by odometry compares positions in the odometry frame). Recall counts correct closures
+over every query frame the node would answer (blank frames, which the node refuses, are left out); precision
+counts them over the closures published at that threshold."""
 
 from __future__ import annotations
 
@@ -20,12 +21,13 @@ T0_NS = 1_700_000_000 * 10**9
 
 
 def replay(config, queries, blank_threshold: float = 3.0, batch_size: int = 32, odometry=None,
-           fixes=None) -> list[dict]:
+           fixes=None, images=None) -> list[dict]:
     """Each query record (geoloc_ros.datasets.GeoImage) through a Localizer on `config` (a LocalizerConfig: its
     maps, encoder, consistency mode...), closures unthresholded: one row per frame that is not blank by
     `blank_threshold` (the node's parameter). `odometry`: an optional (x, y, z) per record, given to the frames as
     the node's odom_topic would; `fixes`: an optional ((lat, lon, alt), (east var, east-north cov, north var)) per
-    record, as the node's fix_topic would."""
+    record, as the node's fix_topic would; `images`: the decoded RGB image per record (a recording held in memory)
+    instead of reading `rec.path`."""
     from geoloc_ros.datasets import read_image
     from geoloc_ros.geodesy import to_utm
     from geoloc_ros.localization import Frame, Localizer, load_snapshot
@@ -38,7 +40,10 @@ def replay(config, queries, blank_threshold: float = 3.0, batch_size: int = 32, 
             row = {"query": rec.label, "closure": None}
             if result.closures:
                 c = result.closures[0]
-                east, north, _ = to_utm(float(c.keyframe.lat), float(c.keyframe.lon), rec.utm_zone)
+                if rec.utm_zone:
+                    east, north, _ = to_utm(float(c.keyframe.lat), float(c.keyframe.lon), rec.utm_zone)
+                else:  # positions without a geotag (odometry): the map's x/y are the recording's own
+                    east, north = float(c.keyframe.x), float(c.keyframe.y)
                 error = float(np.hypot(east - rec.utm_east, north - rec.utm_north))
                 row["closure"] = {"keyframe": c.keyframe.label, "error_m": error, "confidence": c.confidence,
                                   "features": result.evidence.features(), "evidence": asdict(result.evidence)}
@@ -46,7 +51,7 @@ def replay(config, queries, blank_threshold: float = 3.0, batch_size: int = 32, 
         batch.clear()
 
     for i, rec in enumerate(queries):
-        rgb = read_image(rec.path)
+        rgb = read_image(rec.path) if images is None else images[i]
         if is_blank(rgb, blank_threshold):
             continue
         odom = None if odometry is None else tuple(odometry[i])

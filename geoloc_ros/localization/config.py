@@ -44,7 +44,7 @@ class LocalizerConfig:
     session_loop_margin: float = 1.0  # revisit test: standard deviations over the recent past (0: off)
     session_loop_support: int = 2  # revisit test: preceding frames that passed at an agreeing keyframe
     # position prior on the search
-    search_prior: str = "none"  # none | fix
+    search_prior: str = "none"  # none | fix | tf | metric (localization/prior.py)
     search_prior_radius_floor_m: float = 50.0
     # pose fusion
     fusion_radius_m: float = 30.0  # candidates this close to the best one are fused into the pose

@@ -28,6 +28,8 @@ class Frame:
     odom_orientation: tuple | None = None  # that odometry's orientation (qx, qy, qz, qw), for the keyframe message
     fix: tuple | None = None  # latest valid NavSatFix (lat, lon, alt) when it arrived
     fix_covariance: tuple | None = None  # that fix's ENU position covariance (east, east-north, north), m^2
+    # the robot's position in the node's map frame when it arrived, for the search prior: (x, y, (xx, xy, yy) m^2)
+    position_prior: tuple | None = None
     travelled_m: float | None = None  # odometry path length summed over every odometry message until it arrived
     camera_model: object | None = None  # geoloc_ros.geometry.PinholeCamera from the camera's CameraInfo, if known
     depth: np.ndarray | None = None  # aligned depth image, HxW uint16 millimetres or float32 metres, if paired

@@ -101,7 +101,7 @@ class Localizer:
         recent = [None for _ in frames]
         for m in self.snapshot.maps:
             for i, matches in enumerate(m.db.search(desc, s.top_k)):
-                near = self.prior.bound(frames[i], m.db.frame)
+                near = self.prior.bound(frames[i], m.db.frame, self.snapshot.primary_frame)
                 if near is not None:  # candidates outside the prior's bound are not considered
                     self.prior.count(matches, near)
                     matches = m.db.search(desc[i:i + 1], s.top_k, near=near)[0]

@@ -64,6 +64,7 @@ class MetricPublisher:
         self._localizers: dict = {}  # (snapshot id, map id) -> MetricLocalizer
         self._cv = threading.Condition()
         self._job = None
+        self.last_metric = None  # (frame time ns, Pose) of the last metric pose published: the metric search prior
         self._stop = False
         self._thread = threading.Thread(target=self._run, name="metric_localization", daemon=True)
         self._thread.start()
@@ -108,6 +109,7 @@ class MetricPublisher:
                 self.publish(result, result.pose)
             else:
                 self.counts["metric_poses"] += 1
+                self.last_metric = (result.frame.time_ns, pose)
                 self.publish(result, pose)
 
     def localize(self, result, snapshot) -> Pose | None:

@@ -170,13 +170,22 @@ SPEC = (
               "by at most this.", (0.0, 1.0)),
     )),
     Section("position prior on the search", (
-        Param("search_prior", "none", "'fix': prior-map keyframes farther from the latest fix_topic NavSatFix "
-              "than its 99 % chi-square bound (from position_covariance, never below search_prior_radius_floor_m) "
-              "are not considered (counted in /diagnostics); 'none': the search is unchanged. Not for a GPS that "
-              "can be wrong without its covariance saying so, nor a robot that may be anywhere (kidnapped).",
-              choices=("none", "fix")),
+        Param("search_prior", "none", "Where the position that bounds the search comes from. 'fix': the latest "
+              "fix_topic NavSatFix, with its position_covariance; 'tf': the robot's pose in map_frame from /tf and "
+              "/tf_static (map_frame -> base_frame, e.g. the back end's map -> odom and odometry's odom -> "
+              "base_link), with search_prior_tf_covariance_m2; 'metric': the node's own last metric pose, with its "
+              "covariance. Prior-map keyframes farther than the position's 99 % chi-square bound (never below "
+              "search_prior_radius_floor_m) are not considered (counted in /diagnostics); 'none', or no position "
+              "within search_prior_max_age_s: the search is unchanged. Not for a position that can be wrong without "
+              "its covariance saying so, nor a robot that may be anywhere (kidnapped).",
+              choices=("none", "fix", "tf", "metric")),
         Param("search_prior_radius_floor_m", 50.0, "The search prior's bound is never smaller than this (metres).",
               (0.0, 20_000_000.0)),
+        Param("search_prior_tf_covariance_m2", 100.0, "Position variance (m^2, east and north alike) given to the "
+              "pose from TF, which carries none (100: a 10 m standard deviation).", (0.0, 1e12)),
+        Param("search_prior_max_age_s", 1.0, "search_prior tf and metric: a position older than this at the "
+              "frame's stamp is not used (for tf: the moving transform nearest base_frame; static transforms never "
+              "age).", (0.0, 3600.0)),
     )),
     Section("session map", (
         Param("session_map", False, "Add keyframes seen during the run to an in-memory session map that is "
