@@ -268,6 +268,20 @@ class PeerMap:
             out.append([(self._keyframes[i], float(row[i])) for i in top])
         return out
 
+    def elsewhere(self, desc: np.ndarray, anchor: PeerKeyframe, radius_m: float, id_window: int):
+        """(best similarity of `desc` to the anchor's session's keyframes at another place, standard deviation of its
+        similarities to that session's keyframes), or None when the session holds no keyframe at another place.
+        Another place: farther than radius_m from the anchor in the owner's odometry frame, or, where either has no
+        odometry pose, ids more than id_window apart. Other sessions are left out: their odometry frame is another."""
+        rows = [i for i in range(len(self)) if self._keyframes[i].session_id == anchor.session_id]
+        if not rows:
+            return None
+        sims = self._desc[rows] @ np.asarray(desc, dtype=np.float32).reshape(-1)
+        far = np.array([_apart(self._keyframes[i], anchor, radius_m, id_window) for i in rows])
+        if not far.any():
+            return None
+        return float(sims[far].max()), float(sims.std())
+
     def get(self, session_id: str, keyframe_id: int) -> PeerKeyframe | None:
         row = self._slot.get((session_id, int(keyframe_id)))
         return self._keyframes[row] if row is not None else None
@@ -332,6 +346,12 @@ class PeerStore:
                                         robot_id=peer.robot_id) for kf, sim in matches)
         return out
 
+    def elsewhere(self, desc, anchor: PeerKeyframe, radius_m: float, id_window: int):
+        """PeerMap.elsewhere of the anchor's robot; None when that robot is not held."""
+        with self._lock:
+            peer = self.maps.get(anchor.robot_id)
+            return peer.elsewhere(desc, anchor, radius_m, id_window) if peer is not None else None
+
     def topic_of(self, robot_id: str) -> str | None:
         """The topic `robot_id`'s keyframes arrive on (its features service is that topic's sibling)."""
         with self._lock:
@@ -357,6 +377,13 @@ class PeerStore:
                 "peer_duplicates": counts["duplicates"],
                 "peer_conflicts": counts["conflicts"],
                 **({"peer_conflicting_robot_ids": ", ".join(conflicts)} if conflicts else {})}
+
+
+def _apart(kf: PeerKeyframe, anchor: PeerKeyframe, radius_m: float, id_window: int) -> bool:
+    """Whether two keyframes of one session lie at different places (PeerMap.elsewhere)."""
+    if kf.odom_pose is not None and anchor.odom_pose is not None:
+        return math.hypot(kf.odom_pose[0] - anchor.odom_pose[0], kf.odom_pose[1] - anchor.odom_pose[1]) > radius_m
+    return abs(int(kf.id) - int(anchor.id)) > id_window
 
 
 def _placed(kf: PeerKeyframe, frame) -> PeerKeyframe:
