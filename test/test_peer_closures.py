@@ -1,10 +1,8 @@
 """When an inter-robot closure is published: the run test (consistency.PeerRun: the last frames' best peer matches
 on one stretch of one peer session, spaced as this robot's odometry travelled) and the margin test against the peer
 session's keyframes elsewhere (PeerMap.elsewhere), on their own, then on three robots driving Nordland stretches
-through ROS-free Localizers that hand each other their session keyframes (the demo of geoloc_ros.bench.multi_robot
-without DDS): at the defaults no wrong closure is published, with both tests off some are."""
-
-from pathlib import Path
+through ROS-free Localizers that hand each other their session keyframes (geoloc_ros.bench.multi_robot.offline, the
+demo without DDS): at the defaults no wrong closure is published, with both tests off some are."""
 
 import numpy as np
 import pytest
@@ -70,59 +68,14 @@ def test_elsewhere_is_the_best_other_place_of_the_anchors_session_only():
     assert store.elsewhere(eye[0], peer_kf(0, robot="z"), 50.0, 5) is None
 
 
-def replay(stretches, data: Path, **config):
-    """Three robots through ROS-free Localizers (session map, peers; the demo's vpr_node parameters), one step at a
-    time; each robot's session keyframes reach its peers before their next step. The published inter-robot
-    closures: (robot, step, owner, owner's step)."""
-    from geoloc_ros.bench.multi_robot import ROBOTS, robots_of
-    from geoloc_ros.datasets import read_image
-    from geoloc_ros.localization import Frame, Localizer, SessionMap, load_snapshot
-    from geoloc_ros.localization.config import LocalizerConfig
-    from geoloc_ros.resources import resource
-
-    robots = robots_of(stretches, data)
-    snap = load_snapshot(LocalizerConfig(encoder_path=str(resource("maps", "nordland_demo", "encoder.safetensors")),
-                                         device="cpu", consistency_mode="sequence", **config))
-    loc = {r: Localizer(snap, SessionMap(snap.encoder), None,
-                        P.PeerStore(P.Expectation(r, r, snap.encoder.dim, snap.encoder.fingerprint), 1000))
-           for r in ROBOTS}
-    step_of = {r: {s: k for k, s in enumerate(robots[r].stamps)} for r in ROBOTS}
-    published, new = [], []
-    for k in range(max(len(robots[r].records) for r in ROBOTS)):
-        for owner, kf, desc in new:
-            for r in ROBOTS:
-                if r != owner:
-                    loc[r].peers.maps.setdefault(owner, P.PeerMap(owner, snap.encoder.dim, 1000)).add(kf, desc)
-        new = []
-        for r in ROBOTS:
-            if k >= len(robots[r].records):
-                continue
-            odom = tuple(robots[r].odometry[k].translation())
-            rgb = np.asarray(read_image(robots[r].records[k].path))
-            frame = Frame("cam", "cam", robots[r].stamps[k], "camera", rgb, odom=odom)
-            res = loc[r].process([frame])[0]
-            if res.session_keyframe is not None:
-                new.append((r, P.PeerKeyframe(id=res.session_keyframe, stamp_ns=frame.stamp_ns, source="peer",
-                                              robot_id=r, session_id=r, odom_pose=(*odom, 0.0, 0.0, 0.0, 1.0)),
-                            res.descriptor))
-            for c in res.closures[:1]:
-                if c.source == "peer":
-                    published.append((r, k, c.robot_id, step_of[c.robot_id][c.keyframe.stamp_ns]))
-    return published, robots
-
-
-def right(published, robots, tolerance_m=25.0):
-    return [p for p in published
-            if np.linalg.norm(robots[p[0]].truth[p[1]] - robots[p[2]].truth[p[3]]) <= tolerance_m]
-
-
 def test_three_robots_on_nordland_publish_no_wrong_inter_robot_closure(shared_data):
     """The test stretches of test_multi_robot_demo.py: a (summer) meets b (winter), b meets c (summer)."""
+    from geoloc_ros.bench.multi_robot import offline
+
     stretches = {"a": "summer:12010:12300", "b": "winter:12160:12450", "c": "summer:12360:12650"}
     data = shared_data / "nordland64"
-    published, robots = replay(stretches, data)
-    good = right(published, robots)
-    assert len(published) == len(good) and len(good) >= 10, published
-    assert {(p[0], p[2]) for p in good} >= {("a", "b"), ("b", "c")}
-    unfiltered, _ = replay(stretches, data, peer_consistency_k=1, peer_loop_margin=0.0)
-    assert len(right(unfiltered, robots)) < len(unfiltered)  # the look-alikes the two tests refuse
+    s = offline(stretches, data)
+    assert s["published"] == s["right"] and len(s["right"]) >= 10, s["published"]
+    assert {(p[0], p[2]) for p in s["right"]} >= {("a", "b"), ("b", "c")}
+    unfiltered = offline(stretches, data, peer_consistency_k=1, peer_loop_margin=0.0)
+    assert len(unfiltered["right"]) < len(unfiltered["published"])  # the look-alikes the two tests refuse

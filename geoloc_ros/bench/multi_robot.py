@@ -3,7 +3,8 @@
 pose_graph_node (robots [a, b, c]) joins their trajectories from their inter-robot loop closures.
 
     python -m geoloc_ros.bench.multi_robot [--a summer:12010:12600] [--b winter:12310:12900] \\
-        [--c summer:12710:13300] [--rate 2] [--out docs/benchmarks/multi_robot]
+        [--c summer:12710:13300] [--rate 2] [--out docs/benchmarks/multi_robot] [--restart ROBOT:STEP]
+    python -m geoloc_ros.bench.multi_robot --offline [--lag 1] [--set NAME=VALUE ...]
 
 Robot a drives the summer frames of one stretch, b the winter frames of an overlapping stretch, c the summer frames
 of a third stretch that overlaps b's only. Each has its own simulated wheel odometry (geoloc_ros.slam.simulate: 3 %
@@ -17,7 +18,8 @@ Measured: each robot's ATE (evo APE, translation RMSE) after ONE rigid alignment
 truth, against its odometry's under the same single team alignment (its frames start at each robot's own origin) and
 against its odometry aligned on its own (the best odometry can do); the precision of the inter-robot closures the
 vpr_nodes published (best candidate within 25 m of the query's place); what the back end accepted. Prints the
-figures and writes summary.json and team.png under --out.
+figures and writes summary.json and team.png under --out. `--restart` kills a robot's vpr_node mid-run and starts it
+again; `--offline` runs the vpr_nodes' part alone, without DDS (`offline`), and prints the inter-robot closures.
 """
 
 from __future__ import annotations
@@ -248,6 +250,56 @@ def _restart(harness, own: ExitStack, start):
     return fresh, before
 
 
+def offline(stretches=None, data=None, lag: int = 1, encoder=None, **config) -> dict:
+    """The vpr_nodes' part of the demo without DDS or a back end: three ROS-free Localizers (session map, peers, the
+    demo's parameters; `config`: LocalizerConfig fields over them), one step at a time, each robot's session
+    keyframes handed to its peers `lag` steps later (0: at once, so that robots later in ROBOTS see it in the same
+    step). The inter-robot closures they
+    publish: {"published": [(robot, step, owner, owner's step)], "right": those within TOLERANCE_M}."""
+    from geoloc_ros.datasets import read_image
+    from geoloc_ros.localization import Frame, Localizer, SessionMap, load_snapshot
+    from geoloc_ros.localization.config import LocalizerConfig
+    from geoloc_ros.localization.peers import Expectation, PeerKeyframe, PeerMap, PeerStore
+    from geoloc_ros.model import nordland
+
+    robots = robots_of({**DEFAULT_STRETCHES, **(stretches or {})}, Path(data or nordland.default_root()))
+    encoder = Path(encoder or resource("maps", "nordland_demo", "encoder.safetensors")).resolve()
+    snap = load_snapshot(LocalizerConfig(encoder_path=str(encoder), device="cpu", consistency_mode="sequence",
+                                         **config))
+    dim = snap.encoder.dim
+    loc = {r: Localizer(snap, SessionMap(snap.encoder), None,
+                        PeerStore(Expectation(r, r, dim, snap.encoder.fingerprint), 10000)) for r in ROBOTS}
+    step_of = {r: {s: k for k, s in enumerate(robots[r].stamps)} for r in ROBOTS}
+    published, made = [], []  # made: (step, owner, PeerKeyframe, descriptor)
+
+    def hand_over(owner, kf, desc):
+        for r in ROBOTS:
+            if r != owner:
+                loc[r].peers.maps.setdefault(owner, PeerMap(owner, dim, 10000)).add(kf, desc)
+
+    for k in range(max(len(robots[r].records) for r in ROBOTS)):
+        for _, owner, kf, desc in [m for m in made if lag > 0 and m[0] == k - lag]:
+            hand_over(owner, kf, desc)
+        for r in ROBOTS:
+            if k >= len(robots[r].records):
+                continue
+            odom = tuple(float(v) for v in robots[r].odometry[k].translation())
+            rgb = np.asarray(read_image(robots[r].records[k].path))
+            res = loc[r].process([Frame("cam", "cam", robots[r].stamps[k], "camera", rgb, odom=odom)])[0]
+            if res.session_keyframe is not None:
+                kf = PeerKeyframe(id=res.session_keyframe, stamp_ns=robots[r].stamps[k], source="peer", robot_id=r,
+                                  session_id=r, odom_pose=(*odom, 0.0, 0.0, 0.0, 1.0))
+                made.append((k, r, kf, res.descriptor))
+                if lag == 0:
+                    hand_over(r, kf, res.descriptor)
+            for c in res.closures[:1]:
+                if c.source == "peer":
+                    published.append((r, k, c.robot_id, step_of[c.robot_id][c.keyframe.stamp_ns]))
+    right = [p for p in published
+             if np.linalg.norm(robots[p[0]].truth[p[1]] - robots[p[2]].truth[p[3]]) <= TOLERANCE_M]
+    return {"published": published, "right": right}
+
+
 def save_graph(node, backend_ns: str) -> bool:
     """Ask the back end's ~/save_graph for its g2o file (the closures it took as factors)."""
     from std_srvs.srv import Trigger
@@ -403,6 +455,15 @@ def print_summary(s: dict):
           f"alive {s['backend_alive']}")
 
 
+def _number(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for r in ROBOTS:
@@ -411,10 +472,24 @@ def main(argv=None) -> int:
     ap.add_argument("--rate", type=float, default=2.0, help="steps per wall second (each robot)")
     ap.add_argument("--out", type=Path, default=Path("docs/benchmarks/multi_robot"))
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--offline", action="store_true", help="the vpr_nodes' part alone, without DDS or a back end: "
+                    "ROS-free Localizers handing each other their keyframes; prints the inter-robot closures")
+    ap.add_argument("--lag", type=int, default=1, help="--offline: steps before a keyframe reaches the peers")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="--offline: a LocalizerConfig field (e.g. peer_consistency_tolerance_m=10)")
     ap.add_argument("--restart", default=None, metavar="ROBOT:STEP",
                     help="kill ROBOT's vpr_node before STEP and start it again (e.g. b:20)")
     ap.add_argument("--data", type=Path, default=None, help="nordland64 folder (default ../shared/data/nordland64)")
     a = ap.parse_args(argv)
+    if a.offline:
+        config = {name: _number(value) for name, value in (item.split("=", 1) for item in a.set)}
+        s = offline({r: getattr(a, r) for r in ROBOTS}, a.data, a.lag, **config)
+        pairs = {}
+        for q, _, owner, _ in s["published"]:
+            pairs[f"{q}->{owner}"] = pairs.get(f"{q}->{owner}", 0) + 1
+        print(f"offline, lag {a.lag}, {config or 'defaults'}: inter-robot closures published {len(s['published'])} "
+              f"({pairs}), right {len(s['right'])}")
+        return 0
     restart = (a.restart.split(":")[0], int(a.restart.split(":")[1])) if a.restart else None
     s = run({r: getattr(a, r) for r in ROBOTS}, a.out, a.rate, a.device, a.data, restart=restart)
     print_summary(s)
