@@ -477,6 +477,8 @@ class VprNode(LifecycleNode):
                   **(self._prior.diagnostics() if self._prior is not None else {}),
                   **(self._describer.snapshot() if self._describer is not None else {}),
                   **(self.peers.diagnostics() if self.peers is not None else {})}
+        if self.peers is not None and self.peers.store is not None and self._localizer is not None:
+            values.update({f"peer_closures_refused_{k}": v for k, v in self._localizer.peer_refused.items()})
         if st.level == DiagnosticStatus.OK and "verification_problems" in values:  # maps without stored features
             st.level, st.message = DiagnosticStatus.WARN, f"{st.message}; {values['verification_problems']}"
         calibration = self._localizer.snapshot.calibration if self._localizer is not None else None

@@ -29,9 +29,10 @@ def photos(street_map):
 
 
 def peer_params(map_dir, **more):
-    """A robot localising against the session map and its peers alone, every closure published."""
+    """A robot localising against the session map and its peers alone, every closure published (the peer run and
+    margin tests need a drive: test_peer_closures.py)."""
     return {"map_path": [""], "encoder_path": str(map_dir), "session_map": True, "consistency_k": 1,
-            "loop_closure_min_confidence": 0.0, "top_k": 3, **more}
+            "peer_consistency_k": 1, "peer_loop_margin": 0.0, "loop_closure_min_confidence": 0.0, "top_k": 3, **more}
 
 
 def test_a_peer_keyframe_of_the_same_place_becomes_a_verified_inter_robot_closure(photos, graph, tmp_path):

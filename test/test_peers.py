@@ -211,7 +211,8 @@ def test_the_localizer_searches_peers_beside_its_session_map(shared_data):
 
     enc = tiny_encoder()
     images = [read_image(p) for p in sorted((shared_data / "toy_streets" / "database").glob("*"))[:3]]
-    config = LocalizerConfig(consistency_k=2, loop_closure_min_confidence=0.0, top_k=3)
+    config = LocalizerConfig(consistency_k=2, peer_consistency_k=2, peer_loop_margin=0.0,
+                             loop_closure_min_confidence=0.0, top_k=3)
     store = P.PeerStore(P.Expectation("robot_a", "session_a", enc.dim, enc.fingerprint), 100)
     for i, d in enumerate(enc.encode(images)):
         m = Msg(robot_id="robot_b", keyframe_id=i, stamp=Stamp(sec=100 + i), encoder_fingerprint=enc.fingerprint,

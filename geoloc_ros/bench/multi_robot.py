@@ -3,7 +3,8 @@
 pose_graph_node (robots [a, b, c]) joins their trajectories from their inter-robot loop closures.
 
     python -m geoloc_ros.bench.multi_robot [--a summer:12010:12600] [--b winter:12310:12900] \\
-        [--c summer:12710:13300] [--rate 2] [--out docs/benchmarks/multi_robot]
+        [--c summer:12710:13300] [--rate 2] [--out docs/benchmarks/multi_robot] [--restart ROBOT:STEP]
+    python -m geoloc_ros.bench.multi_robot --offline [--lag 1] [--set NAME=VALUE ...]
 
 Robot a drives the summer frames of one stretch, b the winter frames of an overlapping stretch, c the summer frames
 of a third stretch that overlaps b's only. Each has its own simulated wheel odometry (geoloc_ros.slam.simulate: 3 %
@@ -17,7 +18,8 @@ Measured: each robot's ATE (evo APE, translation RMSE) after ONE rigid alignment
 truth, against its odometry's under the same single team alignment (its frames start at each robot's own origin) and
 against its odometry aligned on its own (the best odometry can do); the precision of the inter-robot closures the
 vpr_nodes published (best candidate within 25 m of the query's place); what the back end accepted. Prints the
-figures and writes summary.json and team.png under --out.
+figures and writes summary.json and team.png under --out. `--restart` kills a robot's vpr_node mid-run and starts it
+again; `--offline` runs the vpr_nodes' part alone, without DDS (`offline`), and prints the inter-robot closures.
 """
 
 from __future__ import annotations
@@ -75,7 +77,8 @@ def robots_of(stretches: dict, data: Path, drift_seed: int = 0) -> dict[str, Rob
 
 
 class TeamListener:
-    """The team back end's ~/<robot>/path and /diagnostics, in one harness's context."""
+    """The team back end's ~/<robot>/path and /diagnostics, and each vpr_node's /diagnostics (by its robot_id),
+    in one harness's context."""
 
     def __init__(self, node, backend_ns: str):
         from diagnostic_msgs.msg import DiagnosticArray
@@ -85,7 +88,7 @@ class TeamListener:
         from geoloc_ros.stamps import stamp_ns
 
         self._stamp_ns, self.lock = stamp_ns, threading.Lock()
-        self.paths, self.diag = {}, {}
+        self.paths, self.diag, self.vpr_diag = {}, {}, {}
         latched = QoSProfile(depth=1, reliability=ReliabilityPolicy.RELIABLE,
                              durability=DurabilityPolicy.TRANSIENT_LOCAL)
         for r in ROBOTS:
@@ -102,8 +105,11 @@ class TeamListener:
     def _on_diag(self, msg, name):
         with self.lock:
             for st in msg.status:
+                values = {kv.key: kv.value for kv in st.values}
                 if st.name == name:
-                    self.diag = {kv.key: kv.value for kv in st.values}
+                    self.diag = values
+                elif values.get("robot_id") in ROBOTS:  # every vpr_node's status has one name: geoloc_vpr's
+                    self.vpr_diag[values["robot_id"]] = values
 
     def settled(self, quiet_s: float = 3.0, timeout: float = 60.0):
         """Until the diagnostics and the paths stopped changing for quiet_s."""
@@ -119,7 +125,10 @@ class TeamListener:
 
 
 def run(stretches=None, out_dir="docs/benchmarks/multi_robot", rate=2.0, device="cpu", data=None, encoder=None,
-        config=None, say=print) -> dict:
+        config=None, say=print, restart: tuple | None = None) -> dict:
+    """The demo (module docstring). `restart` (robot, step): that robot's vpr_node process is killed (SIGKILL)
+    before the step and started again (a new session, keyframe ids from 0); the drive waits for it, while the
+    other vpr_nodes and the back end keep running. Its odometry goes on: the robot did not move."""
     from geoloc_ros.datasets import read_image
     from geoloc_ros.model import nordland
     from geoloc_ros.replay import image_message, node_process, wait_for
@@ -136,14 +145,17 @@ def run(stretches=None, out_dir="docs/benchmarks/multi_robot", rate=2.0, device=
     ns = {r: f"/mr_{r}_{pid}" for r in ROBOTS}  # node_process's namespace for name mr_<r>
     backend_ns = f"/mr_team_{pid}"
     t_start = time.monotonic()
+    restarted, before_restart = restart[0] if restart else None, {}
+    keeper = next(r for r in ROBOTS if r != restarted)  # its harness node also carries the odometry and listener
     with ExitStack() as stack:
-        harness = {}
+        harness, params, own = {}, {}, {}
         for r in ROBOTS:
             peers = ", ".join(f"'{ns[o]}/geoloc_vpr/keyframes'" for o in ROBOTS if o != r)
-            params = [*VPR_PARAMS, f"encoder_path:={encoder}", f"robot_id:={r}", f"peer_keyframe_topics:=[{peers}]",
-                      f"device:={device}"]
-            harness[r] = stack.enter_context(node_process(params, out_dir / f"vpr_{r}.log", name=f"mr_{r}",
-                                                          params_file=config))
+            params[r] = [*VPR_PARAMS, f"encoder_path:={encoder}", f"robot_id:={r}",
+                         f"peer_keyframe_topics:=[{peers}]", f"device:={device}"]
+            own[r] = stack.enter_context(ExitStack())  # closes one robot's node alone when it restarts
+            harness[r] = own[r].enter_context(node_process(params[r], out_dir / f"vpr_{r}.log", name=f"mr_{r}",
+                                                           params_file=config))
         log = stack.enter_context(open(out_dir / "pose_graph.log", "w"))
         backend = subprocess.Popen(
             [sys.executable, "-m", "geoloc_ros.slam.pose_graph_node", "--ros-args", "-r", f"__ns:={backend_ns}",
@@ -157,8 +169,8 @@ def run(stretches=None, out_dir="docs/benchmarks/multi_robot", rate=2.0, device=
         from rclpy.qos import QoSProfile, ReliabilityPolicy
 
         reliable = QoSProfile(depth=200, reliability=ReliabilityPolicy.RELIABLE)
-        odom_pub = {r: harness[r].node.create_publisher(Odometry, f"{ns[r]}/odom", reliable) for r in ROBOTS}
-        listener = TeamListener(harness["a"].node, backend_ns)
+        odom_pub = {r: harness[keeper].node.create_publisher(Odometry, f"{ns[r]}/odom", reliable) for r in ROBOTS}
+        listener = TeamListener(harness[keeper].node, backend_ns)
         if not wait_for(lambda: all(harness[r].ready() and odom_pub[r].get_subscription_count() >= 2 for r in ROBOTS),
                         240):
             raise SystemExit(f"multi_robot: the nodes did not start (logs in {out_dir})")
@@ -172,6 +184,14 @@ def run(stretches=None, out_dir="docs/benchmarks/multi_robot", rate=2.0, device=
             delay = due - time.perf_counter()
             if delay > 0:
                 time.sleep(delay)
+            if restart and k == restart[1]:
+                harness[restarted], before_restart = _restart(harness[restarted], own[restarted],
+                                                              lambda: node_process(params[restarted],
+                                                                                   out_dir / f"vpr_{restarted}_2.log",
+                                                                                   name=f"mr_{restarted}",
+                                                                                   params_file=config))
+                say(f"multi_robot: {restarted}'s vpr_node killed and started again before step {k}")
+                due = time.perf_counter()
             for r in ROBOTS:
                 if k < len(robots[r].records):
                     odom_pub[r].publish(odometry_message(robots[r].stamps[k], robots[r].odometry[k]))
@@ -189,21 +209,95 @@ def run(stretches=None, out_dir="docs/benchmarks/multi_robot", rate=2.0, device=
         with listener.lock:
             paths, diag = dict(listener.paths), dict(listener.diag)
         closures = {r: dict(harness[r].data.results["loop_closures"]) for r in ROBOTS}
-        saved = save_graph(harness["a"].node, backend_ns)
+        if restarted:
+            closures[restarted] = {**before_restart, **closures[restarted]}
+        with listener.lock:
+            peer_diag = {r: {k: v for k, v in listener.vpr_diag.get(r, {}).items() if k.startswith("peer_")}
+                         for r in ROBOTS}
+        saved = save_graph(harness[keeper].node, backend_ns)
         answered = {r: len(harness[r].data.received) for r in ROBOTS}
         alive = backend.poll() is None
     summary = evaluate(robots, paths, closures)
     summary.update(accepted_closures(robots, paths, out_dir / "team.g2o") if saved else {"graph_saved": False})
-    summary.update(stretches=stretches, rate_hz=rate, images_sent=sent, frames_answered=answered, backend_alive=alive,
+    summary.update(restart={"robot": restarted, "before_step": restart[1]} if restart else None,
+                   peer_diagnostics=peer_diag, stretches=stretches, rate_hz=rate, images_sent=sent,
+                   frames_answered=answered, backend_alive=alive,
                    backend={k: v for k, v in diag.items() if not k.startswith("last_")},
                    startup_s=startup_s, drive_s=drive_s, wall_s=time.monotonic() - t_start, cpu=cpu_model(),
                    encoder=str(encoder), vpr_node_params=VPR_PARAMS + ["robot_id", "peer_keyframe_topics"],
                    pose_graph_params="defaults (config/pose_graph.yaml) + robots, robot_*_topics",
                    command="python -m geoloc_ros.bench.multi_robot " + " ".join(
-                       f"--{r} {stretches[r]}" for r in ROBOTS) + f" --rate {rate:g} --out {out_dir}")
+                       f"--{r} {stretches[r]}" for r in ROBOTS) + f" --rate {rate:g} --out {out_dir}"
+                   + (f" --restart {restart[0]}:{restart[1]}" if restart else ""))
     plot(robots, paths, summary, out_dir / "team.png")
     (out_dir / "summary.json").write_text(json.dumps(summary, indent=1, default=float) + "\n")
     return summary
+
+
+def _restart(harness, own: ExitStack, start):
+    """Kill a robot's vpr_node, close its harness, start it again (`start()`, a node_process) and wait until it is
+    up and its peers' keyframe subscriptions matched: (the new harness, the old one's loop closures)."""
+    from geoloc_ros.replay import wait_for
+
+    before = dict(harness.data.results["loop_closures"])
+    harness.process.kill()
+    harness.process.wait(timeout=30)
+    own.close()
+    fresh = own.enter_context(start())
+    if not wait_for(fresh.ready, 240):
+        raise SystemExit("multi_robot: the restarted vpr_node did not come up")
+    time.sleep(1.0)
+    return fresh, before
+
+
+def offline(stretches=None, data=None, lag: int = 1, encoder=None, **config) -> dict:
+    """The vpr_nodes' part of the demo without DDS or a back end: three ROS-free Localizers (session map, peers, the
+    demo's parameters; `config`: LocalizerConfig fields over them), one step at a time, each robot's session
+    keyframes handed to its peers `lag` steps later (0: at once, so that robots later in ROBOTS see it in the same
+    step). The inter-robot closures they
+    publish: {"published": [(robot, step, owner, owner's step)], "right": those within TOLERANCE_M}."""
+    from geoloc_ros.datasets import read_image
+    from geoloc_ros.localization import Frame, Localizer, SessionMap, load_snapshot
+    from geoloc_ros.localization.config import LocalizerConfig
+    from geoloc_ros.localization.peers import Expectation, PeerKeyframe, PeerMap, PeerStore
+    from geoloc_ros.model import nordland
+
+    robots = robots_of({**DEFAULT_STRETCHES, **(stretches or {})}, Path(data or nordland.default_root()))
+    encoder = Path(encoder or resource("maps", "nordland_demo", "encoder.safetensors")).resolve()
+    snap = load_snapshot(LocalizerConfig(encoder_path=str(encoder), device="cpu", consistency_mode="sequence",
+                                         **config))
+    dim = snap.encoder.dim
+    loc = {r: Localizer(snap, SessionMap(snap.encoder), None,
+                        PeerStore(Expectation(r, r, dim, snap.encoder.fingerprint), 10000)) for r in ROBOTS}
+    step_of = {r: {s: k for k, s in enumerate(robots[r].stamps)} for r in ROBOTS}
+    published, made = [], []  # made: (step, owner, PeerKeyframe, descriptor)
+
+    def hand_over(owner, kf, desc):
+        for r in ROBOTS:
+            if r != owner:
+                loc[r].peers.maps.setdefault(owner, PeerMap(owner, dim, 10000)).add(kf, desc)
+
+    for k in range(max(len(robots[r].records) for r in ROBOTS)):
+        for _, owner, kf, desc in [m for m in made if lag > 0 and m[0] == k - lag]:
+            hand_over(owner, kf, desc)
+        for r in ROBOTS:
+            if k >= len(robots[r].records):
+                continue
+            odom = tuple(float(v) for v in robots[r].odometry[k].translation())
+            rgb = np.asarray(read_image(robots[r].records[k].path))
+            res = loc[r].process([Frame("cam", "cam", robots[r].stamps[k], "camera", rgb, odom=odom)])[0]
+            if res.session_keyframe is not None:
+                kf = PeerKeyframe(id=res.session_keyframe, stamp_ns=robots[r].stamps[k], source="peer", robot_id=r,
+                                  session_id=r, odom_pose=(*odom, 0.0, 0.0, 0.0, 1.0))
+                made.append((k, r, kf, res.descriptor))
+                if lag == 0:
+                    hand_over(r, kf, res.descriptor)
+            for c in res.closures[:1]:
+                if c.source == "peer":
+                    published.append((r, k, c.robot_id, step_of[c.robot_id][c.keyframe.stamp_ns]))
+    right = [p for p in published
+             if np.linalg.norm(robots[p[0]].truth[p[1]] - robots[p[2]].truth[p[3]]) <= TOLERANCE_M]
+    return {"published": published, "right": right}
 
 
 def save_graph(node, backend_ns: str) -> bool:
@@ -361,6 +455,15 @@ def print_summary(s: dict):
           f"alive {s['backend_alive']}")
 
 
+def _number(text: str):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     for r in ROBOTS:
@@ -369,9 +472,26 @@ def main(argv=None) -> int:
     ap.add_argument("--rate", type=float, default=2.0, help="steps per wall second (each robot)")
     ap.add_argument("--out", type=Path, default=Path("docs/benchmarks/multi_robot"))
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--offline", action="store_true", help="the vpr_nodes' part alone, without DDS or a back end: "
+                    "ROS-free Localizers handing each other their keyframes; prints the inter-robot closures")
+    ap.add_argument("--lag", type=int, default=1, help="--offline: steps before a keyframe reaches the peers")
+    ap.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="--offline: a LocalizerConfig field (e.g. peer_consistency_tolerance_m=10)")
+    ap.add_argument("--restart", default=None, metavar="ROBOT:STEP",
+                    help="kill ROBOT's vpr_node before STEP and start it again (e.g. b:20)")
     ap.add_argument("--data", type=Path, default=None, help="nordland64 folder (default ../shared/data/nordland64)")
     a = ap.parse_args(argv)
-    s = run({r: getattr(a, r) for r in ROBOTS}, a.out, a.rate, a.device, a.data)
+    if a.offline:
+        config = {name: _number(value) for name, value in (item.split("=", 1) for item in a.set)}
+        s = offline({r: getattr(a, r) for r in ROBOTS}, a.data, a.lag, **config)
+        pairs = {}
+        for q, _, owner, _ in s["published"]:
+            pairs[f"{q}->{owner}"] = pairs.get(f"{q}->{owner}", 0) + 1
+        print(f"offline, lag {a.lag}, {config or 'defaults'}: inter-robot closures published {len(s['published'])} "
+              f"({pairs}), right {len(s['right'])}")
+        return 0
+    restart = (a.restart.split(":")[0], int(a.restart.split(":")[1])) if a.restart else None
+    s = run({r: getattr(a, r) for r in ROBOTS}, a.out, a.rate, a.device, a.data, restart=restart)
     print_summary(s)
     return 0
 

@@ -43,6 +43,10 @@ class LocalizerConfig:
     session_exclusion_distance_m: float = 50.0  # with odometry: the recent past by travelled path
     session_loop_margin: float = 1.0  # revisit test: standard deviations over the recent past (0: off)
     session_loop_support: int = 2  # revisit test: preceding frames that passed at an agreeing keyframe
+    # inter-robot closures (consistency.PeerRun)
+    peer_consistency_k: int = 3  # frames whose best peer matches must lie on one run of one peer session
+    peer_consistency_tolerance_m: float = 20.0  # keyframe spacing vs odometry travel along that run
+    peer_loop_margin: float = 1.5  # standard deviations over the peer session's keyframes elsewhere (0: off)
     # position prior on the search
     search_prior: str = "none"  # none | fix | tf | metric (localization/prior.py)
     search_prior_radius_floor_m: float = 50.0

@@ -101,3 +101,45 @@ class SequenceMatcher:
         other = float(best_scores[far].max()) if far.any() else -np.inf
         margin = score / other if other > 0 else float("inf")
         return row, score, margin
+
+
+class PeerRun:
+    """Temporal consistency of inter-robot closures: a closure to a peer robot is believed when the best matches of
+    the last `k` frames of one camera were keyframes of one session of that peer, spaced along its trajectory as
+    this robot moved between the frames.
+
+    A peer's map is another robot's drive, often in another season and often only a few keyframes long while the
+    robots set out: a frame alone, or two, can match it at a look-alike place with a wide similarity margin, and
+    two robots driving parallel stretches keep such an offset for a frame or two. A run of k matches whose spacing
+    in the peer's odometry frame equals the distance this robot's odometry travelled (within `tolerance_m`: the
+    keyframe spacing blurs both ends) is a revisit; look-alikes jump, or stick to one keyframe while the robot
+    drives on. Without odometry on either side, the keyframe ids must lie within `id_window` of each other."""
+
+    def __init__(self, k: int = 3, tolerance_m: float = 20.0, id_window: int = 5):
+        self.k, self.tolerance_m, self.id_window = max(1, int(k)), float(tolerance_m), int(id_window)
+        self._history: dict[str, deque] = {}
+
+    def reset(self):
+        self._history.clear()
+
+    def update(self, camera: str, best, odom) -> bool:
+        """Record this frame's best candidate when it is a peer's (a Candidate; None otherwise) and its odometry
+        (x, y, z) or None; True when the last k frames' best matches form one run with this one."""
+        h = self._history.setdefault(camera, deque(maxlen=self.k))
+        h.append((best, odom))
+        if best is None or len(h) < self.k:
+            return False
+        return all(prev is not None and self.same_run((prev, prev_odom), (best, odom)) for prev, prev_odom in h)
+
+    def same_run(self, a, b) -> bool:
+        """Whether two frames' peer matches, each (Candidate, odometry of the frame), lie on one run (see above)."""
+        (ca, oa), (cb, ob) = a, b
+        ka, kb = ca.keyframe, cb.keyframe
+        if ca.robot_id != cb.robot_id or ka.session_id != kb.session_id:
+            return False
+        pa, pb = getattr(ka, "odom_pose", None), getattr(kb, "odom_pose", None)
+        if oa is None or ob is None or pa is None or pb is None:
+            return abs(int(ka.id) - int(kb.id)) <= self.id_window
+        spacing = math.hypot(pa[0] - pb[0], pa[1] - pb[1])
+        travelled = math.hypot(oa[0] - ob[0], oa[1] - ob[1])
+        return abs(spacing - travelled) <= self.tolerance_m

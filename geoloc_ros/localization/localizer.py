@@ -14,7 +14,7 @@ import time
 import numpy as np
 
 from geoloc_ros.localization.confidence import ClosureHistory, Evidence, confidence, similarity_margin
-from geoloc_ros.localization.consistency import ConsistencyFilter, SequenceMatcher
+from geoloc_ros.localization.consistency import ConsistencyFilter, PeerRun, SequenceMatcher
 from geoloc_ros.localization.frames import SESSION_MAP_ID, Candidate, FrameResult, Pose
 from geoloc_ros.localization.fusion import covariance6, fuse
 from geoloc_ros.localization.prior import SearchPrior
@@ -36,6 +36,8 @@ class Localizer:
         self.history = ClosureHistory(self.consistency.same_place, s.odometry_tolerance_m,
                                       must_advance=self.sequence is not None)
         self.revisits = RevisitTest(self.consistency.same_place, s.session_loop_margin, s.session_loop_support)
+        self.peer_run = PeerRun(s.peer_consistency_k, s.peer_consistency_tolerance_m, s.consistency_id_window)
+        self.peer_refused = {"run": 0, "margin": 0}  # peer closures not published, by the test that refused them
         self.prior = SearchPrior(s.search_prior, s.search_prior_radius_floor_m)
 
     @property
@@ -62,14 +64,16 @@ class Localizer:
         results = []
         for frame, d, cands, past in zip(frames, desc, candidates, recent):
             closures, sequence_margin = self.closures(frame.camera, d, cands)
-            revisit = self._is_revisit(frame.camera, closures, past)
+            peer_ok = self._is_peer_closure(frame, d, cands, closures)  # every frame: it keeps the run's history
+            believed = self._is_revisit(frame.camera, closures, past) and peer_ok
             # a peer's keyframe features are on the peer: the node asks for them (closures of one place share a map)
             ask_peer = bool(closures) and self.verifier is not None and closures[0].source == "peer"
-            if closures and revisit and self.verifier is not None and not ask_peer:
+            if closures and believed and self.verifier is not None and not ask_peer:
                 closures = self.verifier.verify(frame, closures)
             closures, evidence = self._rate(frame, cands, closures, sequence_margin)
-            pending = closures[:1] if ask_peer else []  # the best keyframe: one request, one verified closure
-            closures = [c for c in closures if revisit and not ask_peer
+            # the best keyframe: one request, one verified closure
+            pending = closures[:1] if ask_peer and believed else []
+            closures = [c for c in closures if believed and not ask_peer
                         and c.confidence >= self.config.loop_closure_min_confidence]
             pose = self.pose(closures) if closures else None
             results.append(FrameResult(frame, cands, closures, pose, encode_ms, search_ms,
@@ -127,6 +131,28 @@ class Localizer:
             return True
         anchor = closures[0] if closures and closures[0].map_id == SESSION_MAP_ID else None
         return self.revisits.check(camera, anchor, past.best, past.spread) or anchor is None
+
+    def _is_peer_closure(self, frame, desc, cands, closures) -> bool:
+        """False for a peer closure that is not the end of a run of peer matches (consistency.PeerRun) or does not
+        stand out from the peer session's keyframes elsewhere by peer_loop_margin standard deviations of the
+        frame's similarities to them (a session that holds no keyframe elsewhere cannot tell: refused). Decides
+        publication only, like the revisit test."""
+        best = cands[0] if cands and cands[0].source == "peer" else None
+        run = self.peer_run.update(frame.camera, best, frame.odom)
+        anchor = closures[0] if closures and closures[0].source == "peer" else None
+        if anchor is None:
+            return True
+        if not run:
+            self.peer_refused["run"] += 1
+            return False
+        s = self.config
+        if s.peer_loop_margin <= 0 or self.peers is None:
+            return True
+        other = self.peers.elsewhere(desc, anchor.keyframe, s.consistency_radius_m, s.consistency_id_window)
+        if other is None or anchor.similarity - other[0] < s.peer_loop_margin * max(other[1], 1e-6):
+            self.peer_refused["margin"] += 1
+            return False
+        return True
 
     # -- loop closures ----------------------------------------------------------------------------------------
     def closures(self, camera: str, desc, cands) -> tuple[list[Candidate], float | None]:

@@ -210,6 +210,10 @@ class PeerMap:
         self.robot_id, self.map_id, self.capacity = robot_id, PEER_MAP_PREFIX + robot_id, int(capacity)
         self._desc = np.zeros((min(self.capacity, 64), dim), dtype=np.float32)
         self._keyframes: list[PeerKeyframe | None] = [None] * len(self._desc)
+        self._xy = np.full((len(self._desc), 2), np.nan)  # odometry x, y per row (NaN: none), for `elsewhere`
+        self._session_of = np.zeros(len(self._desc), dtype=np.int64)  # per row, its session's number in _sessions
+        self._ids = np.zeros(len(self._desc), dtype=np.int64)
+        self._sessions: dict[str, int] = {}
         self._slot: dict[tuple, int] = {}  # (session_id, keyframe_id) -> row
         self.added = 0  # keyframes ever kept; the next one goes to row added % capacity
         self.dropped = 0
@@ -227,7 +231,11 @@ class PeerMap:
         conflict = self._check_session(kf)
         if self.added < self.capacity and self.added == len(self._desc):  # grow, up to capacity
             size = min(self.capacity, 2 * len(self._desc))
-            self._desc = np.vstack([self._desc, np.zeros((size - len(self._desc), self._desc.shape[1]), np.float32)])
+            grow = size - len(self._desc)
+            self._desc = np.vstack([self._desc, np.zeros((grow, self._desc.shape[1]), np.float32)])
+            self._xy = np.vstack([self._xy, np.full((grow, 2), np.nan)])
+            self._session_of = np.concatenate([self._session_of, np.zeros(grow, dtype=np.int64)])
+            self._ids = np.concatenate([self._ids, np.zeros(grow, dtype=np.int64)])
             self._keyframes.extend([None] * (size - len(self._keyframes)))
         row = self.added % self.capacity
         old = self._keyframes[row]
@@ -235,6 +243,9 @@ class PeerMap:
             del self._slot[(old.session_id, int(old.id))]
             self.dropped += 1
         self._desc[row], self._keyframes[row], self._slot[key] = desc, kf, row
+        self._xy[row] = kf.odom_pose[:2] if kf.odom_pose is not None else (np.nan, np.nan)
+        self._session_of[row] = self._sessions.setdefault(kf.session_id, len(self._sessions))
+        self._ids[row] = int(kf.id)
         self.added += 1
         return conflict
 
@@ -267,6 +278,26 @@ class PeerMap:
             top = top[np.argsort(-row[top])]
             out.append([(self._keyframes[i], float(row[i])) for i in top])
         return out
+
+    def elsewhere(self, desc: np.ndarray, anchor: PeerKeyframe, radius_m: float, id_window: int):
+        """(best similarity of `desc` to the anchor's session's keyframes at another place, standard deviation of its
+        similarities to that session's keyframes), or None when the session holds no keyframe at another place.
+        Another place: farther than radius_m from the anchor in the owner's odometry frame, or, where either has no
+        odometry pose, ids more than id_window apart. Other sessions are left out: their odometry frame is another."""
+        n, session = len(self), self._sessions.get(anchor.session_id)
+        rows = np.flatnonzero(self._session_of[:n] == session) if session is not None else np.zeros(0, np.int64)
+        if not len(rows):
+            return None
+        sims = (self._desc[:n] @ np.asarray(desc, dtype=np.float32).reshape(-1))[rows]
+        xy, ids = self._xy[rows], self._ids[rows]
+        if anchor.odom_pose is not None:  # rows without a pose fall back to ids, as _apart does
+            dist = np.hypot(xy[:, 0] - anchor.odom_pose[0], xy[:, 1] - anchor.odom_pose[1])
+            far = np.where(np.isnan(dist), np.abs(ids - int(anchor.id)) > id_window, dist > radius_m)
+        else:
+            far = np.abs(ids - int(anchor.id)) > id_window
+        if not far.any():
+            return None
+        return float(sims[far].max()), float(sims.std())
 
     def get(self, session_id: str, keyframe_id: int) -> PeerKeyframe | None:
         row = self._slot.get((session_id, int(keyframe_id)))
@@ -331,6 +362,12 @@ class PeerStore:
                 out[i].extend(Candidate(peer.map_id, peer.robot_id, _placed(kf, frame), sim, source="peer",
                                         robot_id=peer.robot_id) for kf, sim in matches)
         return out
+
+    def elsewhere(self, desc, anchor: PeerKeyframe, radius_m: float, id_window: int):
+        """PeerMap.elsewhere of the anchor's robot; None when that robot is not held."""
+        with self._lock:
+            peer = self.maps.get(anchor.robot_id)
+            return peer.elsewhere(desc, anchor, radius_m, id_window) if peer is not None else None
 
     def topic_of(self, robot_id: str) -> str | None:
         """The topic `robot_id`'s keyframes arrive on (its features service is that topic's sibling)."""

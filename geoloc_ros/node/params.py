@@ -224,6 +224,18 @@ SPEC = (
         Param("peer_feature_timeout_s", 2.0, "With verification: seconds to wait for a peer's local features of a "
               "candidate; unanswered, the candidate is published unverified and counted "
               "(peer_features_timeout).", (0.05, 600.0)),
+        Param("peer_consistency_k", 3, "An inter-robot loop closure is published only when the best matches of this "
+              "many consecutive frames of one camera were keyframes of one session of that peer, spaced in its "
+              "odometry frame as this robot's odometry travelled (within peer_consistency_tolerance_m; without "
+              "odometry: ids within consistency_id_window); the first k-1 frames of a revisit publish no peer "
+              "closure (1: every frame stands alone).", (1, 50)),
+        Param("peer_consistency_tolerance_m", 20.0, "How far the peer keyframes' spacing may differ from the "
+              "distance this robot travelled between the frames that matched them (the keyframe spacing blurs "
+              "both ends).", (0.0, 10000.0)),
+        Param("peer_loop_margin", 1.5, "An inter-robot loop closure's similarity must beat the frame's best "
+              "similarity to the same peer session's keyframes at other places (beyond consistency_radius_m) by "
+              "this many standard deviations of its similarities to that session; a session with no keyframe "
+              "elsewhere yet publishes no closure. 0 turns the test off.", (0.0, 10.0)),
     )),
     Section("outputs", (
         Param("map_frame", "map", "frame_id of ~/pose and ~/geopose, and the frame of the candidates' poses."),
