@@ -59,7 +59,6 @@ def run_large_retrieval(keyframes: int = 10_000_000, dim: int = 512, out_dir="do
     import faiss
 
     from geoloc_ros.mapping import large
-    from geoloc_ros.mapping.rows import rerank_exact
 
     faiss.omp_set_num_threads(1)
     started = time.perf_counter()
@@ -135,7 +134,6 @@ def run_large_retrieval(keyframes: int = 10_000_000, dim: int = 512, out_dir="do
     for p in part_paths:
         p.unlink()
     faiss.write_index(index, str(work / "index.faiss"))
-    ivf = large.ivf_of(index)
     exact_top1 = best_row
     exact_recall = float(np.mean(exact_top1 == truth))
     list_bytes = (work / "index.ivfdata").stat().st_size
@@ -148,34 +146,9 @@ def run_large_retrieval(keyframes: int = 10_000_000, dim: int = 512, out_dir="do
         f"{list_bytes / 1e6:.0f} MB + quantisers {index_bytes / 1e6:.1f} MB = {bpk} B/keyframe; exact R@1 "
         f"{exact_recall:.4f} ({exact_s:.0f} s of brute force)")
 
-    # search through the on-disk index
-    on_disk = np.load(desc_path, mmap_mode="r")
-    rows = []
-    for nprobe in nprobes:
-        ivf.nprobe = int(nprobe)
-        for rerank in reranks:
-            def search(q, k, rerank=rerank, stored=on_disk):
-                _, cand = index.search(q, max(k, rerank))
-                return rerank_exact(q, cand, stored, k)[1] if rerank else cand
-            top1 = np.concatenate([search(queries[i:i + 50], 1)[:, 0] for i in range(0, n_queries, 50)])
-            lat = []
-            for i in range(min(n_latency, n_queries)):
-                s = time.perf_counter()
-                search(queries[i:i + 1], 5)
-                lat.append((time.perf_counter() - s) * 1e3)
-            recall = float(np.mean(top1 == truth))
-            row = {"keyframes": n, "factory": factory, "search_params": f"nprobe={nprobe}", "rerank": rerank,
-                   "p50_ms": round(float(np.percentile(lat, 50)), 3), "p99_ms": round(float(np.percentile(lat, 99)), 3),
-                   "latency_queries": len(lat), "recall_at_1": round(recall, 4),
-                   "relative_recall_at_1": round(recall / exact_recall, 4),
-                   "agree_with_exact": round(float(np.mean(top1 == exact_top1)), 4),
-                   "bytes_per_keyframe": bpk, "descriptor_bytes_on_disk_per_keyframe": 4 * dim if rerank else 0,
-                   **build}
-            rows.append(row)
-            log(f"[retrieval-large]   nprobe {nprobe:3d} rerank {rerank:3d}: p50 {row['p50_ms']:.3f} ms  p99 "
-                f"{row['p99_ms']:.3f} ms  R@1 {recall:.4f} (rel {row['relative_recall_at_1']}, top-1 = exact "
-                f"{row['agree_with_exact']})")
-    del on_disk
+    np.save(work / "exact_top1.npy", exact_top1)
+    rows = search_rows(index, desc_path, queries, truth, exact_top1, nprobes, reranks, n_latency,
+                       {"keyframes": n, "factory": factory, "bytes_per_keyframe": bpk, **build}, log)
     result = {"benchmark": "retrieval_large", "keyframes": n, "dim": dim, "queries": n_queries, "faiss_threads": 1,
               "factory": factory, "exact_recall_at_1": round(exact_recall, 4),
               "exact_ground_truth_s": round(exact_s, 1),
@@ -193,6 +166,88 @@ def run_large_retrieval(keyframes: int = 10_000_000, dim: int = 512, out_dir="do
     log(f"[retrieval-large] wrote {out / 'retrieval_large.json'} and {out / 'retrieval_large.md'}")
     if not keep_work:
         shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def search_rows(index, desc_path, queries, truth, exact_top1, nprobes, reranks, n_latency, fields, log) -> list:
+    """One row per (nprobe, rerank): single-query latency and Recall@1 through the on-disk index, re-ranking
+    against the memory-mapped descriptors as MapDatabase.search does."""
+    from geoloc_ros.mapping import large
+    from geoloc_ros.mapping.rows import rerank_exact
+
+    exact_recall = float(np.mean(exact_top1 == truth))
+    stored = np.load(desc_path, mmap_mode="r")
+    ivf = large.ivf_of(index)
+    rows = []
+    for nprobe in nprobes:
+        ivf.nprobe = int(nprobe)
+        for rerank in reranks:
+            def search(q, k, rerank=rerank):
+                _, cand = index.search(q, max(k, rerank))
+                return rerank_exact(q, cand, stored, k)[1] if rerank else cand
+            top1 = np.concatenate([search(queries[i:i + 50], 1)[:, 0] for i in range(0, len(queries), 50)])
+            lat = []
+            for i in range(min(n_latency, len(queries))):
+                s = time.perf_counter()
+                search(queries[i:i + 1], 5)
+                lat.append((time.perf_counter() - s) * 1e3)
+            recall = float(np.mean(top1 == truth))
+            row = {**fields, "search_params": f"nprobe={nprobe}", "rerank": rerank,
+                   "p50_ms": round(float(np.percentile(lat, 50)), 3), "p99_ms": round(float(np.percentile(lat, 99)), 3),
+                   "latency_queries": len(lat), "recall_at_1": round(recall, 4),
+                   "relative_recall_at_1": round(recall / exact_recall, 4),
+                   "agree_with_exact": round(float(np.mean(top1 == exact_top1)), 4),
+                   "descriptor_bytes_on_disk_per_keyframe": 4 * stored.shape[1] if rerank else 0}
+            rows.append(row)
+            log(f"[retrieval-large]   nprobe {nprobe:3d} rerank {rerank:3d}: p50 {row['p50_ms']:.3f} ms  p99 "
+                f"{row['p99_ms']:.3f} ms  R@1 {recall:.4f} (rel {row['relative_recall_at_1']}, top-1 = exact "
+                f"{row['agree_with_exact']})")
+    return rows
+
+
+def search_again(work_dir, out_dir, nprobes, reranks, n_latency: int = 200, log=print) -> dict:
+    """More search settings over the index a kept run built (--keep-work): the same queries (made again from
+    the same seeds), the exact ground truth that run saved (or computed again chunk by chunk); the rows join
+    that run's JSON."""
+    import faiss
+
+    faiss.omp_set_num_threads(1)
+    work, out = Path(work_dir), Path(out_dir)
+    result = json.loads((out / "retrieval_large.json").read_text())
+    n, dim, n_queries = result["keyframes"], result["dim"], result["queries"]
+    rng = np.random.default_rng(1)
+    truth = np.sort(rng.choice(n, n_queries, replace=False))
+    rng.choice(n, min(result["build"]["train_size"], n), replace=False)  # the training sample's draw
+    q_noise = rng.standard_normal((n_queries, dim), dtype=np.float32) * np.float32(
+        result["data"]["query_noise"] / np.sqrt(dim))
+    desc_path = work / "descriptors.npy"
+    stored = np.load(desc_path, mmap_mode="r")
+    queries = np.array(stored[truth]) + q_noise
+    faiss.normalize_L2(queries)
+    if (work / "exact_top1.npy").is_file():
+        exact_top1 = np.load(work / "exact_top1.npy")
+    else:
+        best_sim = np.full(n_queries, -np.inf, dtype=np.float32)
+        exact_top1 = np.full(n_queries, -1, dtype=np.int64)
+        for lo in range(0, n, CHUNK):
+            s, r = faiss.knn(queries, np.array(stored[lo:lo + CHUNK]), 1, metric=faiss.METRIC_INNER_PRODUCT)
+            better = s[:, 0] > best_sim
+            best_sim[better], exact_top1[better] = s[better, 0], r[better, 0] + lo
+        np.save(work / "exact_top1.npy", exact_top1)
+    if round(float(np.mean(exact_top1 == truth)), 4) != result["exact_recall_at_1"]:
+        raise RuntimeError("the queries made again do not give the first run's exact recall")
+    index = faiss.read_index(str(work / "index.faiss"))
+    old = result["rows"][0]
+    fields = {k: old[k] for k in ("keyframes", "factory", "bytes_per_keyframe", "train_s", "fill_parts_s",
+                                  "merge_s", "build_s", "parts", "part_size", "train_size")}
+    new = search_rows(index, desc_path, queries, truth, exact_top1, nprobes, reranks, n_latency, fields, log)
+    done = {(r["search_params"], r["rerank"]) for r in new}
+    result["rows"] = [r for r in result["rows"] if (r["search_params"], r["rerank"]) not in done] + new
+    result.setdefault("search_again", []).append({"machine": machine_info(), "settings": sorted(done)})
+    table = format_table(result["rows"], result)
+    log(table)
+    (out / "retrieval_large.json").write_text(json.dumps(result, indent=1) + "\n")
+    (out / "retrieval_large.md").write_text(table + "\n")
     return result
 
 
@@ -225,7 +280,13 @@ if __name__ == "__main__":
     ap.add_argument("--out-dir", default="docs/benchmarks/retrieval_10m")
     ap.add_argument("--work-dir", default=None)
     ap.add_argument("--keep-work", action="store_true", help="keep descriptors.npy and the index (for a map)")
+    ap.add_argument("--search-again", action="store_true",
+                    help="only search the index a --keep-work run left in --work-dir, with these settings")
     a = ap.parse_args()
+    if a.search_again:
+        search_again(a.work_dir, a.out_dir, [int(v) for v in a.nprobe.split(",")],
+                     [int(v) for v in a.rerank.split(",")])
+        raise SystemExit(0)
     run_large_retrieval(a.keyframes, factory=a.factory, nprobes=[int(v) for v in a.nprobe.split(",")],
                         reranks=[int(v) for v in a.rerank.split(",")], part_size=a.part_size,
                         train_size=a.train_size, out_dir=a.out_dir, work_dir=a.work_dir, keep_work=a.keep_work)
