@@ -120,6 +120,10 @@ def test_parts_of_another_quantiser_index_kind_or_encoder_are_refused_with_the_r
         merge_parts([part0, MapDatabase.load(other)], "m", tmp_path / "work")
     result = geoloc("map", "merge", "--parts", paths[0], alone, "--out", tmp_path / "refused")
     assert result.returncode == 1 and "quantiser" in result.stderr and not (tmp_path / "refused").exists()
+    # with one map's quantiser named, the other parts are coded with it from their stored descriptors
+    coded = merge_parts([flat, MapDatabase.load(alone)], "m", tmp_path / "work", quantiser_from=part0)
+    assert len(coded) == 110 and large.quantiser_digest(coded.index) == large.quantiser_digest(part0.index)
+    assert coded.search(x[:1], 1)[0][0].keyframe.label == "part3-00000"
 
 
 # -- crafted files --------------------------------------------------------------------------------------------

@@ -66,6 +66,9 @@ def add_parser(sub):
                    help="the maps are parts filled from one trained IVF index: merge their codes as they are (no "
                         "re-encoding) into a map whose inverted lists and descriptors stay on disk "
                         "(docs/large_maps.md)")
+    m.add_argument("--quantiser-from", metavar="MAP",
+                   help="with --parts: the IVF map whose trained quantiser codes every part that does not share "
+                        "it (from its stored descriptors; the encoder never runs again)")
     m.add_argument("--force", action="store_true", help="replace an existing map at --out (only a map: any other "
                                                         "non-empty directory is refused)")
     m.set_defaults(func=run_merge)
@@ -286,9 +289,12 @@ def run_merge(args):
     maps = [_load_map(p) for p in args.maps]
     if args.parts and args.index:
         _fail("--parts keeps the parts' index; --index would re-encode (leave one out)")
+    if args.quantiser_from and not args.parts:
+        _fail("--quantiser-from goes with --parts")
     try:
         if args.parts:
-            _merge_parts(maps, args.name or out.name, out)
+            _merge_parts(maps, args.name or out.name, out,
+                         _load_map(args.quantiser_from) if args.quantiser_from else None)
         else:
             merged = merge_maps(maps, name=args.name or out.name, index_factory=args.index)
             merged.save(out)
@@ -297,7 +303,7 @@ def run_merge(args):
     print(f"{out}: {sum(len(m) for m in maps)} keyframes from {len(maps)} maps")
 
 
-def _merge_parts(maps, name, out: Path):
+def _merge_parts(maps, name, out: Path, quantiser_from):
     import shutil
     import tempfile
 
@@ -306,7 +312,7 @@ def _merge_parts(maps, name, out: Path):
     out.parent.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix=f".{out.name}.parts-", dir=out.parent))  # same filesystem: files link in
     try:
-        merge_parts(maps, name, work).save(out)
+        merge_parts(maps, name, work, quantiser_from).save(out)
     finally:
         shutil.rmtree(work, ignore_errors=True)
 

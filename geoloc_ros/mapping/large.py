@@ -87,15 +87,27 @@ def empty_like(index):
 
 def merge_lists_onto_disk(indexes, ivfdata: Path):
     """One index holding the entries of the IVF `indexes` (sharing one trained quantiser, see quantiser_digest),
-    their codes copied as they are into the on-disk lists file `ivfdata`; ids are shifted so that the rows of
-    the second index follow those of the first, and so on (FAISS's merge_from_multiple, as merge_ondisk)."""
+    their codes copied as they are into the on-disk lists file `ivfdata` (FAISS's merge_from_multiple, as
+    merge_ondisk); each part's ids (its rows) are shifted so that the rows of the second follow those of the
+    first, and so on."""
     index = empty_like(indexes[0])
     ivf = ivf_of(index)
     out = faiss.OnDiskInvertedLists(ivf.nlist, ivf.code_size, str(ivfdata))
     sources = faiss.InvertedListsPtrVector()
-    for part in indexes:
-        sources.push_back(ivf_of(part).invlists)
-    ntotal = out.merge_from_multiple(sources.data(), sources.size(), True)
+    parts = [ivf_of(part).invlists for part in indexes]
+    for lists in parts:
+        sources.push_back(lists)
+    # merge_from_multiple's own shift_ids does not shift by the sizes of the parts before: shifted here
+    ntotal = out.merge_from_multiple(sources.data(), sources.size(), False)
+    offsets = np.cumsum([0] + [part.ntotal for part in indexes[:-1]])
+    for i in range(ivf.nlist):
+        n = out.list_size(i)
+        if n:
+            ids, at = faiss.rev_swig_ptr(out.get_ids(i), n), 0  # a view of the mapped file: written in place
+            for lists, offset in zip(parts, offsets):
+                k = lists.list_size(i)
+                ids[at:at + k] += offset
+                at += k
     index.ntotal = ivf.ntotal = ntotal
     ivf.replace_invlists(out, True)
     out.this.disown()

@@ -59,27 +59,41 @@ def merge_maps(maps: list[MapDatabase], name: str, index_factory: str | None = N
     return merged
 
 
-def merge_parts(maps: list[MapDatabase], name: str, work_dir: Path) -> MapDatabase:
+def merge_parts(maps: list[MapDatabase], name: str, work_dir: Path, quantiser_from: MapDatabase | None = None
+                ) -> MapDatabase:
     """Parts of one map, whose IVF indexes were filled from one trained index (mapping/large.py): their codes
     are merged as they are, never re-encoded, into an on-disk map (inverted lists in `work_dir`/index.ivfdata,
     descriptors in `work_dir`/descriptors.npy until the map is saved, which links them in). Parts with another
-    encoder, a non-IVF index or another quantiser are refused with the reason."""
+    encoder, a non-IVF index or another quantiser are refused with the reason. `quantiser_from`: an IVF map
+    whose trained quantiser the parts share; a part that does not (any index kind) has its stored descriptors
+    coded with it instead (the image encoder never runs again)."""
     frame = _check_mergeable(maps)
-    first = maps[0]
-    for m in maps:
-        if large.ivf_of(m.index) is None:
-            raise MapError(f"map {m.name!r} has a {m.index_factory!r} index, not an IVF index: only IVF parts "
-                           f"filled from one trained index merge without re-encoding (merge without --parts "
-                           f"re-encodes)")
+    first = quantiser_from or maps[0]
+    if (first.dim, first.fingerprint) != (maps[0].dim, maps[0].fingerprint):
+        raise MapError(f"map {first.name!r} was built with another encoder (dim {first.dim}, fingerprint "
+                       f"{first.fingerprint[:12]}...) than {maps[0].name!r}")
+    if large.ivf_of(first.index) is None:
+        raise MapError(f"map {first.name!r} has a {first.index_factory!r} index, not an IVF index: its quantiser "
+                       f"cannot code the parts")
     digest = large.quantiser_digest(first.index)
-    for m in maps[1:]:
-        if large.quantiser_digest(m.index) != digest:
+    indexes = []
+    for m in maps:
+        if large.ivf_of(m.index) is not None and large.quantiser_digest(m.index) == digest:
+            indexes.append(m.index)
+        elif quantiser_from is not None:
+            indexes.append(large.fill_part(large.empty_like(first.index), m.descriptors, 0))
+        elif large.ivf_of(m.index) is None:
+            raise MapError(f"map {m.name!r} has a {m.index_factory!r} index, not an IVF index: only IVF parts "
+                           f"filled from one trained index merge without re-encoding (--quantiser-from codes "
+                           f"such parts with one map's quantiser; merge without --parts re-indexes)")
+        else:
             raise MapError(f"map {m.name!r}: its index's quantiser ({m.index_factory!r}) is not the one of "
                            f"{first.name!r} (trained separately, or another factory): parts must be filled from "
-                           f"one trained index to merge without re-encoding (merge without --parts re-encodes)")
+                           f"one trained index to merge without re-encoding (--quantiser-from codes such parts "
+                           f"with one map's quantiser; merge without --parts re-indexes)")
     work = Path(work_dir)
     work.mkdir(parents=True, exist_ok=True)
-    index = large.merge_lists_onto_disk([m.index for m in maps], work / storage.IVFDATA)
+    index = large.merge_lists_onto_disk(indexes, work / storage.IVFDATA)
     large.write_npy_parts(work / storage.DESCRIPTORS, [m.descriptors for m in maps], first.dim)
     descriptors = np.load(work / storage.DESCRIPTORS, mmap_mode="r")
     merged = MapDatabase.from_index(name, first.dim, first.fingerprint, index, descriptors, _renumbered(maps),
