@@ -19,6 +19,7 @@ FAISS runs single-threaded (omp 1), as in bench/retrieval.py.
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 import shutil
 import time
@@ -55,7 +56,7 @@ def run_large_retrieval(keyframes: int = 10_000_000, dim: int = 512, out_dir="do
                         work_dir=None, factory: str = "IVF1024,PQ64", nprobes=(8, 16), reranks=(0, 100),
                         part_size: int = 1_000_000, train_size: int = 65_536, n_queries: int = 1000,
                         n_latency: int = 200, n_clusters: int = 1000, spread: float = 0.5, noise: float = 2.0,
-                        keep_work: bool = False, log=print) -> dict:
+                        keep_work: bool = False, reuse_descriptors=None, log=print) -> dict:
     import faiss
 
     from geoloc_ros.mapping import large
@@ -75,24 +76,34 @@ def run_large_retrieval(keyframes: int = 10_000_000, dim: int = 512, out_dir="do
     # pass 1: the descriptors, chunk by chunk, onto disk; the query rows and the training sample kept
     t = time.perf_counter()
     desc_path = work / "descriptors.npy"
-    header = {"descr": "<f4", "fortran_order": False, "shape": (n, dim)}
-    queries = np.empty((n_queries, dim), dtype=np.float32)
-    sample = np.empty((len(sample_rows), dim), dtype=np.float32)
-    with open(desc_path, "wb") as f:
-        np.lib.format.write_array_header_2_0(f, header)
-        for i in range(chunks):
-            x = chunk_of(i, n, centres, spread, 0)
-            lo, hi = i * CHUNK, i * CHUNK + len(x)
-            for rows, dest in ((truth, queries), (sample_rows, sample)):
-                a, b = np.searchsorted(rows, [lo, hi])
-                dest[a:b] = x[rows[a:b] - lo]
-            f.write(x.tobytes())
+    if reuse_descriptors:  # the same data a previous run wrote (same seeds): linked, not made again
+        if Path(reuse_descriptors).resolve() != desc_path.resolve():
+            desc_path.unlink(missing_ok=True)
+            os.link(reuse_descriptors, desc_path)
+        offset = _data_offset(desc_path, n, dim)
+        with open(desc_path, "rb") as f:
+            queries = np.stack([_read_rows(f, offset, r, 1, dim)[0] for r in truth])
+            sample = np.stack([_read_rows(f, offset, r, 1, dim)[0] for r in sample_rows])
+    else:
+        header = {"descr": "<f4", "fortran_order": False, "shape": (n, dim)}
+        queries = np.empty((n_queries, dim), dtype=np.float32)
+        sample = np.empty((len(sample_rows), dim), dtype=np.float32)
+        with open(desc_path, "wb") as f:
+            np.lib.format.write_array_header_2_0(f, header)
+            for i in range(chunks):
+                x = chunk_of(i, n, centres, spread, 0)
+                lo, hi = i * CHUNK, i * CHUNK + len(x)
+                for rows, dest in ((truth, queries), (sample_rows, sample)):
+                    a, b = np.searchsorted(rows, [lo, hi])
+                    dest[a:b] = x[rows[a:b] - lo]
+                f.write(x.tobytes())
     queries += q_noise
     faiss.normalize_L2(queries)
     gen_s = time.perf_counter() - t
-    log(f"[retrieval-large] {n:,} x {dim} clustered unit vectors written chunk by chunk in {gen_s:.0f} s "
-        f"({desc_path.stat().st_size / 1e9:.1f} GB); {n_queries} revisit queries; peak RSS "
-        f"{rss_bytes()[1] / 2**30:.2f} GiB")
+    log(f"[retrieval-large] {n:,} x {dim} clustered unit vectors {'linked' if reuse_descriptors else 'written'} "
+        f"chunk by chunk in {gen_s:.0f} s ({desc_path.stat().st_size / 1e9:.1f} GB); {n_queries} revisit queries; "
+        f"peak RSS {rss_bytes()[1] / 2**30:.2f} GiB")
+    anon = _Peak()
 
     # train once on the sample
     t = time.perf_counter()
@@ -103,7 +114,8 @@ def run_large_retrieval(keyframes: int = 10_000_000, dim: int = 512, out_dir="do
     log(f"[retrieval-large] {factory} trained on {len(sample_rows):,} rows in {train_s:.0f} s")
 
     # pass 2: each part filled from the trained index and written; exact top-1 accumulated chunk by chunk
-    descriptors = np.load(desc_path, mmap_mode="r")
+    offset = _data_offset(desc_path, n, dim)
+    reader = open(desc_path, "rb")  # read, not memory-mapped: pages of the file never count as this process's
     best_sim = np.full(n_queries, -np.inf, dtype=np.float32)
     best_row = np.full(n_queries, -1, dtype=np.int64)
     fill_s = exact_s = 0.0
@@ -112,7 +124,7 @@ def run_large_retrieval(keyframes: int = 10_000_000, dim: int = 512, out_dir="do
         stop = min(n, first + part_size)
         part = faiss.clone_index(trained)
         for lo in range(first, stop, CHUNK):
-            x = np.array(descriptors[lo:min(stop, lo + CHUNK)])
+            x = _read_rows(reader, offset, lo, min(stop, lo + CHUNK) - lo, dim)
             t = time.perf_counter()
             s, r = faiss.knn(queries, x, 1, metric=faiss.METRIC_INNER_PRODUCT)
             better = s[:, 0] > best_sim
@@ -125,15 +137,17 @@ def run_large_retrieval(keyframes: int = 10_000_000, dim: int = 512, out_dir="do
         faiss.write_index(part, str(path))
         part_paths.append(path)
         del part
+        anon.sample()
         log(f"[retrieval-large]   part {len(part_paths)}: rows {first:,}..{stop - 1:,} (fill {fill_s:.0f} s, "
             f"exact {exact_s:.0f} s so far)")
-    del descriptors
+    reader.close()
     t = time.perf_counter()
     index = large.merge_onto_disk(trained, part_paths, work / "index.ivfdata")
     merge_s = time.perf_counter() - t
     for p in part_paths:
         p.unlink()
     faiss.write_index(index, str(work / "index.faiss"))
+    anon.sample()
     exact_top1 = best_row
     exact_recall = float(np.mean(exact_top1 == truth))
     list_bytes = (work / "index.ivfdata").stat().st_size
@@ -153,7 +167,11 @@ def run_large_retrieval(keyframes: int = 10_000_000, dim: int = 512, out_dir="do
               "factory": factory, "exact_recall_at_1": round(exact_recall, 4),
               "exact_ground_truth_s": round(exact_s, 1),
               "generate_s": round(gen_s, 1), "build": build, "index_bytes": index_bytes, "list_bytes": list_bytes,
-              "peak_rss_bytes": rss_bytes()[1],
+              "peak_rss_bytes": rss_bytes()[1], "peak_anonymous_rss_bytes": anon.sample(),
+              "rss_note": "peak_rss_bytes: VmHWM of the process (descriptors are read, not mapped, while building; "
+                          "re-ranking maps them and counts the pages it touched); peak_anonymous_rss_bytes: the "
+                          "largest RssAnon sampled after each part, after the merge and at the end",
+              "descriptors_reused": bool(reuse_descriptors),
               "data": {"kind": "synthetic clustered unit vectors (bench/retrieval.py's model, made chunk by chunk)",
                        "n_clusters": n_clusters, "spread": spread, "query_noise": noise},
               "rows": rows, "total_s": round(time.perf_counter() - started, 1), "machine": machine_info()}
@@ -167,6 +185,36 @@ def run_large_retrieval(keyframes: int = 10_000_000, dim: int = 512, out_dir="do
     if not keep_work:
         shutil.rmtree(work, ignore_errors=True)
     return result
+
+
+def _data_offset(path: Path, n: int, dim: int) -> int:
+    with open(path, "rb") as f:
+        version = np.lib.format.read_magic(f)
+        shape, _, dtype = (np.lib.format.read_array_header_1_0 if version == (1, 0) else
+                           np.lib.format.read_array_header_2_0)(f)
+        if tuple(shape) != (n, dim) or dtype != np.float32:
+            raise ValueError(f"{path}: holds {dtype} {shape}, not float32 ({n}, {dim})")
+        return f.tell()
+
+
+def _read_rows(f, offset: int, first: int, count: int, dim: int) -> np.ndarray:
+    f.seek(offset + int(first) * dim * 4)
+    return np.fromfile(f, dtype=np.float32, count=count * dim).reshape(count, dim)
+
+
+class _Peak:
+    """The largest anonymous RSS (heap: index, buffers; not file pages) seen at the sampled moments."""
+
+    def __init__(self):
+        self.peak = 0
+        self.sample()
+
+    def sample(self) -> int:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("RssAnon:"):
+                    self.peak = max(self.peak, int(line.split()[1]) * 1024)
+        return self.peak
 
 
 def search_rows(index, desc_path, queries, truth, exact_top1, nprobes, reranks, n_latency, fields, log) -> list:
@@ -255,7 +303,8 @@ def format_table(rows, result) -> str:
     lines = [f"{result['keyframes']:,} keyframes, {result['dim']}-d, {result['factory']} trained on "
              f"{result['build']['train_size']:,}, filled in {result['build']['parts']} parts, lists on disk; "
              f"exact R@1 {result['exact_recall_at_1']:.3f}; build {result['build']['build_s']:.0f} s; peak RSS "
-             f"{result['peak_rss_bytes'] / 2**30:.2f} GiB; CPU {result['machine'].get('cpu')}",
+             f"{result['peak_rss_bytes'] / 2**30:.2f} GiB (anonymous "
+             f"{result.get('peak_anonymous_rss_bytes', 0) / 2**30:.2f} GiB); CPU {result['machine'].get('cpu')}",
              "",
              "| search | exact re-rank | bytes/keyframe (index) | descriptor bytes on disk | p50 ms | p99 ms | R@1 | "
              "rel. to exact | top-1 = exact |",
@@ -280,6 +329,8 @@ if __name__ == "__main__":
     ap.add_argument("--out-dir", default="docs/benchmarks/retrieval_10m")
     ap.add_argument("--work-dir", default=None)
     ap.add_argument("--keep-work", action="store_true", help="keep descriptors.npy and the index (for a map)")
+    ap.add_argument("--reuse-descriptors", default=None, metavar="NPY",
+                    help="descriptors.npy of a kept run with the same --keyframes (hard-linked, not made again)")
     ap.add_argument("--search-again", action="store_true",
                     help="only search the index a --keep-work run left in --work-dir, with these settings")
     a = ap.parse_args()
@@ -289,4 +340,5 @@ if __name__ == "__main__":
         raise SystemExit(0)
     run_large_retrieval(a.keyframes, factory=a.factory, nprobes=[int(v) for v in a.nprobe.split(",")],
                         reranks=[int(v) for v in a.rerank.split(",")], part_size=a.part_size,
-                        train_size=a.train_size, out_dir=a.out_dir, work_dir=a.work_dir, keep_work=a.keep_work)
+                        train_size=a.train_size, out_dir=a.out_dir, work_dir=a.work_dir, keep_work=a.keep_work,
+                        reuse_descriptors=a.reuse_descriptors)
