@@ -122,7 +122,7 @@ class MapDatabase:
         if on_disk and storage.IVFDATA not in files:
             raise MapError(f"{folder / storage.IVFDATA}: missing from the manifest of an on-disk map")
         # on-disk maps: descriptors and lists are checked by streaming, then memory-mapped (never read whole)
-        parts = (storage.KEYFRAMES, storage.INDEX) + (() if on_disk else (storage.DESCRIPTORS,))
+        parts = (storage.KEYFRAMES, storage.DESCRIPTORS, storage.INDEX)
         if manifest.get("local_features") is not None:  # read (and verified) once, by features.attach_on_load
             parts += (storage.LOCAL_FEATURES, storage.CAMERAS)
         storage.verify_files(folder, manifest, skip=parts)
