@@ -222,9 +222,10 @@ def search_rows(index, desc_path, queries, truth, exact_top1, nprobes, reranks, 
     against the memory-mapped descriptors as MapDatabase.search does."""
     from geoloc_ros.mapping import large
     from geoloc_ros.mapping.rows import rerank_exact
+    from geoloc_ros.mapping.storage import random_access
 
     exact_recall = float(np.mean(exact_top1 == truth))
-    stored = np.load(desc_path, mmap_mode="r")
+    stored = random_access(np.load(desc_path, mmap_mode="r"))  # as an on-disk map holds them
     ivf = large.ivf_of(index)
     rows = []
     for nprobe in nprobes:

@@ -276,7 +276,18 @@ def map_verified_npy(folder: Path, manifest: dict, name: str, chunk: int = 1 << 
         raise MapError(f"{path}: checksum mismatch (sha256 differs from the manifest), the file was altered")
     if not finite:
         raise MapError(f"{path}: holds NaN or infinite values")
-    return np.memmap(path, dtype=np.float32, mode="r", offset=offset, shape=array.shape)
+    return random_access(np.memmap(path, dtype=np.float32, mode="r", offset=offset, shape=array.shape))
+
+
+def random_access(array: np.memmap) -> np.memmap:
+    """Tell the kernel that `array` (memory-mapped) is read a few rows at a time, at random: a page fault then
+    reads its page, not a read-ahead window around it (re-ranking 300 rows of a 20 GB file read ~40 MB a
+    query with the default)."""
+    import mmap
+
+    if getattr(array, "_mmap", None) is not None and hasattr(mmap, "MADV_RANDOM"):
+        array._mmap.madvise(mmap.MADV_RANDOM)
+    return array
 
 
 def parse_npy(path: Path, raw: np.ndarray, header_only: int | None = None) -> np.ndarray:
