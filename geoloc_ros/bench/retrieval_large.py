@@ -53,7 +53,7 @@ def chunk_of(i: int, n: int, centres, spread: float, seed: int, chunk: int = CHU
 
 
 def run_large_retrieval(keyframes: int = 10_000_000, dim: int = 512, out_dir="docs/benchmarks/retrieval_10m",
-                        work_dir=None, factory: str = "IVF1024,PQ64", nprobes=(8, 16), reranks=(0, 100),
+                        work_dir=None, factory: str = "IVF1024,PQ64", nprobes=(4, 8), reranks=(0, 100, 200, 300, 500),
                         part_size: int = 1_000_000, train_size: int = 65_536, n_queries: int = 1000,
                         n_latency: int = 200, n_clusters: int = 1000, spread: float = 0.5, noise: float = 2.0,
                         keep_work: bool = False, reuse_descriptors=None, log=print) -> dict:
@@ -323,8 +323,8 @@ if __name__ == "__main__":
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--keyframes", type=int, default=10_000_000)
     ap.add_argument("--factory", default="IVF1024,PQ64")
-    ap.add_argument("--nprobe", default="8,16")
-    ap.add_argument("--rerank", default="0,100")
+    ap.add_argument("--nprobe", default="4,8")
+    ap.add_argument("--rerank", default="0,100,200,300,500")
     ap.add_argument("--part-size", type=int, default=1_000_000)
     ap.add_argument("--train-size", type=int, default=65_536)
     ap.add_argument("--out-dir", default="docs/benchmarks/retrieval_10m")
