@@ -38,6 +38,9 @@ def add_parser(sub):
                    help="node part: frames as rgb8 Image (raw) and/or JPEG CompressedImage (default raw)")
     p.add_argument("--rates", nargs="+", type=float, default=None, help="node part: camera rates, Hz (default 10 30)")
     p.add_argument("--map-size", type=int, default=None, help="node part: map keyframes (default 480, quick 100)")
+    p.add_argument("--keyframes", type=int, default=None,
+                   help="retrieval part: one size of N keyframes built as large maps are (trained IVF filled part by "
+                        "part, lists on disk), e.g. 10000000; writes OUT/retrieval_10m/ (docs/large_maps.md)")
     p.add_argument("--threads", type=int, default=None,
                    help="node part: CPU threads of the encoder in the node and in the bare figures (default: the "
                         "backend's, deploy.base.default_threads)")
@@ -98,6 +101,11 @@ def _part_node(args, out, machine):
 
 
 def _part_retrieval(args, out, machine):
+    if args.keyframes:  # one large size, built as large maps are (bench/retrieval_large.py)
+        from geoloc_ros.bench.retrieval_large import format_table, run_large_retrieval
+
+        r = run_large_retrieval(args.keyframes, out_dir=str(Path(out) / f"retrieval_{_short(args.keyframes)}"))
+        return "retrieval_large_run", r, format_table(r["rows"], r)
     from geoloc_ros.bench.retrieval import run_retrieval_benchmark
 
     sizes = (10_000,) if args.quick else (10_000, 100_000, 1_000_000)
@@ -105,6 +113,10 @@ def _part_retrieval(args, out, machine):
     from geoloc_ros.bench.retrieval import format_table
 
     return "retrieval_run", r, format_table(r["rows"])
+
+
+def _short(n: int) -> str:
+    return f"{n // 1_000_000}m" if n % 1_000_000 == 0 else f"{n // 1000}k" if n % 1000 == 0 else str(n)
 
 
 def _part_mapbuild(args, out, machine):

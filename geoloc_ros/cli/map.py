@@ -64,6 +64,13 @@ def add_parser(sub):
     m.add_argument("--out", required=True)
     m.add_argument("--name")
     m.add_argument("--index", help="index factory of the result (default: the first map's)")
+    m.add_argument("--parts", action="store_true",
+                   help="the maps are parts filled from one trained IVF index: merge their codes as they are (no "
+                        "re-encoding) into a map whose inverted lists and descriptors stay on disk "
+                        "(docs/large_maps.md)")
+    m.add_argument("--quantiser-from", metavar="MAP",
+                   help="with --parts: the IVF map whose trained quantiser codes every part that does not share "
+                        "it (from its stored descriptors; the encoder never runs again)")
     m.add_argument("--force", action="store_true", help="replace an existing map at --out (only a map: any other "
                                                         "non-empty directory is refused)")
     m.set_defaults(func=run_merge)
@@ -323,12 +330,34 @@ def run_merge(args):
         _fail(f"{out} exists; pass --force to replace it")
     out = _check_target(out)
     maps = [_load_map(p) for p in args.maps]
+    if args.parts and args.index:
+        _fail("--parts keeps the parts' index; --index would re-encode (leave one out)")
+    if args.quantiser_from and not args.parts:
+        _fail("--quantiser-from goes with --parts")
     try:
-        merged = merge_maps(maps, name=args.name or out.name, index_factory=args.index)
-        merged.save(out)
+        if args.parts:
+            _merge_parts(maps, args.name or out.name, out,
+                         _load_map(args.quantiser_from) if args.quantiser_from else None)
+        else:
+            merged = merge_maps(maps, name=args.name or out.name, index_factory=args.index)
+            merged.save(out)
     except MapError as e:
         _fail(str(e))
-    print(f"{out}: {len(merged)} keyframes from {len(maps)} maps")
+    print(f"{out}: {sum(len(m) for m in maps)} keyframes from {len(maps)} maps")
+
+
+def _merge_parts(maps, name, out: Path, quantiser_from):
+    import shutil
+    import tempfile
+
+    from geoloc_ros.mapping.merge import merge_parts
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix=f".{out.name}.parts-", dir=out.parent))  # same filesystem: files link in
+    try:
+        merge_parts(maps, name, work, quantiser_from).save(out)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
 
 
 def run_info(args):
@@ -347,7 +376,8 @@ def run_info(args):
     print(f"encoder    dim {db.dim}, fingerprint {db.fingerprint}"
           + (f", carried: {db.encoder_path.name}" if db.encoder_path else ", not carried"))
     print(f"index      {db.index_factory} ({db.search_params or 'default search parameters'}), inner product"
-          + (f", exact re-ranking of {db.rerank} candidates" if db.rerank else ""))
+          + (f", exact re-ranking of {db.rerank} candidates" if db.rerank else "")
+          + (", inverted lists and descriptors on disk (memory-mapped)" if db.on_disk else ""))
     if db.frame:
         f = db.frame
         lat, lon, alt = f.to_wgs84(0.0, 0.0)

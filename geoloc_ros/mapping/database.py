@@ -17,7 +17,7 @@ import faiss
 import numpy as np
 
 from geoloc_ros.geodesy import MapFrame, to_utm
-from geoloc_ros.mapping import schema, storage
+from geoloc_ros.mapping import large, schema, storage
 from geoloc_ros.mapping.fingerprint import carried_encoder, check_encoder, read_encoder_fingerprint
 from geoloc_ros.mapping.keyframe import FLOAT_FIELDS, KEYFRAME_FIELDS, Keyframe, Match
 from geoloc_ros.mapping.rows import Growable, as_matrix, column_dtype, normalised, rerank_exact
@@ -44,7 +44,8 @@ class MapDatabase:
 
     def __init__(self, name: str, dim: int, fingerprint: str, frame: MapFrame | None = None,
                  index_factory: str = "Flat", search_params: str | None = None, index=None, columns=None,
-                 descriptors=None, encoder_path: Path | None = None, created: str | None = None, rerank: int = 0):
+                 descriptors=None, encoder_path: Path | None = None, created: str | None = None, rerank: int = 0,
+                 disk_files: dict | None = None):
         self.name = str(name)
         self.dim = int(dim)
         self.fingerprint = str(fingerprint)
@@ -62,6 +63,9 @@ class MapDatabase:
         self._cols = {f: Growable(column_dtype(f), data=cols.get(f)) for f in KEYFRAME_FIELDS}
         self._desc = Growable(np.float32, self.dim, descriptors)
         self._encoder_path = Path(encoder_path) if encoder_path else None
+        # On-disk maps (mapping/large.py): storage name -> the file that holds the inverted lists (IVFDATA) and
+        # the descriptors (memory-mapped); a save links or copies them into the new map.
+        self._disk_files = {k: Path(v) for k, v in (disk_files or {}).items()}
         self._sidecars = {}  # storage.ENCODER_SIDECARS name -> path: files that travel with the encoder
         self._id_order = None  # argsort of ids, rebuilt lazily after adds
         self.local_features = None  # a mapping.features.LocalFeatureStore when the map keeps local features
@@ -81,6 +85,24 @@ class MapDatabase:
         return cls(name, dim, fingerprint, frame, index_factory, search_params, rerank=rerank)
 
     @classmethod
+    def from_index(cls, name: str, dim: int, fingerprint: str, index, descriptors, keyframes,
+                   frame: MapFrame | None = None, index_factory: str = "Flat", search_params: str | None = None,
+                   rerank: int = 0, disk_files: dict | None = None) -> "MapDatabase":
+        """A map around an `index` that already holds `descriptors` as its rows 0..N-1, in the order of
+        `keyframes` (placed and given ids as `add` does): parts merged without re-encoding (mapping/merge.py).
+        `disk_files`: {storage.IVFDATA: the index's on-disk lists, storage.DESCRIPTORS: the .npy that
+        `descriptors` maps}, which a save links into the map."""
+        db = cls.create(name, dim, fingerprint, frame, index_factory, search_params, rerank)
+        keyframes = db._place(list(keyframes))
+        ids = db._assign_ids(keyframes)
+        columns = {f: np.asarray([ids[i] if f == "id" else getattr(k, f) for i, k in enumerate(keyframes)],
+                                 dtype=column_dtype(f)) for f in KEYFRAME_FIELDS}
+        out = cls(name, dim, fingerprint, db.frame, index_factory, search_params, index, columns, descriptors,
+                  rerank=rerank, disk_files=disk_files)
+        out.map_id = db.map_id
+        return out
+
+    @classmethod
     def load(cls, path, encoder=None) -> "MapDatabase":
         """Open the map directory `path`, verifying the manifest (every field's type), every file's size and
         sha256, and (when `encoder` is given) that its dimension and fingerprint are those the map was built with.
@@ -96,6 +118,10 @@ class MapDatabase:
         for required in (storage.KEYFRAMES, storage.DESCRIPTORS, storage.INDEX):
             if required not in files:
                 raise MapError(f"{folder / required}: missing from the manifest")
+        on_disk = manifest.get("on_disk", False)
+        if on_disk and storage.IVFDATA not in files:
+            raise MapError(f"{folder / storage.IVFDATA}: missing from the manifest of an on-disk map")
+        # on-disk maps: descriptors and lists are checked by streaming, then memory-mapped (never read whole)
         parts = (storage.KEYFRAMES, storage.DESCRIPTORS, storage.INDEX)
         if manifest.get("local_features") is not None:  # read (and verified) once, by features.attach_on_load
             parts += (storage.LOCAL_FEATURES, storage.CAMERAS)
@@ -103,25 +129,37 @@ class MapDatabase:
         encoder_path = carried_encoder(folder, files, fingerprint)
         columns = storage.read_keyframes(folder / storage.KEYFRAMES,
                                          storage.read_verified(folder, manifest, storage.KEYFRAMES))
-        descriptors = storage.parse_npy(folder / storage.DESCRIPTORS,
-                                        storage.read_verified(folder, manifest, storage.DESCRIPTORS))
+        if on_disk:
+            descriptors = storage.map_verified_npy(folder, manifest, storage.DESCRIPTORS)
+        else:
+            descriptors = storage.parse_npy(folder / storage.DESCRIPTORS,
+                                            storage.read_verified(folder, manifest, storage.DESCRIPTORS))
         if descriptors.dtype != np.float32 or descriptors.ndim != 2 or descriptors.shape[1] != dim:
             raise MapError(f"{folder / storage.DESCRIPTORS}: expected float32 (N, {dim}), got {descriptors.dtype} "
                            f"{descriptors.shape}")
-        if not np.isfinite(descriptors).all():
+        if not on_disk and not np.isfinite(descriptors).all():
             raise MapError(f"{folder / storage.DESCRIPTORS}: holds NaN or infinite values")
         index = storage.parse_faiss_index(folder / storage.INDEX,
-                                          storage.read_verified(folder, manifest, storage.INDEX))
+                                          storage.read_verified(folder, manifest, storage.INDEX),
+                                          faiss.IO_FLAG_SKIP_IVF_DATA if on_disk else 0)
+        if on_disk:
+            large.attach_disk_lists(folder / storage.INDEX, index, folder / storage.IVFDATA)
+        elif large.has_disk_lists(index):
+            raise MapError(f"{folder / storage.INDEX}: an index with on-disk inverted lists in a map whose "
+                           f"manifest does not say 'on_disk'")
         if index.d != dim:
             raise MapError(f"{folder / storage.INDEX}: index dimension {index.d}, the manifest says {dim}")
         count = manifest["count"]
         if not (len(columns["id"]) == len(descriptors) == index.ntotal == count):
             raise MapError(f"{folder}: counts disagree (manifest {count}, keyframes {len(columns['id'])}, "
                            f"descriptors {len(descriptors)}, index {index.ntotal})")
+        large.check_ivf_rows(folder / storage.INDEX, index, count)
         frame = MapFrame(**manifest["frame"]) if manifest.get("frame") else None
         db = cls(manifest["name"], dim, fingerprint, frame, manifest["index_factory"],
                  manifest.get("search_params"), index, columns, descriptors, encoder_path, manifest.get("created"),
-                 manifest.get("rerank", 0))
+                 manifest.get("rerank", 0),
+                 {storage.IVFDATA: folder / storage.IVFDATA, storage.DESCRIPTORS: folder / storage.DESCRIPTORS}
+                 if on_disk else None)
         db.map_id = schema.map_id_of(folder, manifest)
         db._sidecars = {name: folder / name for name in storage.ENCODER_SIDECARS if name in files}
         from geoloc_ros.mapping.features import attach_on_load
@@ -139,6 +177,11 @@ class MapDatabase:
     def __repr__(self):
         return (f"MapDatabase(name={self.name!r}, keyframes={len(self)}, dim={self.dim}, "
                 f"index={self.index_factory!r}, fingerprint={self.fingerprint[:12]})")
+
+    @property
+    def on_disk(self) -> bool:
+        """True when the inverted lists and descriptors stay in their files, memory-mapped (large maps)."""
+        return bool(self._disk_files)
 
     @property
     def encoder_path(self) -> Path | None:
@@ -204,6 +247,9 @@ class MapDatabase:
         id < 0 get fresh ids. Geotagged keyframes get UTM (in the map frame's zone) and map-frame x/y/z from
         lat/lon/alt; the first geotagged keyframe of a map without a frame sets its origin. Keyframes with only a
         map-frame position get lat/lon from it when the map has a frame. Returns the ids."""
+        if self.on_disk:
+            raise MapError(f"map {self.name!r} keeps its index and descriptors on disk; it takes no keyframes one "
+                           f"by one (build parts from its trained index and `geoloc map merge --parts` them)")
         keyframes = list(keyframes)
         x = as_matrix(descriptors, self.dim, "descriptors")
         if len(x) != len(keyframes):
@@ -335,6 +381,8 @@ class MapDatabase:
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
+        if self.on_disk:
+            self._disk_files = {name: target / name for name in self._disk_files}
         if self._encoder_path is not None:
             self._encoder_path = target / storage.ENCODER
             self._sidecars = {name: target / name for name in self._sidecars}
@@ -342,7 +390,11 @@ class MapDatabase:
 
     def _write(self, folder: Path) -> None:
         storage.write_keyframes(folder / storage.KEYFRAMES, {f: self._cols[f].array for f in KEYFRAME_FIELDS})
-        np.save(folder / storage.DESCRIPTORS, np.ascontiguousarray(self.descriptors))
+        if self.on_disk:
+            for name, source in self._disk_files.items():
+                storage.link_or_copy(source, folder / name)
+        else:
+            np.save(folder / storage.DESCRIPTORS, np.ascontiguousarray(self.descriptors))
         faiss.write_index(self._index, str(folder / storage.INDEX))
         if self._encoder_path is not None:
             shutil.copyfile(self._encoder_path, folder / storage.ENCODER)
@@ -359,6 +411,8 @@ class MapDatabase:
         extra = {"local_features": self.local_features.manifest_entry()} if self.local_features is not None else {}
         if self.structure is not None:
             extra["structure"] = self.structure.manifest_entry()
+        if self.on_disk:
+            extra["on_disk"] = True
         return {**extra,
             "format": storage.FORMAT,
             "format_version": storage.FORMAT_VERSION,

@@ -12,6 +12,8 @@ import numpy as np
 from geoloc_ros.mapping.errors import MapError
 from geoloc_ros.mapping.keyframe import FLOAT_FIELDS, KEYFRAME_FIELDS, TEXT_FIELDS
 
+_BATCH = 100_000  # rows converted between SQLite and numpy at a time
+
 _SQL_TYPES = {"id": "INTEGER PRIMARY KEY", "label": "TEXT NOT NULL", "stamp_ns": "INTEGER NOT NULL",
               "source": "TEXT NOT NULL", "synthetic": "INTEGER NOT NULL",
               **{c: "TEXT NOT NULL DEFAULT ''" for c in TEXT_FIELDS}}
@@ -28,10 +30,11 @@ def write_keyframes(path: Path, columns: dict) -> None:
         con.execute(f"CREATE TABLE keyframes ({schema})")
 
         def rows():
-            as_py = {c: (columns[c].tolist() if hasattr(columns[c], "tolist") else list(columns[c]))
-                     for c in KEYFRAME_FIELDS}
-            for r in range(n):
-                yield (r,) + tuple(_to_sql(c, as_py[c][r]) for c in KEYFRAME_FIELDS)
+            for lo in range(0, n, _BATCH):  # Python objects for one batch at a time: maps of millions of rows
+                as_py = {c: (columns[c][lo:lo + _BATCH].tolist() if hasattr(columns[c], "tolist")
+                             else list(columns[c][lo:lo + _BATCH])) for c in KEYFRAME_FIELDS}
+                for r in range(len(as_py["id"])):
+                    yield (lo + r,) + tuple(_to_sql(c, as_py[c][r]) for c in KEYFRAME_FIELDS)
 
         con.executemany(f"INSERT INTO keyframes VALUES ({', '.join('?' * len(cols))})", rows())
         con.commit()
@@ -85,20 +88,33 @@ def read_keyframes(path: Path, data=None) -> dict:
         # maps written before the text columns existed have none: they read as '' (docs/language.md)
         selected = [c if c in present or c not in TEXT_FIELDS else "''" for c in KEYFRAME_FIELDS]
         cur = con.execute(f"SELECT row, {', '.join(selected)} FROM keyframes ORDER BY row")
-        data = cur.fetchall()
+        batches = []
+        while data := cur.fetchmany(_BATCH):  # one batch of Python row tuples at a time, then numpy columns
+            batches.append(_checked_columns(path, data, _BATCH * len(batches)))
+    except MapError:
+        raise
     except (sqlite3.Error, MemoryError, ValueError) as e:  # ValueError: text that is not UTF-8
         raise MapError(f"{path}: not a readable keyframe database ({type(e).__name__}: {e})") from None
     finally:
         con.close()
+    cols = {name: np.concatenate([b[name] for b in batches]) if batches else _checked_columns(path, [], 0)[name]
+            for name in KEYFRAME_FIELDS}
+    if len(np.unique(cols["id"])) != len(cols["id"]) or np.any(cols["id"] < 0):
+        raise MapError(f"{path}: keyframe ids repeat or are negative")
+    return cols
+
+
+def _checked_columns(path: Path, data: list, first_row: int) -> dict:
     try:
-        return _columns(path, data)
+        return _columns(path, data, first_row)
     except (ValueError, TypeError, OverflowError) as e:
         raise MapError(f"{path}: a keyframe value of the wrong type ({type(e).__name__}: {str(e)[:200]})") from None
 
 
-def _columns(path: Path, data: list) -> dict:
+def _columns(path: Path, data: list, first_row: int) -> dict:
+    """Columns of rows first_row, first_row + 1, ... (`data`: SQLite row tuples), every value checked."""
     rows = [r[0] for r in data]
-    if not all(type(r) is int for r in rows) or rows != list(range(len(rows))):
+    if not all(type(r) is int for r in rows) or rows != list(range(first_row, first_row + len(rows))):
         raise MapError(f"{path}: keyframe rows are not 0..N-1")
     cols = {}
     for j, name in enumerate(KEYFRAME_FIELDS, start=1):
@@ -120,6 +136,4 @@ def _columns(path: Path, data: list) -> dict:
     lat, lon = cols["lat"], cols["lon"]
     if np.any(np.abs(lat) > 90) or np.any(np.abs(lon) > 180):
         raise MapError(f"{path}: a latitude or longitude out of range")
-    if len(np.unique(cols["id"])) != len(rows) or np.any(cols["id"] < 0):
-        raise MapError(f"{path}: keyframe ids repeat or are negative")
     return cols

@@ -39,6 +39,7 @@ _FIELDS = {
     "rerank": (lambda v: _is_int(v) and v >= 0, "an integer >= 0", False),
     "crs": (lambda v: isinstance(v, str), "a string", False),
     "map_id": (lambda v: isinstance(v, str) and v != "", "a non-empty string", False),
+    "on_disk": (lambda v: isinstance(v, bool), "true or false", False),
 }
 
 
