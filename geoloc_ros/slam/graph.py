@@ -468,18 +468,7 @@ class PoseGraph:
         update is dropped (GraphError) and the graph holds exactly what it held before. On success the factors
         are committed (`gauge`: the graph's one factor is the gauge prior, kept apart for re-anchoring)."""
         start = time.perf_counter()
-        try:
-            _update(self.isam, graph, values, iterations)
-        except RuntimeError as first:
-            self.counts["update_failures"] += 1
-            self.last_error = f"iSAM2 update: {first}".splitlines()[0]
-            self._recover()
-            try:
-                _update(self.isam, graph, values, iterations)
-            except RuntimeError as e:
-                self.counts["update_failures"] += 1
-                self._recover()
-                raise GraphError(f"GTSAM could not take the update: {str(e).strip().splitlines()[0]}") from e
+        update_or_recover(self, graph, values, iterations)
         if gauge is not None:
             self._gauge = gauge
         else:
@@ -632,6 +621,24 @@ def _update(isam, graph, values, iterations: int):
     isam.update(graph, values)
     for _ in range(iterations):
         isam.update()
+
+
+def update_or_recover(owner, graph, values, iterations: int):
+    """Give `owner.isam` the update; when GTSAM fails, `owner._recover()` rebuilds iSAM2 from the committed factors
+    and the update is tried once more; a second failure recovers again and raises GraphError, so the graph holds
+    exactly what it held before. Failures are counted in `owner.counts` and the first named in `owner.last_error`."""
+    try:
+        _update(owner.isam, graph, values, iterations)
+    except RuntimeError as first:
+        owner.counts["update_failures"] += 1
+        owner.last_error = f"iSAM2 update: {first}".splitlines()[0]
+        owner._recover()
+        try:
+            _update(owner.isam, graph, values, iterations)
+        except RuntimeError as e:
+            owner.counts["update_failures"] += 1
+            owner._recover()
+            raise GraphError(f"GTSAM could not take the update: {str(e).strip().splitlines()[0]}") from e
 
 
 def _chi_square_passes(error: np.ndarray, covariance: np.ndarray, probability: float) -> bool:

@@ -42,6 +42,7 @@ from geoloc_ros.slam.graph import (
     gate_between,
     is_keyframe_step,
     isam2_params,
+    update_or_recover,
 )
 from geoloc_ros.slam.history import OdometryHistory
 
@@ -403,18 +404,7 @@ class TeamGraph:
         """Give iSAM2 the new factors and values; on a GTSAM failure rebuild it from the committed factors and
         try once more, else drop the update (GraphError) with the graph as it was."""
         start = time.perf_counter()
-        try:
-            _update(self.isam, graph, values, iterations)
-        except RuntimeError as first:
-            self.counts["update_failures"] += 1
-            self.last_error = f"iSAM2 update: {first}".splitlines()[0]
-            self._recover()
-            try:
-                _update(self.isam, graph, values, iterations)
-            except RuntimeError as e:
-                self.counts["update_failures"] += 1
-                self._recover()
-                raise GraphError(f"GTSAM could not take the update: {str(e).strip().splitlines()[0]}") from e
+        update_or_recover(self, graph, values, iterations)
         if gauge is not None:
             self._gauges[id(gauge[0])] = gauge[1]
         else:
