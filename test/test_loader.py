@@ -76,6 +76,23 @@ def test_the_scan_of_a_training_set_is_cached_and_rescanned_when_it_changes(tmp_
 
 
 @needs_nordland
+def test_a_training_set_reached_through_another_link_is_scanned_under_that_path(tmp_path):
+    """Two checkouts link one shared data folder; the first link is deleted: the second's scan must not hand out
+    the first link's (now dangling) paths."""
+    folder = tmp_path / "data"
+    folder.mkdir()
+    for i, p in enumerate(sorted((DATA / "nordland64" / "summer").glob("*.png"))[:3]):
+        (folder / f"@{500000 + 10 * i}@7000000@33@W@63.1@10.0@@@@@@@.png").write_bytes(p.read_bytes())  # VG names
+    first_link, second_link, cache = tmp_path / "a", tmp_path / "b", tmp_path / "cache"
+    first_link.symlink_to(folder)
+    second_link.symlink_to(folder)
+    cached_dataset(first_link, cache)
+    first_link.unlink()
+    records, hit = cached_dataset(second_link, cache)
+    assert not hit and all(Path(r.path).is_file() and str(r.path).startswith(str(second_link)) for r in records)
+
+
+@needs_nordland
 def test_geoloc_train_with_workers_reads_paths_and_reuses_its_cached_index(tmp_path):
     """`geoloc train --data-workers 2 --index-cache DIR` from a CSV of real frames; the second run (same command:
     it resumes, finding the run done) reads the cached scan instead of scanning."""

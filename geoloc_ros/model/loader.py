@@ -22,7 +22,7 @@ from geoloc_ros.datasets import read_image
 from geoloc_ros.model.encoder import resize_batch
 
 log = logging.getLogger("geoloc.train")
-INDEX_VERSION = 1
+INDEX_VERSION = 2
 
 
 def default_cache_dir() -> Path:
@@ -30,10 +30,11 @@ def default_cache_dir() -> Path:
 
 
 def source_key(source, options: dict) -> str:
-    """A key that changes when the training set changes: its resolved path, size and mtime, those of the folders
-    directly inside it (a VG / MSLS layout), and the reader options."""
+    """A key that changes when the training set changes: its path as given (the records carry paths under it, so a
+    set reached through another link is another index) and resolved, size and mtime, those of the folders directly
+    inside it (a VG / MSLS layout), and the reader options."""
     path = Path(source).resolve()
-    stats = [(str(path), path.stat().st_mtime_ns, path.stat().st_size)]
+    stats = [(str(Path(source).absolute()), str(path), path.stat().st_mtime_ns, path.stat().st_size)]
     if path.is_dir():
         with os.scandir(path) as entries:
             stats += sorted((e.name, e.stat().st_mtime_ns, e.stat().st_size) for e in entries if e.is_dir())
