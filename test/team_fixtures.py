@@ -147,7 +147,7 @@ def publish(namespace: str, restart: str = "", false_closure: bool = False, host
             if q == r:
                 lc_pub[q].publish(closure_message(q_ns, k_ns, robot_id=owner))
                 sent += 1
-        time.sleep(0.002)
+        time.sleep(0.004)  # paced: the back end takes odometry best effort
     if hostile:
         for msg in hostile_messages(robots):
             lc_pub["b"].publish(msg)
