@@ -111,10 +111,15 @@ def test_two_prior_maps_built_apart_give_the_back_end_one_frame(maps_built_apart
         assert graph.aligned and graph.absolute_rejected == 0, dict(b.node.counts)
         assert graph.closures_accepted == 0 and graph.absolute_factors == len(msgs)  # none taken for a session one
         n = len(graph)
-        assert wait_for(lambda: b.paths and len(b.paths[-1].poses) == n, 10)
-        estimate = {p.header.stamp.sec * 10**9 + p.header.stamp.nanosec: (p.pose.position.x, p.pose.position.y)
-                    for p in b.paths[-1].poses}
-        errors = [math.hypot(*(np.array(estimate[s]) - truth[i])) for i, (s, _) in enumerate(odom)]
+
+        def path_errors():
+            estimate = {p.header.stamp.sec * 10**9 + p.header.stamp.nanosec: (p.pose.position.x, p.pose.position.y)
+                        for p in b.paths[-1].poses}
+            return [math.hypot(*(np.array(estimate[s]) - truth[i])) for i, (s, _) in enumerate(odom)]
+
+        # the newest path: a path published before the last closures were taken may still be in flight
+        assert wait_for(lambda: b.paths and len(b.paths[-1].poses) == n and max(path_errors()) < 5.0, 10)
+        errors = path_errors()
         assert max(errors) < 5.0, errors  # the prior-map sigma; a second origin would put the south ~km off
         assert b.paths[-1].header.frame_id == "map"
     finally:
