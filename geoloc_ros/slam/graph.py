@@ -497,18 +497,7 @@ class PoseGraph:
         graph = gtsam.NonlinearFactorGraph()
         graph.add(self._gauge)
         graph.push_back(self._factors)
-        lm = gtsam.LevenbergMarquardtParams()
-        lm.setLinearSolverType("MULTIFRONTAL_QR")
-        try:
-            values = gtsam.LevenbergMarquardtOptimizer(graph, values, lm).optimize()
-        except RuntimeError:
-            pass  # seed iSAM2 with the linearisation point as it is
-        isam = gtsam.ISAM2(isam2_params("QR"))
-        try:
-            isam.update(graph, values)
-        except RuntimeError as e:
-            raise GraphError(f"iSAM2 could not be rebuilt from the committed factors: {e}") from e
-        self.isam = isam
+        self.isam = rebuilt_isam(graph, values)
         self.counts["recoveries"] += 1
 
     @property
@@ -621,6 +610,23 @@ def _update(isam, graph, values, iterations: int):
     isam.update(graph, values)
     for _ in range(iterations):
         isam.update()
+
+
+def rebuilt_isam(graph, values) -> gtsam.ISAM2:
+    """A fresh QR iSAM2 holding `graph`, seeded with a Levenberg-Marquardt solution from `values` (or `values` as
+    they are when LM fails); GraphError when even that iSAM2 cannot take the graph."""
+    lm = gtsam.LevenbergMarquardtParams()
+    lm.setLinearSolverType("MULTIFRONTAL_QR")
+    try:
+        values = gtsam.LevenbergMarquardtOptimizer(graph, values, lm).optimize()
+    except RuntimeError:
+        pass  # seed iSAM2 with the linearisation point as it is
+    isam = gtsam.ISAM2(isam2_params("QR"))
+    try:
+        isam.update(graph, values)
+    except RuntimeError as e:
+        raise GraphError(f"iSAM2 could not be rebuilt from the committed factors: {e}") from e
+    return isam
 
 
 def update_or_recover(owner, graph, values, iterations: int):

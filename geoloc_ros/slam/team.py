@@ -42,6 +42,7 @@ from geoloc_ros.slam.graph import (
     gate_between,
     is_keyframe_step,
     isam2_params,
+    rebuilt_isam,
     update_or_recover,
 )
 from geoloc_ros.slam.history import OdometryHistory
@@ -431,18 +432,7 @@ class TeamGraph:
         for g in self._gauges.values():
             graph.add(g)
         graph.push_back(self._factors)
-        lm = gtsam.LevenbergMarquardtParams()
-        lm.setLinearSolverType("MULTIFRONTAL_QR")
-        try:
-            values = gtsam.LevenbergMarquardtOptimizer(graph, values, lm).optimize()
-        except RuntimeError:
-            pass  # seed iSAM2 with the linearisation point as it is
-        isam = gtsam.ISAM2(isam2_params("QR"))
-        try:
-            isam.update(graph, values)
-        except RuntimeError as e:
-            raise GraphError(f"iSAM2 could not be rebuilt from the committed factors: {e}") from e
-        self.isam = isam
+        self.isam = rebuilt_isam(graph, values)
         self.counts["recoveries"] += 1
 
     def flush(self):
